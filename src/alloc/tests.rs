@@ -1,0 +1,581 @@
+//! Unit tests for the edges of the allocator contract.
+
+use super::{AddressCount, AllocError, Capacity, Holder, Pool, Reserve};
+use ipnet::IpNet;
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+fn pool(prefix: &str) -> Pool {
+    Pool::new(net(prefix), &[], Reserve::default()).unwrap()
+}
+
+fn pool_with(prefix: &str, exclusions: &[&str], leading: u128, trailing: u128) -> Pool {
+    let exclusions: Vec<IpNet> = exclusions.iter().map(|e| net(e)).collect();
+    Pool::new(net(prefix), &exclusions, Reserve { leading, trailing }).unwrap()
+}
+
+fn count(n: u128) -> AddressCount {
+    AddressCount::new(n)
+}
+
+#[test]
+fn first_fit_returns_lowest_aligned_blocks_in_order() {
+    let mut p = pool("10.0.0.0/24");
+    assert_eq!(p.allocate_first_fit(26).unwrap(), net("10.0.0.0/26"));
+    assert_eq!(p.allocate_first_fit(28).unwrap(), net("10.0.0.64/28"));
+    assert_eq!(p.allocate_first_fit(26).unwrap(), net("10.0.0.128/26"));
+    assert_eq!(p.allocate_first_fit(27).unwrap(), net("10.0.0.96/27"));
+    assert_eq!(p.find_first_fit(32).unwrap(), net("10.0.0.80/32"));
+    assert_eq!(p.allocated_count(), 4);
+}
+
+#[test]
+fn ipv4_slash0_pool_has_2_pow_32_addresses_and_allocates_halves() {
+    let mut p = pool("0.0.0.0/0");
+    assert_eq!(p.capacity().total, count(1 << 32));
+    assert_eq!(p.largest_free_prefix_len(), Some(1));
+    assert_eq!(p.allocate_first_fit(1).unwrap(), net("0.0.0.0/1"));
+    assert_eq!(p.allocate_first_fit(1).unwrap(), net("128.0.0.0/1"));
+    assert_eq!(p.capacity().allocated, count(1 << 32));
+    assert_eq!(p.capacity().utilization(), "100.00%");
+    assert_eq!(
+        p.allocate_first_fit(32),
+        Err(AllocError::Exhausted {
+            requested_len: 32,
+            largest_free: None
+        })
+    );
+    p.release(net("128.0.0.0/1")).unwrap();
+    assert_eq!(p.allocate_first_fit(32).unwrap(), net("128.0.0.0/32"));
+}
+
+#[test]
+fn ipv6_slash0_pool_counts_exactly_2_pow_128_addresses() {
+    let mut p = pool("::/0");
+    let capacity = p.capacity();
+    assert_eq!(capacity.total, AddressCount::TWO_POW_128);
+    assert_eq!(
+        capacity.total.to_string(),
+        "340282366920938463463374607431768211456"
+    );
+    assert_eq!(capacity.available, AddressCount::TWO_POW_128);
+    assert_eq!(capacity.utilization(), "0.00%");
+    assert_eq!(p.allocate_first_fit(128).unwrap(), net("::/128"));
+    assert_eq!(
+        p.capacity().available.to_string(),
+        "340282366920938463463374607431768211455"
+    );
+    assert_eq!(p.capacity().utilization(), "0.00%");
+    p.allocate_exact(net("8000::/1")).unwrap();
+    assert_eq!(p.capacity().utilization(), "50.00%");
+    p.allocate_exact(net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"))
+        .unwrap_err();
+    assert_eq!(
+        p.allocate_first_fit(1),
+        Err(AllocError::Exhausted {
+            requested_len: 1,
+            largest_free: Some(2)
+        })
+    );
+    p.release(net("::/128")).unwrap();
+    p.release(net("8000::/1")).unwrap();
+    assert_eq!(p, pool("::/0"));
+}
+
+#[test]
+fn slash0_pool_fully_excluded_reports_2_pow_128_excluded() {
+    let p = pool_with("::/0", &["::/0"], 0, 0);
+    assert_eq!(p.capacity().excluded, AddressCount::TWO_POW_128);
+    assert_eq!(p.capacity().available, AddressCount::ZERO);
+    assert_eq!(p.capacity().utilization(), "100.00%");
+    assert_eq!(p.largest_free_prefix_len(), None);
+    let reserved = pool_with("::/0", &[], u128::MAX, u128::MAX);
+    assert_eq!(reserved.capacity().excluded, AddressCount::TWO_POW_128);
+}
+
+#[test]
+fn slash32_and_slash128_pools_refuse_every_length() {
+    for (prefix, max) in [("10.0.0.7/32", 32u8), ("fd00::7/128", 128u8)] {
+        let mut p = pool(prefix);
+        let refused = AllocError::LengthOutOfRange {
+            requested: max,
+            min: max + 1,
+            max,
+        };
+        assert_eq!(p.allocate_first_fit(max), Err(refused.clone()));
+        assert_eq!(p.allocate_exact(net(prefix)), Err(refused));
+        assert_eq!(p.largest_free_prefix_len(), None);
+        assert_eq!(p.capacity().total, count(1));
+        assert_eq!(p.capacity().available, count(1));
+    }
+}
+
+#[test]
+fn leaf_blocks_allocate_in_a_slash31_and_slash127() {
+    let mut v4 = pool("10.0.0.0/31");
+    assert_eq!(v4.allocate_first_fit(32).unwrap(), net("10.0.0.0/32"));
+    assert_eq!(v4.allocate_first_fit(32).unwrap(), net("10.0.0.1/32"));
+    let mut v6 = pool("fd00::/127");
+    v6.allocate_exact(net("fd00::1/128")).unwrap();
+    assert_eq!(v6.allocate_first_fit(128).unwrap(), net("fd00::/128"));
+    assert!(v6.allocate_first_fit(128).is_err());
+}
+
+#[test]
+fn requests_equal_to_or_shorter_than_the_pool_are_refused_not_panicking() {
+    let mut p = pool("10.0.0.0/24");
+    let refused = |requested| AllocError::LengthOutOfRange {
+        requested,
+        min: 25,
+        max: 32,
+    };
+    assert_eq!(p.allocate_first_fit(24), Err(refused(24)));
+    assert_eq!(p.allocate_first_fit(0), Err(refused(0)));
+    assert_eq!(p.allocate_first_fit(33), Err(refused(33)));
+    assert_eq!(p.allocate_first_fit(255), Err(refused(255)));
+    assert_eq!(p.find_first_fit(16), Err(refused(16)));
+    assert_eq!(p.allocate_exact(net("10.0.0.0/24")), Err(refused(24)));
+    assert_eq!(p.allocate_exact(net("10.0.0.0/8")), Err(refused(8)));
+    let mut v6 = pool("::/0");
+    assert_eq!(
+        v6.allocate_first_fit(129),
+        Err(AllocError::LengthOutOfRange {
+            requested: 129,
+            min: 1,
+            max: 128
+        })
+    );
+    assert_eq!(
+        v6.allocate_first_fit(0),
+        Err(AllocError::LengthOutOfRange {
+            requested: 0,
+            min: 1,
+            max: 128
+        })
+    );
+}
+
+#[test]
+fn misaligned_exact_request_is_refused_with_the_canonical_form() {
+    let mut p = pool("10.0.0.0/24");
+    let err = p.allocate_exact(net("10.0.0.5/30")).unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::NotCanonical {
+            prefix: net("10.0.0.5/30"),
+            canonical: net("10.0.0.4/30")
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "10.0.0.5/30 is not a canonical prefix (host bits set); did you mean 10.0.0.4/30?"
+    );
+    assert_eq!(
+        p.release(net("10.0.0.5/30")),
+        Err(AllocError::NotCanonical {
+            prefix: net("10.0.0.5/30"),
+            canonical: net("10.0.0.4/30")
+        })
+    );
+}
+
+#[test]
+fn exact_request_outside_the_pool_is_refused() {
+    let mut p = pool("10.0.0.0/24");
+    assert_eq!(
+        p.allocate_exact(net("10.0.1.0/28")),
+        Err(AllocError::OutsidePool {
+            prefix: net("10.0.1.0/28"),
+            pool: net("10.0.0.0/24")
+        })
+    );
+}
+
+#[test]
+fn ipv4_and_ipv6_mismatches_are_refused_everywhere() {
+    let mut p = pool("10.0.0.0/24");
+    let mismatch = AllocError::FamilyMismatch {
+        pool: net("10.0.0.0/24"),
+        requested: "fd00::/120".into(),
+    };
+    assert_eq!(p.allocate_exact(net("fd00::/120")), Err(mismatch.clone()));
+    assert_eq!(p.check_exact(net("fd00::/120")), Err(mismatch.clone()));
+    assert_eq!(p.release(net("fd00::/120")), Err(mismatch.clone()));
+    assert_eq!(
+        p.set_exclusions(&[net("fd00::/120")]),
+        Err(mismatch.clone())
+    );
+    assert!(!p.is_allocated(net("fd00::/120")));
+    assert_eq!(
+        mismatch.to_string(),
+        "fd00::/120 is not the same IP family as pool 10.0.0.0/24 (IPv4)"
+    );
+    let mut v6 = pool("fd00::/64");
+    assert!(matches!(
+        v6.allocate_exact(net("10.0.0.0/32")),
+        Err(AllocError::FamilyMismatch { .. })
+    ));
+}
+
+#[test]
+fn collision_names_the_allocated_block_it_hits() {
+    let mut p = pool("fd20::/64");
+    p.allocate_exact(net("fd20::4/126")).unwrap();
+    let err = p.allocate_exact(net("fd20::5/128")).unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::Collision {
+            prefix: net("fd20::5/128"),
+            holder: Holder::Allocated(net("fd20::4/126"))
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "fd20::5/128 collides with allocated block fd20::4/126"
+    );
+}
+
+#[test]
+fn collision_with_several_holders_names_the_lowest_addressed_one() {
+    let mut p = pool_with("10.0.0.0/24", &["10.0.0.64/28"], 0, 0);
+    p.allocate_exact(net("10.0.0.96/30")).unwrap();
+    p.allocate_exact(net("10.0.0.32/30")).unwrap();
+    let err = p.check_exact(net("10.0.0.0/25")).unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::Collision {
+            prefix: net("10.0.0.0/25"),
+            holder: Holder::Allocated(net("10.0.0.32/30"))
+        }
+    );
+    let err = p.check_exact(net("10.0.0.64/26")).unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::Collision {
+            prefix: net("10.0.0.64/26"),
+            holder: Holder::Excluded(net("10.0.0.64/28"))
+        }
+    );
+}
+
+#[test]
+fn collision_with_reserved_edge_says_reserved() {
+    let mut p = pool_with("10.0.0.0/24", &[], 1, 1);
+    assert_eq!(
+        p.allocate_exact(net("10.0.0.0/32")),
+        Err(AllocError::Collision {
+            prefix: net("10.0.0.0/32"),
+            holder: Holder::Reserved
+        })
+    );
+    assert_eq!(
+        p.allocate_exact(net("10.0.0.255/32")),
+        Err(AllocError::Collision {
+            prefix: net("10.0.0.255/32"),
+            holder: Holder::Reserved
+        })
+    );
+    p.allocate_exact(net("10.0.0.1/32")).unwrap();
+}
+
+#[test]
+fn releasing_something_not_allocated_is_refused() {
+    let mut p = pool("10.0.0.0/24");
+    p.allocate_exact(net("10.0.0.0/28")).unwrap();
+    assert_eq!(
+        p.release(net("10.0.0.0/29")),
+        Err(AllocError::NotAllocated {
+            prefix: net("10.0.0.0/29")
+        })
+    );
+    assert_eq!(
+        p.release(net("10.0.0.16/28")),
+        Err(AllocError::NotAllocated {
+            prefix: net("10.0.0.16/28")
+        })
+    );
+    p.release(net("10.0.0.0/28")).unwrap();
+    assert_eq!(
+        p.release(net("10.0.0.0/28")),
+        Err(AllocError::NotAllocated {
+            prefix: net("10.0.0.0/28")
+        })
+    );
+    assert_eq!(p, pool("10.0.0.0/24"));
+}
+
+#[test]
+fn reserve_leading_two_trailing_one_on_slash28_leaves_13_hosts() {
+    let mut p = pool_with("10.0.0.0/28", &[], 2, 1);
+    let hosts: Vec<IpNet> = (0..13).map(|_| p.allocate_first_fit(32).unwrap()).collect();
+    let expected: Vec<IpNet> = (2..15).map(|i| net(&format!("10.0.0.{i}/32"))).collect();
+    assert_eq!(hosts, expected);
+    assert_eq!(
+        p.allocate_first_fit(32),
+        Err(AllocError::Exhausted {
+            requested_len: 32,
+            largest_free: None
+        })
+    );
+    assert_eq!(
+        p.capacity(),
+        Capacity {
+            total: count(16),
+            allocated: count(13),
+            excluded: count(3),
+            available: count(0)
+        }
+    );
+}
+
+#[test]
+fn reserve_leading_one_on_slash64_hands_out_one_two_three() {
+    let mut p = pool_with("fd00::/64", &[], 1, 0);
+    for i in 1..=5 {
+        assert_eq!(
+            p.allocate_first_fit(128).unwrap(),
+            net(&format!("fd00::{i}/128"))
+        );
+    }
+}
+
+#[test]
+fn reserve_on_slash31_and_slash127_keeps_one_address() {
+    let mut v4 = pool_with("10.0.0.0/31", &[], 1, 0);
+    assert_eq!(v4.allocate_first_fit(32).unwrap(), net("10.0.0.1/32"));
+    assert!(matches!(
+        v4.allocate_first_fit(32),
+        Err(AllocError::Exhausted { .. })
+    ));
+    let mut v6 = pool_with("fd00::/127", &[], 0, 1);
+    assert_eq!(v6.allocate_first_fit(128).unwrap(), net("fd00::/128"));
+    let both = pool_with("fd00::/127", &[], 1, 1);
+    assert_eq!(both.largest_free_prefix_len(), None);
+}
+
+#[test]
+fn reserve_larger_than_the_pool_reserves_everything() {
+    let mut p = pool_with("10.0.0.0/29", &[], 9, 0);
+    assert_eq!(p.capacity().excluded, count(8));
+    assert_eq!(p.capacity().utilization(), "100.00%");
+    assert_eq!(
+        p.allocate_first_fit(32),
+        Err(AllocError::Exhausted {
+            requested_len: 32,
+            largest_free: None
+        })
+    );
+    p.set_reserve(Reserve {
+        leading: u128::MAX,
+        trailing: u128::MAX,
+    })
+    .unwrap();
+    p.set_reserve(Reserve::default()).unwrap();
+    assert_eq!(p, pool("10.0.0.0/29"));
+}
+
+#[test]
+fn overlapping_exclusions_count_once_with_reserve() {
+    let p = pool_with(
+        "10.0.0.0/24",
+        &["10.0.0.0/26", "10.0.0.0/28", "10.0.0.32/27"],
+        70,
+        0,
+    );
+    assert_eq!(p.capacity().excluded, count(70));
+    assert_eq!(p.capacity().utilization(), "27.34%");
+}
+
+#[test]
+fn exclusion_over_an_allocated_block_is_refused_and_pool_unchanged() {
+    let mut p = pool("10.0.0.0/24");
+    p.allocate_exact(net("10.0.0.16/28")).unwrap();
+    let before = p.clone();
+    let err = p
+        .set_exclusions(&[net("10.0.0.128/25"), net("10.0.0.0/27")])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::CoversAllocated {
+            block: "exclusion 10.0.0.0/27".into(),
+            allocated: net("10.0.0.16/28")
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "exclusion 10.0.0.0/27 would cover allocated block 10.0.0.16/28"
+    );
+    let err = p
+        .set_reserve(Reserve {
+            leading: 17,
+            trailing: 0,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "spec.reserve.leading=17 (10.0.0.0-10.0.0.16) would cover allocated block 10.0.0.16/28"
+    );
+    assert_eq!(p, before);
+    assert_eq!(
+        p.set_exclusions(&[net("10.1.0.0/27")]),
+        Err(AllocError::OutsidePool {
+            prefix: net("10.1.0.0/27"),
+            pool: net("10.0.0.0/24")
+        })
+    );
+    assert_eq!(p, before);
+}
+
+#[test]
+fn changing_exclusions_frees_and_blocks_space() {
+    let mut p = pool("10.0.0.0/24");
+    p.set_exclusions(&[net("10.0.0.0/25")]).unwrap();
+    assert_eq!(p.allocate_first_fit(26).unwrap(), net("10.0.0.128/26"));
+    p.set_exclusions(&[net("10.0.0.64/26")]).unwrap();
+    assert_eq!(p.exclusions(), &[net("10.0.0.64/26")]);
+    assert_eq!(p.allocate_first_fit(26).unwrap(), net("10.0.0.0/26"));
+    p.release(net("10.0.0.0/26")).unwrap();
+    p.release(net("10.0.0.128/26")).unwrap();
+    p.set_exclusions(&[]).unwrap();
+    assert_eq!(p, pool("10.0.0.0/24"));
+}
+
+#[test]
+fn rebuild_restores_the_same_pool() {
+    let mut p = pool_with("fd20::/48", &["fd20:0:0:10::/60"], 1, 0);
+    for len in [64, 56, 64, 62, 52] {
+        p.allocate_first_fit(len).unwrap();
+    }
+    let rebuilt = Pool::rebuild(
+        p.prefix(),
+        p.exclusions(),
+        p.reserve(),
+        p.allocated().collect::<Vec<_>>().into_iter().rev(),
+    )
+    .unwrap();
+    assert_eq!(rebuilt, p);
+}
+
+#[test]
+fn rebuild_rejects_overlapping_blocks() {
+    let blocks = [net("10.0.0.64/26"), net("10.0.0.0/25")];
+    let err = Pool::rebuild(net("10.0.0.0/24"), &[], Reserve::default(), blocks).unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::Overlap {
+            a: net("10.0.0.0/25"),
+            b: net("10.0.0.64/26")
+        }
+    );
+    let twice = [net("10.0.0.0/25"), net("10.0.0.0/25")];
+    assert!(matches!(
+        Pool::rebuild(net("10.0.0.0/24"), &[], Reserve::default(), twice),
+        Err(AllocError::Overlap { .. })
+    ));
+}
+
+#[test]
+fn rebuild_rejects_blocks_under_exclusions_or_reserve() {
+    let blocks = [net("10.0.0.0/30"), net("10.0.0.128/30")];
+    let err = Pool::rebuild(
+        net("10.0.0.0/24"),
+        &[net("10.0.0.128/25")],
+        Reserve::default(),
+        blocks,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::CoversAllocated {
+            block: "exclusion 10.0.0.128/25".into(),
+            allocated: net("10.0.0.128/30")
+        }
+    );
+    let err = Pool::rebuild(
+        net("10.0.0.0/24"),
+        &[],
+        Reserve {
+            leading: 1,
+            trailing: 0,
+        },
+        blocks,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, AllocError::CoversAllocated { allocated, .. } if allocated == net("10.0.0.0/30"))
+    );
+}
+
+#[test]
+fn rebuild_rejects_malformed_blocks() {
+    let p = net("10.0.0.0/24");
+    let none = Reserve::default();
+    assert!(matches!(
+        Pool::rebuild(p, &[], none, [net("10.0.0.1/30")]),
+        Err(AllocError::NotCanonical { .. })
+    ));
+    assert!(matches!(
+        Pool::rebuild(p, &[], none, [net("10.0.1.0/30")]),
+        Err(AllocError::OutsidePool { .. })
+    ));
+    assert!(matches!(
+        Pool::rebuild(p, &[], none, [net("fd00::/126")]),
+        Err(AllocError::FamilyMismatch { .. })
+    ));
+    assert!(matches!(
+        Pool::rebuild(p, &[], none, [net("10.0.0.0/24")]),
+        Err(AllocError::LengthOutOfRange { .. })
+    ));
+    assert!(matches!(
+        Pool::new(net("10.0.0.1/24"), &[], none),
+        Err(AllocError::NotCanonical { .. })
+    ));
+    assert!(matches!(
+        Pool::new(p, &[net("10.0.0.0/16")], none),
+        Err(AllocError::OutsidePool { .. })
+    ));
+}
+
+#[test]
+fn dry_runs_do_not_change_the_pool() {
+    let p = pool("10.0.0.0/24");
+    let before = p.clone();
+    assert_eq!(p.find_first_fit(25).unwrap(), net("10.0.0.0/25"));
+    p.check_exact(net("10.0.0.128/25")).unwrap();
+    assert_eq!(p, before);
+}
+
+#[test]
+fn utilization_is_rounded_down_to_two_decimals() {
+    let capacity = |allocated: u128, excluded: u128, total: u128| Capacity {
+        total: count(total),
+        allocated: count(allocated),
+        excluded: count(excluded),
+        available: count(total - allocated - excluded),
+    };
+    assert_eq!(capacity(1, 0, 8).utilization(), "12.50%");
+    assert_eq!(capacity(2, 0, 3).utilization(), "66.66%");
+    assert_eq!(capacity(255, 0, 256).utilization(), "99.60%");
+    assert_eq!(
+        capacity(u128::MAX - 1, 0, u128::MAX).utilization(),
+        "99.99%"
+    );
+    assert_eq!(capacity(1, 1, 2).utilization(), "100.00%");
+}
+
+#[test]
+fn address_count_arithmetic_reaches_2_pow_128_exactly() {
+    let half = AddressCount::new(1 << 127);
+    assert_eq!(half.checked_add(half), Some(AddressCount::TWO_POW_128));
+    assert_eq!(AddressCount::TWO_POW_128.checked_add(count(1)), None);
+    assert_eq!(
+        AddressCount::TWO_POW_128.checked_sub(count(1)),
+        Some(count(u128::MAX))
+    );
+    assert_eq!(count(1).checked_sub(count(2)), None);
+    assert!(AddressCount::TWO_POW_128 > count(u128::MAX));
+    assert_eq!(AddressCount::pow2(128), Some(AddressCount::TWO_POW_128));
+    assert_eq!(AddressCount::pow2(129), None);
+}
