@@ -1,0 +1,143 @@
+//! IPPrefixClaim: a namespaced request for a block, like a PersistentVolumeClaim.
+use super::{PrefixReference, ReserveSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A request for one block of `/prefixLength` (or exactly `prefix`) from a parent IPPrefix.
+/// The server allocates on create: the created object already carries `status.prefix`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ipam.miloapis.com",
+    version = "v1alpha1",
+    kind = "IPPrefixClaim",
+    plural = "ipprefixclaims",
+    shortname = "ippc",
+    category = "ipam",
+    namespaced,
+    status = "IPPrefixClaimStatus",
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPrefixClaimSpec {
+    /// The length of the block wanted: longer than the parent's, at most 32 (IPv4) / 128 (IPv6).
+    /// Required unless `prefix` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_length: Option<i32>,
+    /// `IPv4` or `IPv6`: filters the parents chosen by `parentSelector`; must match `parentRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<String>,
+    /// The parent to allocate from. Exactly one of `parentRef` / `parentSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<PrefixReference>,
+    /// The parents to allocate from, tried in name order; the first with room wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_selector: Option<LabelSelector>,
+    /// Exactly this block (a static request), as a canonical CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `Delete` (default) or `Retain`. The only mutable spec field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaim_policy: Option<String>,
+    /// Applied to the IPPrefix made for this claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_prefix_template: Option<ChildPrefixTemplate>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildPrefixTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<TemplateSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<ReserveSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPrefixClaimStatus {
+    /// `Bound` once allocated (always, for a stored claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The allocated block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The first address of `prefix`, without the length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<String>,
+    /// The IPPrefix bound to this claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_ref: Option<PrefixReference>,
+    /// The parent actually used (resolved from a selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<PrefixReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// `status.phase` values of an IPPrefixClaim.
+pub mod claim_phase {
+    pub const BOUND: &str = "Bound";
+}
+
+/// `reason` values of the `Bound` condition.
+pub mod bound_reason {
+    pub const ALLOCATED: &str = "Allocated";
+    pub const REBOUND: &str = "Rebound";
+}
+
+impl IPPrefixClaim {
+    /// A claim for one host address (`/128` or `/32`, by `family`) from the IPPrefix `parent`.
+    pub fn new_host(namespace: &str, name: &str, parent: &str, family: super::IpFamily) -> Self {
+        Self::new_with_length(namespace, name, parent, family.max_prefix_len())
+    }
+
+    /// A claim for a block of `/prefix_length` from the IPPrefix `parent`.
+    pub fn new_with_length(namespace: &str, name: &str, parent: &str, prefix_length: u8) -> Self {
+        let mut claim = IPPrefixClaim::new(
+            name,
+            IPPrefixClaimSpec {
+                prefix_length: Some(i32::from(prefix_length)),
+                parent_ref: Some(PrefixReference::new(parent)),
+                ..Default::default()
+            },
+        );
+        claim.metadata.namespace = Some(namespace.to_string());
+        claim
+    }
+
+    /// The allocated block, once bound.
+    pub fn allocated_prefix(&self) -> Option<ipnet::IpNet> {
+        self.status.as_ref()?.prefix.as_deref()?.parse().ok()
+    }
+
+    /// The first address of the allocated block, once bound.
+    pub fn allocated_address(&self) -> Option<std::net::IpAddr> {
+        self.allocated_prefix().map(|p| p.network())
+    }
+}

@@ -1,0 +1,104 @@
+//! IPPrefix: a cluster-scoped address block, like a PersistentVolume.
+use super::{PrefixReference, ReserveSpec};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An address block. A root has no `parentRef`; blocks made for claims and static carves name the
+/// block they were carved from.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ipam.miloapis.com",
+    version = "v1alpha1",
+    kind = "IPPrefix",
+    plural = "ipprefixes",
+    shortname = "ipp",
+    category = "ipam",
+    status = "IPPrefixStatus",
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPrefixSpec {
+    /// The block, as a canonical CIDR (host bits zero), e.g. `fd20::/20`. Immutable.
+    pub prefix: String,
+    /// The IPPrefix this block was carved from; omitted for a root. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<PrefixReference>,
+    /// Blocks inside `prefix` that are never handed out. May not cover a child.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Addresses at the start / end that are never handed out. May not cover a child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<ReserveSpec>,
+    /// The claim this block is bound to. Set by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_ref: Option<ClaimReference>,
+    /// `Delete` or `Retain`: what happens to this block when its claim is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaim_policy: Option<String>,
+}
+
+/// The claim an IPPrefix is bound to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimReference {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPrefixStatus {
+    /// `Available` (no claim), `Bound`, or `Released` (claim gone, reclaimPolicy Retain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `IPv4` or `IPv6`, derived from `spec.prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<PrefixCapacity>,
+    /// (allocated + excluded) / total, for display, e.g. `12.50%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<String>,
+    /// The shortest prefix length still allocatable here; absent when full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_free_prefix_length: Option<i32>,
+    /// The number of direct child prefixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<i64>,
+}
+
+/// Address counts as base-10 strings: 2^128 does not fit in an int64.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixCapacity {
+    pub total: String,
+    pub allocated: String,
+    pub excluded: String,
+    pub available: String,
+}
+
+/// `status.phase` values of an IPPrefix.
+pub mod prefix_phase {
+    pub const AVAILABLE: &str = "Available";
+    pub const BOUND: &str = "Bound";
+    pub const RELEASED: &str = "Released";
+}
+
+impl IPPrefix {
+    /// The block as an `IpNet`, when `spec.prefix` parses.
+    pub fn prefix(&self) -> Option<ipnet::IpNet> {
+        self.spec.prefix.parse().ok()
+    }
+
+    /// The phase, or `""` before the server set one.
+    pub fn phase(&self) -> &str {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("")
+    }
+}

@@ -1,0 +1,13 @@
+#![forbid(unsafe_code)]
+//! `ipam-apiserver`: IP address management served as the Kubernetes API group
+//! `ipam.miloapis.com/v1alpha1`.
+//!
+//! Layers, data flowing one way: [`http`] (routing, negotiation, auth) → [`registry`] (API
+//! semantics per kind) → [`alloc`] (pure allocator) → [`store`] (one trait; sled behind it).
+//! The typed client surface for kube-rs users is [`api`].
+
+pub mod alloc;
+pub mod api;
+pub mod error;
+pub mod registry;
+pub mod store;

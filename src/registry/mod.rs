@@ -1,0 +1,2 @@
+pub mod meta;
+pub mod selector;

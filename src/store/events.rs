@@ -1,0 +1,145 @@
+//! The retained event history and the live fan-out to watchers.
+use super::{Revision, StoreError, Versioned};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change. For `Deleted`, `object.value` is the last stored state and `object.revision` the
+/// revision of the delete, as Kubernetes reports it.
+#[derive(Clone, Debug)]
+pub struct StoreEvent {
+    pub event_type: EventType,
+    pub object: Versioned,
+}
+
+/// The last `capacity` durable events, and a broadcast of new ones. Publishing and subscribing
+/// happen under one lock so a new watcher sees every event exactly once: the retained ones from
+/// the snapshot, then the live ones.
+pub(super) struct History {
+    inner: Mutex<HistoryInner>,
+    live: broadcast::Sender<Arc<StoreEvent>>,
+    capacity: usize,
+}
+
+struct HistoryInner {
+    events: VecDeque<Arc<StoreEvent>>,
+    /// Watches may start after this revision; everything newer is retained.
+    oldest: Revision,
+}
+
+impl History {
+    pub(super) fn new(capacity: usize, start: Revision) -> Self {
+        // A lagging watcher is closed with 410 Expired; the client relists, as informers do.
+        let (live, _) = broadcast::channel(capacity.max(1024));
+        History {
+            inner: Mutex::new(HistoryInner {
+                events: VecDeque::new(),
+                oldest: start,
+            }),
+            live,
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub(super) fn publish(&self, events: Vec<StoreEvent>) {
+        let mut inner = lock(&self.inner);
+        for ev in events {
+            let ev = Arc::new(ev);
+            if inner.events.len() == self.capacity {
+                if let Some(old) = inner.events.pop_front() {
+                    inner.oldest = old.object.revision;
+                }
+            }
+            inner.events.push_back(ev.clone());
+            // No receivers is fine: nobody is watching.
+            let _ = self.live.send(ev);
+        }
+    }
+
+    pub(super) fn oldest(&self) -> Revision {
+        lock(&self.inner).oldest
+    }
+
+    pub(super) fn subscribe(&self, after: Revision) -> Result<WatchReceiver, StoreError> {
+        let inner = lock(&self.inner);
+        if after < inner.oldest {
+            return Err(StoreError::Expired {
+                requested: after,
+                oldest: inner.oldest,
+            });
+        }
+        let backlog: VecDeque<Arc<StoreEvent>> = inner
+            .events
+            .iter()
+            .filter(|e| e.object.revision > after)
+            .cloned()
+            .collect();
+        let live = self.live.subscribe();
+        Ok(WatchReceiver {
+            backlog,
+            live,
+            last: after,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the deque half-updated in a way that matters.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A watcher's stream of events in revision order.
+pub struct WatchReceiver {
+    backlog: VecDeque<Arc<StoreEvent>>,
+    live: broadcast::Receiver<Arc<StoreEvent>>,
+    last: Revision,
+}
+
+impl WatchReceiver {
+    /// The next event; `Err(Expired)` when this watcher fell too far behind, `Ok(None)` when the
+    /// store shut down.
+    pub async fn recv(&mut self) -> Result<Option<Arc<StoreEvent>>, StoreError> {
+        if let Some(ev) = self.backlog.pop_front() {
+            self.last = ev.object.revision;
+            return Ok(Some(ev));
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(ev) if ev.object.revision <= self.last => continue,
+                Ok(ev) => {
+                    self.last = ev.object.revision;
+                    return Ok(Some(ev));
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(StoreError::Expired {
+                        requested: self.last,
+                        oldest: self.last + 1,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The revision of the last event handed out (or the start revision).
+    pub fn last_revision(&self) -> Revision {
+        self.last
+    }
+}

@@ -1,0 +1,187 @@
+//! Storage: one trait, so a distributed store can replace sled without touching the layers above.
+//!
+//! The store knows keys, opaque values and revisions, never Kubernetes types. Like etcd, it
+//! assigns the revision (`resourceVersion`) itself: every written key gets its own, strictly
+//! increasing across the whole store, and the registry stamps it into the object on read.
+
+mod events;
+mod sled_store;
+
+pub use events::{EventType, StoreEvent, WatchReceiver};
+pub use sled_store::SledStore;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+/// A store-wide, strictly increasing version: the `resourceVersion` of Kubernetes.
+pub type Revision = u64;
+
+/// Where an object lives: resource plural, namespace (empty when cluster-scoped) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub resource: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(
+        resource: &'static str,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        ObjectKey {
+            resource,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The byte key: `resource/namespace/name`. Names and namespaces cannot contain `/`, so
+    /// the order is by namespace then name, as etcd orders Kubernetes keys.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}/{}/{}", self.resource, self.namespace, self.name).into_bytes()
+    }
+
+    pub fn decode(resource: &'static str, bytes: &[u8]) -> Option<ObjectKey> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let rest = s.strip_prefix(resource)?.strip_prefix('/')?;
+        let (ns, name) = rest.split_once('/')?;
+        Some(ObjectKey::new(resource, ns, name))
+    }
+}
+
+/// A range of keys to list: one resource, optionally one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub resource: &'static str,
+    pub namespace: Option<String>,
+}
+
+impl KeyRange {
+    pub fn prefix(&self) -> Vec<u8> {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/", self.resource, ns).into_bytes(),
+            None => format!("{}/", self.resource).into_bytes(),
+        }
+    }
+
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        key.resource == self.resource
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == key.namespace)
+    }
+}
+
+/// A stored value with the revision that last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub key: ObjectKey,
+    pub revision: Revision,
+    pub value: Bytes,
+}
+
+/// What must hold for an operation to apply; checked atomically with the whole commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// No condition.
+    None,
+    /// The key must not exist (create).
+    Absent,
+    /// The key must exist at exactly this revision (optimistic concurrency).
+    Revision(Revision),
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put {
+        key: ObjectKey,
+        value: Bytes,
+        precondition: Precondition,
+    },
+    Delete {
+        key: ObjectKey,
+        precondition: Precondition,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// The storage words. The registry turns them into API errors exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("precondition failed for {key:?}: expected {expected:?}, found revision {actual:?}")]
+    PreconditionFailed {
+        key: ObjectKey,
+        expected: Precondition,
+        actual: Option<Revision>,
+    },
+    #[error("revision {requested} is older than the oldest retained revision {oldest}")]
+    Expired {
+        requested: Revision,
+        oldest: Revision,
+    },
+    /// Writes cannot be made durable (I/O error, disk full, failed fsync). Nothing acknowledged.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The data directory is not ours, or is damaged.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// The outcome of a commit: applied (visible to reads) now, durable when `durable` resolves.
+pub struct Committed {
+    /// The revision of each op, in op order.
+    pub revisions: Vec<Revision>,
+    /// Resolves once the commit is on disk (group commit: many commits share one fsync).
+    pub durable: BoxFuture<'static, Result<(), StoreError>>,
+}
+
+/// A consistent-enough page of a list: items in key order and the revision the list was read at.
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<Versioned>,
+    pub revision: Revision,
+    /// More keys follow the last item.
+    pub more: bool,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError>;
+
+    /// Keys in `range` after `start_after` in key order, at most `limit` of them.
+    /// `filter` decides which values count towards `limit`.
+    fn list(
+        &self,
+        range: &KeyRange,
+        start_after: Option<&ObjectKey>,
+        limit: Option<usize>,
+        filter: &mut dyn FnMut(&Versioned) -> bool,
+    ) -> Result<ListPage, StoreError>;
+
+    /// Apply all ops atomically, or none if any precondition fails.
+    fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError>;
+
+    /// The newest applied revision.
+    fn revision(&self) -> Revision;
+
+    /// The oldest revision a watch may start after; older ones are `Expired`.
+    fn oldest_watchable(&self) -> Revision;
+
+    /// Durable events with a revision greater than `after`, then live ones as they become durable.
+    fn watch(&self, after: Revision) -> Result<WatchReceiver, StoreError>;
+
+    /// Flush everything to disk (shutdown).
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests;

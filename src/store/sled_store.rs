@@ -1,0 +1,391 @@
+//! The embedded store: sled in the data directory, group commit, retained event history.
+//!
+//! Layout, all in sled's default tree:
+//! - `o/<resource>/<namespace>/<name>` → 8-byte big-endian revision ++ JSON
+//! - `m/revision` → the newest revision, written in the same batch as every commit
+//! - `m/format`   → marks the directory as ours, so a foreign one is refused at start
+use super::events::History;
+use super::*;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+const FORMAT: &[u8] = b"ipam-apiserver/1";
+const KEY_FORMAT: &[u8] = b"m/format";
+const KEY_REVISION: &[u8] = b"m/revision";
+const OBJECT_PREFIX: &[u8] = b"o/";
+
+/// A cheap-to-clone handle; all state lives behind one `Arc`.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    /// Serializes commits: precondition checks, revision assignment and the batch must be one
+    /// step. Held for microseconds (in-memory sled apply); never across an fsync.
+    commit: Mutex<CommitState>,
+    /// Hands applied-but-not-durable commits to the flusher thread.
+    flush: Mutex<FlushQueue>,
+    flush_wanted: Condvar,
+    durable: watch::Sender<Durable>,
+    history: History,
+}
+
+struct CommitState {
+    revision: Revision,
+}
+
+struct FlushQueue {
+    applied: Revision,
+    events: Vec<StoreEvent>,
+    shutdown: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Durable {
+    revision: Revision,
+    /// Set once an fsync failed: every later commit is refused, since sled's state is unknown.
+    failed: Option<String>,
+}
+
+impl SledStore {
+    /// Open (or create) the store in `dir`. Refuses a directory locked by another process, one
+    /// that is not ours, and a damaged one, each with a message saying which.
+    pub fn open(dir: &Path, history_capacity: usize) -> Result<SledStore, StoreError> {
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| open_error(&path, e))?;
+        match db.get(KEY_FORMAT).map_err(io)? {
+            Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds data of format {:?}, not {:?}; refusing to use it",
+                    path.display(),
+                    String::from_utf8_lossy(&f),
+                    String::from_utf8_lossy(FORMAT)
+                )))
+            }
+            None if db.first().map_err(io)?.is_some() => return Err(StoreError::Corrupt(format!(
+                "{} is not an ipam-apiserver data directory (no format marker); refusing to use it",
+                path.display()
+            ))),
+            None => {
+                db.insert(KEY_FORMAT, FORMAT).map_err(io)?;
+                db.flush().map_err(io)?;
+            }
+        }
+        let revision = match db.get(KEY_REVISION).map_err(io)? {
+            Some(v) => decode_u64(&v).ok_or_else(|| {
+                StoreError::Corrupt(format!("{}: damaged revision counter", path.display()))
+            })?,
+            None => 0,
+        };
+        let (durable, _) = watch::channel(Durable {
+            revision,
+            failed: None,
+        });
+        let inner = Arc::new(Inner {
+            db,
+            commit: Mutex::new(CommitState { revision }),
+            flush: Mutex::new(FlushQueue {
+                applied: revision,
+                events: Vec::new(),
+                shutdown: false,
+            }),
+            flush_wanted: Condvar::new(),
+            durable,
+            history: History::new(history_capacity, revision),
+        });
+        let flusher = inner.clone();
+        std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flusher.run_flusher())
+            .map_err(|e| StoreError::Unavailable(format!("cannot start flusher thread: {e}")))?;
+        Ok(SledStore { inner })
+    }
+
+    /// Stop the flusher after a final flush. Later commits are refused.
+    pub fn close(&self) {
+        lock(&self.inner.flush).shutdown = true;
+        self.inner.flush_wanted.notify_all();
+    }
+}
+
+impl Inner {
+    /// Group commit: one fsync covers every commit applied since the previous one. Events are
+    /// published only after their fsync, so a watcher never sees a change a crash could undo.
+    fn run_flusher(&self) {
+        loop {
+            let (target, events) = {
+                let mut q = lock(&self.flush);
+                while q.applied == self.durable.borrow().revision && !q.shutdown {
+                    q = self.flush_wanted.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                if q.shutdown && q.applied == self.durable.borrow().revision {
+                    return;
+                }
+                (q.applied, std::mem::take(&mut q.events))
+            };
+            match self.db.flush() {
+                Ok(_) => {
+                    self.history.publish(events);
+                    self.durable.send_modify(|d| d.revision = target);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fsync failed; refusing further writes");
+                    self.durable
+                        .send_modify(|d| d.failed = Some(format!("fsync failed: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wait_durable(&self, revision: Revision) -> BoxFuture<'static, Result<(), StoreError>> {
+        let mut rx = self.durable.subscribe();
+        Box::pin(async move {
+            let state = rx
+                .wait_for(|d| d.revision >= revision || d.failed.is_some())
+                .await
+                .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+            if state.revision >= revision {
+                Ok(())
+            } else {
+                Err(StoreError::Unavailable(
+                    state.failed.clone().unwrap_or_default(),
+                ))
+            }
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
+        let raw = self.inner.db.get(object_key(key)).map_err(io)?;
+        raw.map(|v| decode_value(key.clone(), &v)).transpose()
+    }
+
+    fn list(
+        &self,
+        range: &KeyRange,
+        start_after: Option<&ObjectKey>,
+        limit: Option<usize>,
+        filter: &mut dyn FnMut(&Versioned) -> bool,
+    ) -> Result<ListPage, StoreError> {
+        let revision = self.revision();
+        let mut prefix = OBJECT_PREFIX.to_vec();
+        prefix.extend(range.prefix());
+        let start = match start_after {
+            Some(k) => {
+                let mut s = object_key(k);
+                s.push(0); // the smallest key after `k`
+                s.max(prefix.clone())
+            }
+            None => prefix.clone(),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for entry in self.inner.db.range(start..) {
+            let (k, v) = entry.map_err(io)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some(key) = ObjectKey::decode(range.resource, &k[OBJECT_PREFIX.len()..]) else {
+                continue;
+            };
+            if !range.contains(&key) {
+                continue;
+            }
+            let item = decode_value(key, &v)?;
+            if !filter(&item) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                more = true;
+                break;
+            }
+            items.push(item);
+        }
+        Ok(ListPage {
+            items,
+            revision,
+            more,
+        })
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+        if let Some(err) = self.inner.durable.borrow().failed.clone() {
+            return Err(StoreError::Unavailable(err));
+        }
+        let mut state = lock(&self.inner.commit);
+        let mut batch = sled::Batch::default();
+        let mut events = Vec::with_capacity(ops.len());
+        let mut revisions = Vec::with_capacity(ops.len());
+        let mut revision = state.revision;
+        // Ops in one commit may touch the same key (rare); track what this commit already wrote.
+        let mut written: std::collections::HashMap<ObjectKey, Option<Versioned>> =
+            Default::default();
+        for op in ops {
+            let key = op.key().clone();
+            let current = match written.get(&key) {
+                Some(v) => v.clone(),
+                None => self.get(&key)?,
+            };
+            let precondition = match &op {
+                Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+            };
+            check(&key, precondition, current.as_ref())?;
+            revision += 1;
+            revisions.push(revision);
+            match op {
+                Op::Put { value, .. } => {
+                    let event_type = if current.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    };
+                    batch.insert(object_key(&key), encode_value(revision, &value));
+                    let object = Versioned {
+                        key: key.clone(),
+                        revision,
+                        value,
+                    };
+                    written.insert(key, Some(object.clone()));
+                    events.push(StoreEvent { event_type, object });
+                }
+                Op::Delete { .. } => {
+                    let Some(prev) = current else {
+                        return Err(StoreError::PreconditionFailed {
+                            key,
+                            expected: Precondition::None,
+                            actual: None,
+                        });
+                    };
+                    batch.remove(object_key(&key));
+                    written.insert(key.clone(), None);
+                    events.push(StoreEvent {
+                        event_type: EventType::Deleted,
+                        object: Versioned {
+                            key,
+                            revision,
+                            value: prev.value,
+                        },
+                    });
+                }
+            }
+        }
+        batch.insert(KEY_REVISION, &revision.to_be_bytes());
+        self.inner.db.apply_batch(batch).map_err(io)?;
+        state.revision = revision;
+        {
+            let mut q = lock(&self.inner.flush);
+            if q.shutdown {
+                return Err(StoreError::Unavailable("store is shutting down".into()));
+            }
+            q.applied = revision;
+            q.events.extend(events);
+        }
+        drop(state);
+        self.inner.flush_wanted.notify_one();
+        Ok(Committed {
+            revisions,
+            durable: self.inner.wait_durable(revision),
+        })
+    }
+
+    fn revision(&self) -> Revision {
+        lock(&self.inner.commit).revision
+    }
+
+    fn oldest_watchable(&self) -> Revision {
+        self.inner.history.oldest()
+    }
+
+    fn watch(&self, after: Revision) -> Result<WatchReceiver, StoreError> {
+        self.inner.history.subscribe(after)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map(|_| ()).map_err(io)
+    }
+}
+
+fn check(
+    key: &ObjectKey,
+    precondition: Precondition,
+    current: Option<&Versioned>,
+) -> Result<(), StoreError> {
+    let actual = current.map(|c| c.revision);
+    let ok = match precondition {
+        Precondition::None => true,
+        Precondition::Absent => actual.is_none(),
+        Precondition::Revision(r) => actual == Some(r),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::PreconditionFailed {
+            key: key.clone(),
+            expected: precondition,
+            actual,
+        })
+    }
+}
+
+fn object_key(key: &ObjectKey) -> Vec<u8> {
+    let mut k = OBJECT_PREFIX.to_vec();
+    k.extend(key.encode());
+    k
+}
+
+fn encode_value(revision: Revision, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&revision.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn decode_value(key: ObjectKey, raw: &[u8]) -> Result<Versioned, StoreError> {
+    let revision = decode_u64(raw.get(..8).unwrap_or_default())
+        .ok_or_else(|| StoreError::Corrupt(format!("damaged value for {key:?}")))?;
+    Ok(Versioned {
+        key,
+        revision,
+        value: Bytes::copy_from_slice(&raw[8..]),
+    })
+}
+
+fn decode_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn open_error(path: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+        {
+            StoreError::Unavailable(format!(
+                "data directory {} is in use by another ipam-apiserver process ({io})",
+                path.display()
+            ))
+        }
+        sled::Error::Corruption { .. } => StoreError::Corrupt(format!(
+            "{} is damaged and cannot be opened: {e}",
+            path.display()
+        )),
+        other => StoreError::Unavailable(format!("cannot open {}: {other}", path.display())),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded state stays consistent across a panic (plain counters and queues).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

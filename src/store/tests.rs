@@ -1,0 +1,233 @@
+use super::*;
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("ipprefixes", "", name)
+}
+
+fn put(name: &str, value: &str, precondition: Precondition) -> Op {
+    Op::Put {
+        key: key(name),
+        value: Bytes::from(value.to_string()),
+        precondition,
+    }
+}
+
+fn open(dir: &std::path::Path) -> SledStore {
+    SledStore::open(dir, 100).expect("open store")
+}
+
+async fn commit(store: &SledStore, ops: Vec<Op>) -> Vec<Revision> {
+    let c = store.commit(ops).expect("commit");
+    c.durable.await.expect("durable");
+    c.revisions
+}
+
+#[tokio::test]
+async fn every_written_key_gets_its_own_increasing_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let revs = commit(
+        &store,
+        vec![
+            put("a", "1", Precondition::Absent),
+            put("b", "2", Precondition::Absent),
+        ],
+    )
+    .await;
+    assert_eq!(revs, vec![1, 2]);
+    let revs = commit(&store, vec![put("a", "3", Precondition::Revision(1))]).await;
+    assert_eq!(revs, vec![3]);
+    let a = store.get(&key("a")).unwrap().unwrap();
+    assert_eq!((a.revision, a.value.as_ref()), (3, b"3".as_ref()));
+}
+
+#[tokio::test]
+async fn failed_precondition_writes_nothing_of_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
+    let err = store
+        .commit(vec![
+            put("b", "2", Precondition::Absent),
+            put("a", "x", Precondition::Absent),
+        ])
+        .err()
+        .expect("second put must fail");
+    assert!(
+        matches!(
+            err,
+            StoreError::PreconditionFailed {
+                actual: Some(1),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(store.get(&key("b")).unwrap().is_none());
+    assert_eq!(store.revision(), 1);
+    let err = store
+        .commit(vec![put("a", "x", Precondition::Revision(7))])
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::PreconditionFailed { .. }));
+}
+
+#[tokio::test]
+async fn list_pages_in_key_order_and_scopes_by_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let claim = |ns: &str, name: &str| Op::Put {
+        key: ObjectKey::new("ipprefixclaims", ns, name),
+        value: Bytes::from_static(b"{}"),
+        precondition: Precondition::Absent,
+    };
+    commit(
+        &store,
+        vec![
+            claim("b", "x"),
+            claim("a", "z"),
+            claim("a", "y"),
+            claim("ab", "w"),
+        ],
+    )
+    .await;
+    let all = KeyRange {
+        resource: "ipprefixclaims",
+        namespace: None,
+    };
+    let page = store.list(&all, None, Some(2), &mut |_| true).unwrap();
+    let names: Vec<_> = page
+        .items
+        .iter()
+        .map(|v| format!("{}/{}", v.key.namespace, v.key.name))
+        .collect();
+    assert_eq!(names, vec!["a/y", "a/z"]);
+    assert!(page.more);
+    let page = store
+        .list(&all, Some(&page.items[1].key), Some(5), &mut |_| true)
+        .unwrap();
+    let names: Vec<_> = page
+        .items
+        .iter()
+        .map(|v| format!("{}/{}", v.key.namespace, v.key.name))
+        .collect();
+    assert_eq!(names, vec!["ab/w", "b/x"]);
+    assert!(!page.more);
+    let ns_a = KeyRange {
+        resource: "ipprefixclaims",
+        namespace: Some("a".into()),
+    };
+    assert_eq!(
+        store
+            .list(&ns_a, None, None, &mut |_| true)
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    let prefixes = KeyRange {
+        resource: "ipprefixes",
+        namespace: None,
+    };
+    assert!(store
+        .list(&prefixes, None, None, &mut |_| true)
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[tokio::test]
+async fn watch_sees_durable_events_in_order_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut w = store.watch(0).unwrap();
+    commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
+    commit(&store, vec![put("a", "2", Precondition::Revision(1))]).await;
+    commit(
+        &store,
+        vec![Op::Delete {
+            key: key("a"),
+            precondition: Precondition::None,
+        }],
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ev = w.recv().await.unwrap().unwrap();
+        seen.push((ev.event_type, ev.object.revision, ev.object.value.clone()));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (EventType::Added, 1, Bytes::from_static(b"1")),
+            (EventType::Modified, 2, Bytes::from_static(b"2")),
+            (EventType::Deleted, 3, Bytes::from_static(b"2")),
+        ]
+    );
+    // Resume after revision 1: the later two only.
+    let mut w = store.watch(1).unwrap();
+    assert_eq!(w.recv().await.unwrap().unwrap().object.revision, 2);
+    assert_eq!(w.recv().await.unwrap().unwrap().object.revision, 3);
+}
+
+#[tokio::test]
+async fn watch_from_before_retained_history_is_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), 2).unwrap();
+    for i in 0..5 {
+        commit(
+            &store,
+            vec![put(&format!("k{i}"), "v", Precondition::Absent)],
+        )
+        .await;
+    }
+    assert!(store.oldest_watchable() > 0);
+    assert!(matches!(store.watch(0), Err(StoreError::Expired { .. })));
+    assert!(store.watch(store.revision()).is_ok());
+}
+
+#[tokio::test]
+async fn reopen_keeps_objects_and_revision_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        commit(
+            &store,
+            vec![
+                put("a", "1", Precondition::Absent),
+                put("b", "1", Precondition::Absent),
+            ],
+        )
+        .await;
+        store.close();
+    }
+    // sled releases its file lock when the last handle drops; give the flusher a moment.
+    let store = loop {
+        match SledStore::open(dir.path(), 100) {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(store.revision(), 2);
+    assert_eq!(store.get(&key("b")).unwrap().unwrap().revision, 2);
+    assert_eq!(
+        commit(&store, vec![put("c", "1", Precondition::Absent)]).await,
+        vec![3]
+    );
+}
+
+#[tokio::test]
+async fn foreign_data_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        db.insert("something", "else").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    assert!(
+        err.to_string()
+            .contains("not an ipam-apiserver data directory"),
+        "{err}"
+    );
+}
