@@ -82,17 +82,20 @@ fn index_bytes_per_block(prefix: &str, len: u8, n: usize) -> (f64, f64) {
     (incremental, after_rebuild)
 }
 
-/// Times `op` alone on `pool`, running `undo` after each call outside the timed region.
-fn time_each<T>(
+/// Times `op` alone on `pool`: `setup` before and `undo` after each call run outside
+/// the timed region, so every iteration starts from the same state.
+fn time_each<S, T>(
     iters: u64,
     pool: &mut Pool,
-    mut op: impl FnMut(&mut Pool, u64) -> T,
+    mut setup: impl FnMut(&mut Pool, u64) -> S,
+    mut op: impl FnMut(&mut Pool, S) -> T,
     mut undo: impl FnMut(&mut Pool, T),
 ) -> Duration {
     let mut total = Duration::ZERO;
     for i in 0..iters {
+        let input = setup(pool, i);
         let start = Instant::now();
-        let out = black_box(op(pool, i));
+        let out = black_box(op(pool, black_box(input)));
         total += start.elapsed();
         undo(pool, out);
     }
@@ -107,44 +110,52 @@ fn scenario(c: &mut Criterion, group_name: &str, prefix: &str, len: u8) {
         .measurement_time(Duration::from_secs(2));
     for n in SIZES {
         let (mut pool, kept, holes) = fragmented_pool(prefix, len, n);
+        // Spread exact requests over the whole pool (7919 is prime, so all are visited).
         let hole = |i: u64| holes[(i as usize).wrapping_mul(7919) % holes.len()];
         let kept_block = |i: u64| kept[(i as usize).wrapping_mul(7919) % kept.len()];
-        group.bench_function(BenchmarkId::new("allocate_first_fit", n), |b| {
-            b.iter_custom(|iters| {
-                time_each(
-                    iters,
-                    &mut pool,
-                    |pool, _| pool.allocate_first_fit(len).expect("a hole is free"),
-                    |pool, block| pool.release(block).expect("just allocated"),
-                )
-            })
-        });
-        group.bench_function(BenchmarkId::new("allocate_exact", n), |b| {
-            b.iter_custom(|iters| {
-                time_each(
-                    iters,
-                    &mut pool,
-                    |pool, i| pool.allocate_exact(hole(i)).map(|()| hole(i)),
-                    |pool, block| {
-                        pool.release(block.expect("holes are free"))
-                            .expect("just allocated")
-                    },
-                )
-            })
-        });
-        group.bench_function(BenchmarkId::new("release", n), |b| {
-            b.iter_custom(|iters| {
-                time_each(
-                    iters,
-                    &mut pool,
-                    |pool, i| pool.release(kept_block(i)).map(|()| kept_block(i)),
-                    |pool, block| {
-                        pool.allocate_exact(block.expect("kept blocks are allocated"))
-                            .expect("just released")
-                    },
-                )
-            })
-        });
+        let mut measure = |name: &str,
+                           setup: &dyn Fn(&mut Pool, u64) -> IpNet,
+                           op: &dyn Fn(&mut Pool, IpNet) -> IpNet,
+                           undo: &dyn Fn(&mut Pool, IpNet)| {
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter_custom(|iters| time_each(iters, &mut pool, setup, op, undo))
+            });
+        };
+        // The pair the targets are stated for: first fit, then release of that block.
+        measure(
+            "allocate_first_fit",
+            &|_, _| IpNet::default(),
+            &|pool, _| pool.allocate_first_fit(len).expect("a hole is free"),
+            &|pool, block| pool.release(block).expect("just allocated"),
+        );
+        measure(
+            "release_after_first_fit",
+            &|pool, _| pool.allocate_first_fit(len).expect("a hole is free"),
+            &|pool, block| {
+                pool.release(block).expect("just allocated");
+                block
+            },
+            &|_, _| (),
+        );
+        // Random positions: every call misses the CPU caches at 10^6 blocks.
+        measure(
+            "allocate_exact_random_hole",
+            &|_, i| hole(i),
+            &|pool, block| {
+                pool.allocate_exact(block).expect("holes are free");
+                block
+            },
+            &|pool, block| pool.release(block).expect("just allocated"),
+        );
+        measure(
+            "release_random_block",
+            &|_, i| kept_block(i),
+            &|pool, block| {
+                pool.release(block).expect("kept blocks are allocated");
+                block
+            },
+            &|pool, block| pool.allocate_exact(block).expect("just released"),
+        );
     }
     group.finish();
 }

@@ -8,12 +8,16 @@
 //!   lies inside exactly one maximal free block of length `<= len`, so the lowest one is
 //!   the start of the lowest free block among lengths `pool_len ..= len`.
 //!
-//! `nonempty` is a bitmap of lengths with at least one free block, so first fit
-//! visits only lengths that have something and costs O(log n) for n free blocks.
+//! `lowest[len]` caches the first start of `by_len[len]` and `nonempty` is a bitmap of
+//! lengths with at least one free block, so first fit reads at most 129 cached values
+//! and never walks a tree; keeping the cache costs one extra descent when the lowest
+//! block of a length is removed.
+//!
 //! Every operation touches at most ~2 x 129 blocks, independent of how many blocks
 //! are allocated.
 
 use super::geometry::{Block, Family, Span};
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +27,8 @@ pub(crate) struct FreeIndex {
     root_len: u8,
     by_start: BTreeMap<u128, u8>,
     by_len: Vec<BTreeSet<u128>>,
+    /// `lowest[len] == by_len[len].first()`.
+    lowest: Vec<Option<u128>>,
     /// Bit `len` set when `by_len[len]` is non-empty (lengths 0..=128 → 3 words).
     nonempty: [u64; 3],
 }
@@ -35,6 +41,7 @@ impl FreeIndex {
             root_len,
             by_start: BTreeMap::new(),
             by_len: vec![BTreeSet::new(); usize::from(family.max_len) + 1],
+            lowest: vec![None; usize::from(family.max_len) + 1],
             nonempty: [0; 3],
         }
     }
@@ -50,10 +57,11 @@ impl FreeIndex {
             root_len,
             by_start: blocks.into_iter().map(|b| (b.start, b.len)).collect(),
             by_len: per_len.into_iter().map(BTreeSet::from_iter).collect(),
+            lowest: vec![None; usize::from(family.max_len) + 1],
             nonempty: [0; 3],
         };
         for len in 0..=family.max_len {
-            index.refresh_nonempty(len);
+            index.refresh_lowest(len);
         }
         index
     }
@@ -80,7 +88,7 @@ impl FreeIndex {
         let mut best: Option<Block> = None;
         let mut from = 0;
         while let Some(candidate_len) = self.next_nonempty_len(from).filter(|&l| l <= len) {
-            if let Some(&start) = self.by_len[usize::from(candidate_len)].first() {
+            if let Some(start) = self.lowest[usize::from(candidate_len)] {
                 if best.is_none_or(|b| start < b.start) {
                     best = Some(Block {
                         start,
@@ -119,16 +127,20 @@ impl FreeIndex {
     /// its buddy while the buddy is wholly free, which keeps blocks maximal.
     pub fn give_back(&mut self, mut block: Block) {
         while block.len > self.root_len {
-            let buddy = Block {
-                start: block.start ^ self.family.buddy_bit(block.len),
-                len: block.len,
-            };
-            if self.by_start.get(&buddy.start) != Some(&buddy.len) {
-                break;
+            let buddy_start = block.start ^ self.family.buddy_bit(block.len);
+            // One descent both tests and removes the buddy.
+            match self.by_start.entry(buddy_start) {
+                Entry::Occupied(entry) if *entry.get() == block.len => {
+                    entry.remove();
+                }
+                _ => break,
             }
-            self.remove(buddy);
+            self.remove_from_len_index(Block {
+                start: buddy_start,
+                len: block.len,
+            });
             block = Block {
-                start: block.start.min(buddy.start),
+                start: block.start.min(buddy_start),
                 len: block.len - 1,
             };
         }
@@ -170,23 +182,34 @@ impl FreeIndex {
 
     fn insert(&mut self, block: Block) {
         self.by_start.insert(block.start, block.len);
-        self.by_len[usize::from(block.len)].insert(block.start);
-        self.nonempty[usize::from(block.len / 64)] |= 1 << (block.len % 64);
+        let len = usize::from(block.len);
+        self.by_len[len].insert(block.start);
+        if self.lowest[len].is_none_or(|lowest| block.start < lowest) {
+            self.lowest[len] = Some(block.start);
+        }
+        self.nonempty[len / 64] |= 1 << (len % 64);
     }
 
     fn remove(&mut self, block: Block) {
         self.by_start.remove(&block.start);
-        self.by_len[usize::from(block.len)].remove(&block.start);
-        self.refresh_nonempty(block.len);
+        self.remove_from_len_index(block);
     }
 
-    fn refresh_nonempty(&mut self, len: u8) {
+    fn remove_from_len_index(&mut self, block: Block) {
+        self.by_len[usize::from(block.len)].remove(&block.start);
+        if self.lowest[usize::from(block.len)] == Some(block.start) {
+            self.refresh_lowest(block.len);
+        }
+    }
+
+    fn refresh_lowest(&mut self, len: u8) {
+        let len = usize::from(len);
+        self.lowest[len] = self.by_len[len].first().copied();
         let bit = 1u64 << (len % 64);
-        let word = &mut self.nonempty[usize::from(len / 64)];
-        if self.by_len[usize::from(len)].is_empty() {
-            *word &= !bit;
+        if self.lowest[len].is_some() {
+            self.nonempty[len / 64] |= bit;
         } else {
-            *word |= bit;
+            self.nonempty[len / 64] &= !bit;
         }
     }
 

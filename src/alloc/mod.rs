@@ -13,6 +13,10 @@ mod geometry;
 mod pool;
 
 #[cfg(test)]
+mod constraint_tests;
+#[cfg(test)]
+mod model;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;

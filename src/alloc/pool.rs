@@ -5,6 +5,7 @@ use super::free_index::FreeIndex;
 use super::geometry::{merge_spans, Block, Family, Span};
 use super::{AllocError, Capacity, Holder, Reserve};
 use ipnet::IpNet;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -170,10 +171,13 @@ impl Pool {
     pub fn release(&mut self, prefix: IpNet) -> Result<(), AllocError> {
         self.check_family(&prefix)?;
         let block = self.check_canonical(&prefix)?;
-        if self.allocated.get(&block.start) != Some(&block.len) {
-            return Err(AllocError::NotAllocated { prefix });
+        // One descent both tests and removes the entry.
+        match self.allocated.entry(block.start) {
+            Entry::Occupied(entry) if *entry.get() == block.len => {
+                entry.remove();
+            }
+            _ => return Err(AllocError::NotAllocated { prefix }),
         }
-        self.allocated.remove(&block.start);
         self.allocated_addresses = self
             .allocated_addresses
             .saturating_sub(block_size(self.family, block));
