@@ -22,7 +22,7 @@ impl Pool {
     /// unchanged, when a new exclusion overlaps an allocated block.
     pub fn set_exclusions(&mut self, exclusions: &[IpNet]) -> Result<(), AllocError> {
         self.validate_exclusions(exclusions)?;
-        self.check_spares(exclusions, self.reserve, |span| {
+        self.ensure_no_allocated_covered(exclusions, self.reserve, |span| {
             self.lowest_allocated_in(span)
         })?;
         self.apply_constraints(exclusions.to_vec(), self.reserve);
@@ -32,7 +32,7 @@ impl Pool {
     /// Replaces the edge reservations. Refused with `CoversAllocated`, leaving the
     /// pool unchanged, when the new reserved range overlaps an allocated block.
     pub fn set_reserve(&mut self, reserve: Reserve) -> Result<(), AllocError> {
-        self.check_spares(&[], reserve, |span| self.lowest_allocated_in(span))?;
+        self.ensure_no_allocated_covered(&[], reserve, |span| self.lowest_allocated_in(span))?;
         self.apply_constraints(self.exclusions.clone(), reserve);
         Ok(())
     }
@@ -58,7 +58,7 @@ impl Pool {
     /// Fails with `CoversAllocated` for the lowest-addressed allocated block that an
     /// exclusion or the reserve overlaps, naming the first such constraint (exclusions
     /// in the order given, then leading, then trailing reserve).
-    pub(super) fn check_spares(
+    pub(super) fn ensure_no_allocated_covered(
         &self,
         exclusions: &[IpNet],
         reserve: Reserve,

@@ -102,7 +102,7 @@ impl Pool {
                 });
             }
         }
-        pool.check_spares(exclusions, reserve, |span| {
+        pool.ensure_no_allocated_covered(exclusions, reserve, |span| {
             lowest_in_sorted(family, &blocks, span)
         })?;
 
