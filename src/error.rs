@@ -54,6 +54,7 @@ pub enum FieldErrorKind {
     Forbidden,
     Duplicate,
     TooLong,
+    NotFound,
 }
 
 impl FieldError {
@@ -100,6 +101,18 @@ impl FieldError {
             format!("must have at most {max} bytes"),
         )
     }
+    pub fn not_found(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            field,
+            FieldErrorKind::NotFound,
+            Some(value.to_string()),
+            detail,
+        )
+    }
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
         Self::new(
             field,
@@ -131,6 +144,7 @@ impl FieldError {
             FieldErrorKind::Forbidden => "FieldValueForbidden",
             FieldErrorKind::Duplicate => "FieldValueDuplicate",
             FieldErrorKind::TooLong => "FieldValueTooLong",
+            FieldErrorKind::NotFound => "FieldValueNotFound",
         }
     }
 
@@ -143,6 +157,7 @@ impl FieldError {
             FieldErrorKind::Forbidden => "Forbidden",
             FieldErrorKind::Duplicate => "Duplicate value",
             FieldErrorKind::TooLong => "Too long",
+            FieldErrorKind::NotFound => "Not found",
         };
         let mut s = head.to_string();
         if let Some(v) = &self.value {

@@ -1,2 +1,26 @@
+//! API semantics: the create / update / delete pipeline written once (`generic.rs`), and the
+//! policy of each kind (`prefix.rs`, `claim.rs`). Allocation happens inside the same
+//! transaction that stores the objects, so a create is one atomic, durable step.
+
+mod claim;
+pub mod codec;
+mod generic;
+pub mod kind;
 pub mod meta;
+mod prefix;
 pub mod selector;
+mod state;
+mod status;
+mod txn;
+mod validate;
+mod watch;
+
+pub use codec::FieldValidation;
+pub use generic::{
+    DeleteOptions, ListOptions, ObjectList, Preconditions, PropagationPolicy, Registry, Subresource,
+};
+pub use kind::Kind;
+pub use watch::{Watch, WatchEvent, WatchOptions};
+
+#[cfg(test)]
+mod tests;

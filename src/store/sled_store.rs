@@ -15,10 +15,21 @@ const KEY_FORMAT: &[u8] = b"m/format";
 const KEY_REVISION: &[u8] = b"m/revision";
 const OBJECT_PREFIX: &[u8] = b"o/";
 
-/// A cheap-to-clone handle; all state lives behind one `Arc`.
+/// A cheap-to-clone handle; all state lives behind one `Arc`. When the last handle is dropped
+/// the flusher makes a final flush and exits, releasing the data directory's lock.
 #[derive(Clone)]
 pub struct SledStore {
     inner: Arc<Inner>,
+    _close_on_drop: Arc<CloseOnDrop>,
+}
+
+/// Shared by the handles only (not the flusher thread, which holds `Inner`).
+struct CloseOnDrop(Arc<Inner>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 struct Inner {
@@ -69,10 +80,12 @@ impl SledStore {
                     String::from_utf8_lossy(FORMAT)
                 )))
             }
-            None if db.first().map_err(io)?.is_some() => return Err(StoreError::Corrupt(format!(
+            None if db.first().map_err(io)?.is_some() => {
+                return Err(StoreError::Corrupt(format!(
                 "{} is not an ipam-apiserver data directory (no format marker); refusing to use it",
                 path.display()
-            ))),
+            )))
+            }
             None => {
                 db.insert(KEY_FORMAT, FORMAT).map_err(io)?;
                 db.flush().map_err(io)?;
@@ -105,17 +118,24 @@ impl SledStore {
             .name("store-flusher".into())
             .spawn(move || flusher.run_flusher())
             .map_err(|e| StoreError::Unavailable(format!("cannot start flusher thread: {e}")))?;
-        Ok(SledStore { inner })
+        Ok(SledStore {
+            _close_on_drop: Arc::new(CloseOnDrop(inner.clone())),
+            inner,
+        })
     }
 
     /// Stop the flusher after a final flush. Later commits are refused.
     pub fn close(&self) {
-        lock(&self.inner.flush).shutdown = true;
-        self.inner.flush_wanted.notify_all();
+        self.inner.close();
     }
 }
 
 impl Inner {
+    fn close(&self) {
+        lock(&self.flush).shutdown = true;
+        self.flush_wanted.notify_all();
+    }
+
     /// Group commit: one fsync covers every commit applied since the previous one. Events are
     /// published only after their fsync, so a watcher never sees a change a crash could undo.
     fn run_flusher(&self) {

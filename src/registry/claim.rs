@@ -1,0 +1,749 @@
+//! IPPrefixClaim policy: create *is* the allocation, delete *is* the release.
+//!
+//! A create picks the parent (by reference, or by selector in name order), takes the first free
+//! block (or exactly `spec.prefix`), and writes the claim, its bound child IPPrefix and the
+//! parent's status in one transaction. Nothing is written when there is no room.
+use super::kind::{Kind, Removal};
+use super::meta;
+use super::prefix::{block_error, name_of, release_prefix, take_block};
+use super::state::{parse_stored, reserve_of};
+use super::status::{refresh_prefix_status, write_parent_status};
+use super::txn::{Stored, Txn};
+use super::validate::{
+    validate_cidr, validate_ip_family, validate_reclaim_policy, validate_reserve,
+};
+use crate::alloc::{AllocError, Pool};
+use crate::api::*;
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::store::Precondition;
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Selector;
+use sha2::Digest;
+
+const BOUND_CONDITION: &str = "Bound";
+
+impl Kind for IPPrefixClaim {
+    const RESOURCE: &'static str = "ipprefixclaims";
+    const KIND: &'static str = "IPPrefixClaim";
+    const NAMESPACED: bool = true;
+    const FIELD_SELECTORS: &'static [&'static str] = &[
+        "metadata.name",
+        "metadata.namespace",
+        "spec.parentRef.name",
+        "spec.prefixLength",
+        "status.phase",
+    ];
+
+    fn field_value(&self, field: &str) -> String {
+        match field {
+            "metadata.name" => self.metadata.name.clone().unwrap_or_default(),
+            "metadata.namespace" => self.metadata.namespace.clone().unwrap_or_default(),
+            "spec.parentRef.name" => self
+                .spec
+                .parent_ref
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            "spec.prefixLength" => self
+                .spec
+                .prefix_length
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
+            "status.phase" => self
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    fn same_spec(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+
+    fn keep_status_of(&mut self, old: &Self) {
+        self.status = old.status.clone();
+    }
+
+    fn keep_spec_of(&mut self, old: &Self) {
+        self.spec = old.spec.clone();
+        // The allocation record is the server's: a status write may add or change conditions
+        // of its own types, never the Bound condition or the allocated block.
+        let mut status = old.status.clone().unwrap_or_default();
+        let written = self.status.take().map(|s| s.conditions).unwrap_or_default();
+        status.conditions.retain(|c| c.type_ == BOUND_CONDITION);
+        status
+            .conditions
+            .extend(written.into_iter().filter(|c| c.type_ != BOUND_CONDITION));
+        self.status = Some(status);
+    }
+
+    fn default_on_create(&mut self) {
+        self.spec
+            .reclaim_policy
+            .get_or_insert_with(|| ReclaimPolicy::Delete.as_str().to_string());
+        self.status = None;
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        validate_claim_spec(&self.spec)
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let (new, old) = (&self.spec, &old.spec);
+        let mut errs = Vec::new();
+        let mut immutable = |field: &str, changed: bool| {
+            if changed {
+                errs.push(FieldError::forbidden(
+                    field,
+                    "field is immutable after creation; only spec.reclaimPolicy may change",
+                ));
+            }
+        };
+        immutable("spec.prefixLength", new.prefix_length != old.prefix_length);
+        immutable("spec.ipFamily", new.ip_family != old.ip_family);
+        immutable("spec.parentRef", new.parent_ref != old.parent_ref);
+        immutable(
+            "spec.parentSelector",
+            new.parent_selector != old.parent_selector,
+        );
+        immutable("spec.prefix", new.prefix != old.prefix);
+        immutable(
+            "spec.childPrefixTemplate",
+            new.child_prefix_template != old.child_prefix_template,
+        );
+        if new.reclaim_policy.is_none() {
+            errs.push(FieldError::required(
+                "spec.reclaimPolicy",
+                "Delete or Retain",
+            ));
+        }
+        errs
+    }
+
+    fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()> {
+        allocate(self, tx)
+    }
+
+    fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()> {
+        // The bound IPPrefix follows the claim's reclaimPolicy (the only mutable spec field).
+        if self.spec.reclaim_policy != old.spec.reclaim_policy {
+            if let Some(mut child) = bound_prefix(self, tx)? {
+                child.obj.spec.reclaim_policy = self.spec.reclaim_policy.clone();
+                child.obj.metadata.resource_version = None;
+                tx.put(&child.obj, Precondition::Revision(child.revision))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+        let Some(child) = bound_prefix(self, tx)? else {
+            return Ok(Removal::Remove);
+        };
+        if tx.state.children(&name_of(&child.obj)) > 0 {
+            return Ok(Removal::KeepInUse);
+        }
+        release_claimed_prefix(tx, child)?;
+        Ok(Removal::Remove)
+    }
+}
+
+fn validate_claim_spec(spec: &IPPrefixClaimSpec) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let family = validate_ip_family("spec.ipFamily", spec.ip_family.as_deref(), &mut errs);
+    let prefix = spec
+        .prefix
+        .as_deref()
+        .and_then(|p| validate_cidr("spec.prefix", p, &mut errs));
+    match (spec.prefix_length, &spec.prefix) {
+        (None, None) => errs.push(FieldError::required(
+            "spec.prefixLength",
+            "required unless spec.prefix is set",
+        )),
+        (Some(len), _) => {
+            let max = family.map_or(128, |f| i32::from(f.max_prefix_len()));
+            if !(1..=max).contains(&len) {
+                errs.push(FieldError::invalid(
+                    "spec.prefixLength",
+                    len,
+                    format!("must be between 1 and {max}"),
+                ));
+            } else if let Some(p) = prefix {
+                if i32::from(p.prefix_len()) != len {
+                    errs.push(FieldError::invalid(
+                        "spec.prefixLength",
+                        len,
+                        format!("must equal the length of spec.prefix ({p})"),
+                    ));
+                }
+            }
+        }
+        (None, Some(_)) => {}
+    }
+    if let (Some(f), Some(p)) = (family, prefix) {
+        if IpFamily::of(&p) != f {
+            errs.push(FieldError::invalid(
+                "spec.ipFamily",
+                f.as_str(),
+                format!("does not match spec.prefix {p}"),
+            ));
+        }
+    }
+    match (&spec.parent_ref, &spec.parent_selector) {
+        (Some(_), Some(_)) => errs.push(FieldError::forbidden(
+            "spec.parentSelector",
+            "may not be set together with spec.parentRef: set exactly one",
+        )),
+        (None, None) => errs.push(FieldError::required(
+            "spec.parentRef",
+            "exactly one of spec.parentRef or spec.parentSelector is required",
+        )),
+        (Some(r), None) => {
+            if let Err(e) = meta::validate_dns_subdomain(&r.name) {
+                errs.push(FieldError::invalid(
+                    "spec.parentRef.name",
+                    format!("\"{}\"", r.name),
+                    e,
+                ));
+            }
+        }
+        (None, Some(sel)) => {
+            if let Err(e) = Selector::try_from(sel.clone()) {
+                errs.push(FieldError::invalid(
+                    "spec.parentSelector",
+                    "",
+                    e.to_string(),
+                ));
+            }
+            for (k, v) in sel.match_labels.iter().flatten() {
+                if meta::validate_label_key(k).is_err() || meta::validate_label_value(v).is_err() {
+                    errs.push(FieldError::invalid(
+                        "spec.parentSelector.matchLabels",
+                        format!("{k}={v}"),
+                        "not a valid label",
+                    ));
+                }
+            }
+        }
+    }
+    validate_reclaim_policy(
+        "spec.reclaimPolicy",
+        spec.reclaim_policy.as_deref(),
+        &mut errs,
+    );
+    if let Some(t) = &spec.child_prefix_template {
+        if let Some(m) = &t.metadata {
+            if let Some(n) = &m.name {
+                if let Err(e) = meta::validate_dns_subdomain(n) {
+                    errs.push(FieldError::invalid(
+                        "spec.childPrefixTemplate.metadata.name",
+                        format!("\"{n}\""),
+                        e,
+                    ));
+                }
+            }
+            meta::validate_labels_annotations(
+                "spec.childPrefixTemplate.metadata",
+                Some(&m.labels),
+                Some(&m.annotations),
+                &mut errs,
+            );
+        }
+        if let Some(s) = &t.spec {
+            validate_reserve(
+                "spec.childPrefixTemplate.spec.reserve",
+                s.reserve.as_ref(),
+                &mut errs,
+            );
+            for (i, ex) in s.exclude.iter().enumerate() {
+                validate_cidr(
+                    &format!("spec.childPrefixTemplate.spec.exclude[{i}]"),
+                    ex,
+                    &mut errs,
+                );
+            }
+        }
+    }
+    errs
+}
+
+/// The IPPrefix bound to this claim, if it still is.
+fn bound_prefix(claim: &IPPrefixClaim, tx: &Txn<'_>) -> ApiResult<Option<Stored<IPPrefix>>> {
+    let Some(name) = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.prefix_ref.as_ref())
+        .map(|r| r.name.clone())
+    else {
+        return Ok(None);
+    };
+    let Some(child) = tx.get::<IPPrefix>("", &name)? else {
+        return Ok(None);
+    };
+    let bound = child.obj.spec.claim_ref.as_ref().is_some_and(|c| {
+        Some(&c.namespace) == claim.metadata.namespace.as_ref()
+            && Some(&c.name) == claim.metadata.name.as_ref()
+            && c.uid == claim.metadata.uid
+    });
+    Ok(bound.then_some(child))
+}
+
+fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
+    let ns = claim.metadata.namespace.clone().unwrap_or_default();
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let exact: Option<IpNet> = claim.spec.prefix.as_deref().and_then(|p| p.parse().ok());
+    let len: u8 = match (exact, claim.spec.prefix_length) {
+        (Some(p), _) => p.prefix_len(),
+        (None, Some(l)) => u8::try_from(l).unwrap_or(u8::MAX),
+        (None, None) => {
+            return Err(ApiError::Internal(
+                "validated claim without a length".into(),
+            ))
+        }
+    };
+    let family = claim
+        .spec
+        .ip_family
+        .as_deref()
+        .and_then(IpFamily::parse)
+        .or(exact.map(|p| IpFamily::of(&p)));
+
+    // An interface that comes back under the same name gets its old block.
+    if let Some(released_name) = tx.state.released.get(&(ns.clone(), name.clone())).cloned() {
+        if let Some(released) = tx.get::<IPPrefix>("", &released_name)? {
+            if rebind_compatible(claim, &released.obj, len, exact, tx)? {
+                return rebind(claim, tx, released);
+            }
+        }
+    }
+
+    let by_selector = claim.spec.parent_ref.is_none();
+    let candidates = candidate_parents(claim, tx, family, &name)?;
+    let mut tried = Vec::new();
+    for parent in candidates {
+        let pnet = parse_stored(&parent.obj)?;
+        if by_selector && (len <= pnet.prefix_len() || len > pnet.max_prefix_len()) {
+            continue;
+        }
+        if parent.obj.metadata.deletion_timestamp.is_some() {
+            if by_selector {
+                continue;
+            }
+            return Err(ApiError::conflict(
+                IPPrefixClaim::RESOURCE,
+                &name,
+                format!(
+                    "parent ipprefix \"{}\" is being deleted",
+                    name_of(&parent.obj)
+                ),
+            ));
+        }
+        let found = {
+            let entry = tx.state.pool_mut(&parent.obj)?;
+            match exact {
+                Some(p) => entry.pool.check_exact(p).map(|_| p),
+                None => entry.pool.find_first_fit(len),
+            }
+        };
+        match found {
+            Ok(block) => return bind(claim, tx, parent, block),
+            Err(AllocError::Exhausted { largest_free, .. }) => {
+                tried.push((name_of(&parent.obj), pnet, largest_free))
+            }
+            Err(AllocError::OutsidePool { .. } | AllocError::FamilyMismatch { .. })
+                if by_selector => {}
+            Err(e) => {
+                let field = if exact.is_some() {
+                    "spec.prefix"
+                } else {
+                    "spec.prefixLength"
+                };
+                return Err(block_error(
+                    IPPrefixClaim::RESOURCE,
+                    &name,
+                    field,
+                    &parent.obj,
+                    tx,
+                    e,
+                ));
+            }
+        }
+    }
+    Err(exhausted(&name, len, exact, by_selector, &tried))
+}
+
+fn candidate_parents(
+    claim: &IPPrefixClaim,
+    tx: &Txn<'_>,
+    family: Option<IpFamily>,
+    name: &str,
+) -> ApiResult<Vec<Stored<IPPrefix>>> {
+    if let Some(r) = &claim.spec.parent_ref {
+        let Some(parent) = tx.get::<IPPrefix>("", &r.name)? else {
+            return Err(ApiError::invalid(
+                IPPrefixClaim::KIND,
+                name,
+                vec![FieldError::not_found(
+                    "spec.parentRef.name",
+                    format!("\"{}\"", r.name),
+                    "no such ipprefix",
+                )],
+            ));
+        };
+        let pnet = parse_stored(&parent.obj)?;
+        if let Some(f) = family.filter(|f| *f != IpFamily::of(&pnet)) {
+            return Err(ApiError::invalid(
+                IPPrefixClaim::KIND,
+                name,
+                vec![FieldError::invalid(
+                    "spec.ipFamily",
+                    f.as_str(),
+                    format!("does not match the parent ipprefix \"{}\" ({pnet})", r.name),
+                )],
+            ));
+        }
+        return Ok(vec![parent]);
+    }
+    let selector: Selector = claim
+        .spec
+        .parent_selector
+        .clone()
+        .unwrap_or_default()
+        .try_into()
+        .map_err(|e: kube::core::ParseExpressionError| ApiError::BadRequest(e.to_string()))?;
+    // Listed in key order, which is name order: the documented tie-break.
+    Ok(tx
+        .list_all::<IPPrefix>()?
+        .into_iter()
+        .filter(|p| super::selector::matches(&selector, p.obj.metadata.labels.as_ref()))
+        .filter(|p| family.is_none_or(|f| p.obj.prefix().is_some_and(|n| IpFamily::of(&n) == f)))
+        .collect())
+}
+
+fn exhausted(
+    name: &str,
+    len: u8,
+    exact: Option<IpNet>,
+    by_selector: bool,
+    tried: &[(String, IpNet, Option<u8>)],
+) -> ApiError {
+    let what = match exact {
+        Some(p) => format!("{p} is not free"),
+        None => format!("no free /{len}"),
+    };
+    let describe = |(n, net, largest): &(String, IpNet, Option<u8>)| match largest {
+        Some(l) => format!("ipprefix \"{n}\" ({net}; largest free block /{l})"),
+        None => format!("ipprefix \"{n}\" ({net}; full)"),
+    };
+    let message = match (by_selector, tried) {
+        (_, []) => {
+            format!("{what}: no ipprefix with room for a /{len} matches spec.parentSelector")
+        }
+        (false, [one]) => format!("{what} in {}", describe(one)),
+        (_, many) => format!(
+            "{what} in any ipprefix matching spec.parentSelector: {}",
+            many.iter().map(describe).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    ApiError::Exhausted {
+        subject: crate::error::Subject::new(IPPrefixClaim::RESOURCE, name),
+        message,
+    }
+}
+
+/// Bind `claim` to a new child IPPrefix holding `block` of `parent`.
+fn bind(
+    claim: &mut IPPrefixClaim,
+    tx: &mut Txn<'_>,
+    parent: Stored<IPPrefix>,
+    block: IpNet,
+) -> ApiResult<()> {
+    let ns = claim.metadata.namespace.clone().unwrap_or_default();
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let template = claim.spec.child_prefix_template.clone().unwrap_or_default();
+    let tmeta = template.metadata.unwrap_or_default();
+    let tspec = template.spec.unwrap_or_default();
+    let child_name = tmeta
+        .name
+        .clone()
+        .unwrap_or_else(|| default_child_name(&ns, &name));
+    if tx.get::<IPPrefix>("", &child_name)?.is_some() {
+        return Err(ApiError::conflict(
+            IPPrefixClaim::RESOURCE,
+            &name,
+            format!("ipprefix \"{child_name}\" already exists; choose another name with spec.childPrefixTemplate.metadata.name"),
+        ));
+    }
+    // The template's exclusions must fit the block actually allocated.
+    let exclusions: Vec<IpNet> = tspec
+        .exclude
+        .iter()
+        .filter_map(|e| e.parse().ok())
+        .collect();
+    if let Err(e) = Pool::new(block, &exclusions, reserve_of(tspec.reserve.as_ref())) {
+        return Err(ApiError::invalid(
+            IPPrefixClaim::KIND,
+            &name,
+            vec![FieldError::invalid(
+                "spec.childPrefixTemplate.spec.exclude",
+                "",
+                format!("does not fit the allocated block {block}: {e}"),
+            )],
+        ));
+    }
+    if let Err(e) = take_block(tx, &parent.obj, block, &child_name)? {
+        return Err(block_error(
+            IPPrefixClaim::RESOURCE,
+            &name,
+            "spec.prefix",
+            &parent.obj,
+            tx,
+            e,
+        ));
+    }
+    let parent_name = name_of(&parent.obj);
+    let mut child = IPPrefix::new(
+        &child_name,
+        IPPrefixSpec {
+            prefix: block.to_string(),
+            parent_ref: Some(PrefixReference::new(&parent_name)),
+            exclude: tspec.exclude,
+            reserve: tspec.reserve,
+            claim_ref: Some(ClaimReference {
+                namespace: ns,
+                name: name.clone(),
+                uid: claim.metadata.uid.clone(),
+            }),
+            reclaim_policy: claim.spec.reclaim_policy.clone(),
+        },
+    );
+    child.metadata.labels = Some(tmeta.labels).filter(|l| !l.is_empty());
+    child.metadata.annotations = Some(tmeta.annotations).filter(|a| !a.is_empty());
+    meta::prepare_for_create(&mut child.metadata);
+    child.status = Some(IPPrefixStatus {
+        phase: Some(prefix_phase::BOUND.into()),
+        ..Default::default()
+    });
+    refresh_prefix_status(&mut child, tx.state)?;
+    tx.put(&child, Precondition::Absent)?;
+    write_parent_status(tx, parent)?;
+    claim.status = Some(bound_status(
+        block,
+        &child_name,
+        &parent_name,
+        bound_reason::ALLOCATED,
+        format!("allocated {block} from ipprefix \"{parent_name}\""),
+        claim.metadata.generation,
+    ));
+    Ok(())
+}
+
+fn rebind_compatible(
+    claim: &IPPrefixClaim,
+    released: &IPPrefix,
+    len: u8,
+    exact: Option<IpNet>,
+    tx: &Txn<'_>,
+) -> ApiResult<bool> {
+    let Some(net) = released.prefix() else {
+        return Ok(false);
+    };
+    if net.prefix_len() != len || exact.is_some_and(|e| e != net) {
+        return Ok(false);
+    }
+    if let Some(f) = claim.spec.ip_family.as_deref().and_then(IpFamily::parse) {
+        if f != IpFamily::of(&net) {
+            return Ok(false);
+        }
+    }
+    let parent_name = released
+        .spec
+        .parent_ref
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    if let Some(r) = &claim.spec.parent_ref {
+        return Ok(r.name == parent_name);
+    }
+    let Some(parent) = tx.get::<IPPrefix>("", &parent_name)? else {
+        return Ok(false);
+    };
+    let selector: Selector = match claim
+        .spec
+        .parent_selector
+        .clone()
+        .unwrap_or_default()
+        .try_into()
+    {
+        Ok(s) => s,
+        Err(_) => return Ok(false),
+    };
+    Ok(super::selector::matches(
+        &selector,
+        parent.obj.metadata.labels.as_ref(),
+    ))
+}
+
+/// Bind `claim` to the Released IPPrefix that waited for its name.
+fn rebind(
+    claim: &mut IPPrefixClaim,
+    tx: &mut Txn<'_>,
+    released: Stored<IPPrefix>,
+) -> ApiResult<()> {
+    let ns = claim.metadata.namespace.clone().unwrap_or_default();
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let Stored {
+        obj: mut child,
+        revision,
+    } = released;
+    let child_name = name_of(&child);
+    let block = parse_stored(&child)?;
+    child.spec.claim_ref = Some(ClaimReference {
+        namespace: ns.clone(),
+        name: name.clone(),
+        uid: claim.metadata.uid.clone(),
+    });
+    child.spec.reclaim_policy = claim.spec.reclaim_policy.clone();
+    child.status.get_or_insert_with(Default::default).phase = Some(prefix_phase::BOUND.into());
+    child.metadata.resource_version = None;
+    tx.put(&child, Precondition::Revision(revision))?;
+    let key = (ns, name);
+    tx.state.released.remove(&key);
+    let undo_name = child_name.clone();
+    tx.on_undo(move |s| {
+        s.released.insert(key, undo_name);
+    });
+    let parent_name = child
+        .spec
+        .parent_ref
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    claim.status = Some(bound_status(
+        block,
+        &child_name,
+        &parent_name,
+        bound_reason::REBOUND,
+        format!("rebound to {block} (ipprefix \"{child_name}\"), retained from an earlier claim of this name"),
+        claim.metadata.generation,
+    ));
+    Ok(())
+}
+
+/// Release the block held by a claim that is going away, following the prefix's reclaimPolicy:
+/// `Delete` frees it in the parent at once, `Retain` keeps it `Released` for a claim of the same
+/// name. Cascades: a parent whose last child goes may let its own terminating claim go too.
+fn release_claimed_prefix(tx: &mut Txn<'_>, child: Stored<IPPrefix>) -> ApiResult<()> {
+    let Stored {
+        obj: mut prefix,
+        revision,
+    } = child;
+    let name = name_of(&prefix);
+    let retain = prefix
+        .spec
+        .reclaim_policy
+        .as_deref()
+        .and_then(ReclaimPolicy::parse)
+        == Some(ReclaimPolicy::Retain);
+    if retain {
+        prefix.status.get_or_insert_with(Default::default).phase =
+            Some(prefix_phase::RELEASED.into());
+        prefix.metadata.resource_version = None;
+        tx.put(&prefix, Precondition::Revision(revision))?;
+        if let Some(c) = &prefix.spec.claim_ref {
+            let key = (c.namespace.clone(), c.name.clone());
+            tx.state.released.insert(key.clone(), name);
+            tx.on_undo(move |s| {
+                s.released.remove(&key);
+            });
+        }
+        return Ok(());
+    }
+    let parent = release_prefix(tx, &prefix)?;
+    tx.delete::<IPPrefix>("", &name, Precondition::Revision(revision));
+    if let Some(parent) = parent {
+        finish_waiting_claim(tx, parent)?;
+    }
+    Ok(())
+}
+
+/// `parent` just lost a child. If that was its last one and its claim is terminating behind the
+/// in-use finalizer, the claim goes now, in this same transaction.
+fn finish_waiting_claim(tx: &mut Txn<'_>, parent: Stored<IPPrefix>) -> ApiResult<()> {
+    if tx.state.children(&name_of(&parent.obj)) > 0 || parent.obj.phase() != prefix_phase::BOUND {
+        return Ok(());
+    }
+    let Some(cr) = parent.obj.spec.claim_ref.clone() else {
+        return Ok(());
+    };
+    let Some(claim) = tx.get::<IPPrefixClaim>(&cr.namespace, &cr.name)? else {
+        return Ok(());
+    };
+    let finalizers = claim.obj.metadata.finalizers.clone().unwrap_or_default();
+    if claim.obj.metadata.deletion_timestamp.is_none()
+        || !finalizers.iter().any(|f| f == PREFIX_IN_USE_FINALIZER)
+    {
+        return Ok(());
+    }
+    let remaining: Vec<String> = finalizers
+        .into_iter()
+        .filter(|f| f != PREFIX_IN_USE_FINALIZER)
+        .collect();
+    if remaining.is_empty() {
+        release_claimed_prefix(tx, parent)?;
+        tx.delete::<IPPrefixClaim>(
+            &cr.namespace,
+            &cr.name,
+            Precondition::Revision(claim.revision),
+        );
+    } else {
+        // Other finalizers still hold it; the release happens when the last of them goes.
+        let mut obj = claim.obj;
+        obj.metadata.finalizers = Some(remaining);
+        obj.metadata.resource_version = None;
+        tx.put(&obj, Precondition::Revision(claim.revision))?;
+    }
+    Ok(())
+}
+
+fn bound_status(
+    block: IpNet,
+    child: &str,
+    parent: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> IPPrefixClaimStatus {
+    IPPrefixClaimStatus {
+        phase: Some(claim_phase::BOUND.into()),
+        prefix: Some(block.to_string()),
+        address: Some(block.network().to_string()),
+        ip_family: Some(IpFamily::of(&block).as_str().into()),
+        prefix_ref: Some(PrefixReference::new(child)),
+        parent_ref: Some(PrefixReference::new(parent)),
+        conditions: vec![Condition {
+            type_: BOUND_CONDITION.into(),
+            status: "True".into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: meta::now(),
+            observed_generation: generation,
+        }],
+    }
+}
+
+/// `<namespace>.<claim>`, or, when that is longer than a name may be, a truncation plus a hash
+/// of the whole (so two long names never collide).
+pub fn default_child_name(namespace: &str, name: &str) -> String {
+    let full = format!("{namespace}.{name}");
+    if full.len() <= 253 {
+        return full;
+    }
+    let digest = sha2::Sha256::digest(full.as_bytes());
+    let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    let head = full[..253 - 11].trim_end_matches(['.', '-']);
+    format!("{head}-{hash}")
+}

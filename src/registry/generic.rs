@@ -1,0 +1,522 @@
+//! The pipeline every kind goes through, in a fixed order (as k8s.io/apiserver's registry):
+//! metadata → defaults → validation → transaction (kind hooks: allocation, related objects) →
+//! one atomic commit → wait for durability → respond.
+use super::codec;
+use super::kind::{Kind, Removal};
+use super::meta;
+use super::selector::{self, FieldRequirement};
+use super::state::State;
+use super::txn::{store_error, Stored, Txn};
+use crate::api::{IPPrefix, PREFIX_IN_USE_FINALIZER};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{KeyRange, ObjectKey, Precondition, SledStore, Store, StoreError};
+use base64::Engine;
+use kube::core::Selector;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A cheap-to-clone handle to the API semantics over one store.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    /// Serializes every read-decide-write step (allocation decisions and the commit recording
+    /// them). A std mutex: held for microseconds and never across an await; the fsync wait
+    /// happens after it is released, so concurrent creates share one flush.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    Main,
+    Status,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListOptions {
+    pub label_selector: Option<Selector>,
+    pub field_selector: Vec<FieldRequirement>,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ObjectList<K> {
+    pub items: Vec<K>,
+    pub resource_version: String,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropagationPolicy {
+    Orphan,
+    Background,
+    Foreground,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub preconditions: Preconditions,
+    pub propagation_policy: Option<PropagationPolicy>,
+    pub dry_run: bool,
+}
+
+/// The continue token: where the next page starts, and the revision the list began at.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: u64,
+    start: String,
+}
+
+impl Registry {
+    /// Open the store in `data_dir` and rebuild the allocation indexes from it.
+    pub fn open(data_dir: &Path, watch_history: usize) -> Result<Registry, StoreError> {
+        let store = SledStore::open(data_dir, watch_history)?;
+        Self::with_store(Arc::new(store))
+    }
+
+    pub fn with_store(store: Arc<dyn Store>) -> Result<Registry, StoreError> {
+        let range = KeyRange {
+            resource: "ipprefixes",
+            namespace: None,
+        };
+        let page = store.list(&range, None, None, &mut |_| true)?;
+        let prefixes: Vec<IPPrefix> = page
+            .items
+            .iter()
+            .map(|v| codec::decode_stored::<IPPrefix>(&v.value, v.revision))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let state = State::rebuild(&prefixes).map_err(StoreError::Corrupt)?;
+        tracing::info!(
+            prefixes = prefixes.len(),
+            revision = store.revision(),
+            "registry loaded"
+        );
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                store,
+                state: Mutex::new(state),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic inside a transaction runs its undo log on unwind (Txn's Drop), so the state
+        // is consistent even if the mutex is poisoned.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<K> {
+        let key = Txn::key::<K>(namespace, name);
+        match self.inner.store.get(&key).map_err(store_error)? {
+            Some(v) => codec::decode_stored(&v.value, v.revision),
+            None => Err(ApiError::not_found(K::RESOURCE, name)),
+        }
+    }
+
+    pub fn list<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<ObjectList<K>> {
+        let range = KeyRange {
+            resource: K::RESOURCE,
+            namespace: namespace.map(str::to_string),
+        };
+        let (start_after, list_rv) = match opts.continue_token.as_deref().filter(|t| !t.is_empty())
+        {
+            Some(token) => {
+                let t = decode_continue(token)?;
+                if t.rv < self.inner.store.oldest_watchable() {
+                    return Err(ApiError::Expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+                    ));
+                }
+                let (ns, name) = t.start.split_once('/').unwrap_or(("", &t.start));
+                (Some(ObjectKey::new(K::RESOURCE, ns, name)), Some(t.rv))
+            }
+            None => (None, None),
+        };
+        let mut decode_error = None;
+        let mut decoded = Vec::new();
+        let page = self
+            .inner
+            .store
+            .list(
+                &range,
+                start_after.as_ref(),
+                opts.limit.filter(|l| *l > 0),
+                &mut |v| match codec::decode_stored::<K>(&v.value, v.revision) {
+                    Ok(obj) if matches_list(&obj, opts) => {
+                        decoded.push(obj);
+                        true
+                    }
+                    Ok(_) => false,
+                    Err(e) => {
+                        decode_error.get_or_insert(e);
+                        false
+                    }
+                },
+            )
+            .map_err(store_error)?;
+        if let Some(e) = decode_error {
+            return Err(e);
+        }
+        // The filter decoded one item beyond the limit when there are more.
+        decoded.truncate(page.items.len());
+        let rv = list_rv.unwrap_or(page.revision);
+        let continue_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => Some(encode_continue(&ContinueToken {
+                rv,
+                start: format!("{}/{}", last.key.namespace, last.key.name),
+            })),
+            _ => None,
+        };
+        Ok(ObjectList {
+            items: decoded,
+            resource_version: rv.to_string(),
+            continue_token,
+        })
+    }
+
+    pub async fn create<K: Kind>(
+        &self,
+        namespace: &str,
+        mut obj: K,
+        dry_run: bool,
+    ) -> ApiResult<K> {
+        let meta = obj.meta_mut();
+        if K::NAMESPACED {
+            match meta.namespace.as_deref() {
+                Some(ns) if !ns.is_empty() && ns != namespace => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({namespace})"
+                    )))
+                }
+                _ => meta.namespace = Some(namespace.to_string()),
+            }
+        }
+        let generate = meta.name.as_deref().is_none_or(str::is_empty)
+            && meta.generate_name.as_deref().is_some_and(|g| !g.is_empty());
+        if generate {
+            meta.name = Some(meta::generate_name(
+                meta.generate_name.as_deref().unwrap_or_default(),
+            ));
+        }
+        meta::prepare_for_create(meta);
+        obj.default_on_create();
+        let mut errs = Vec::new();
+        meta::validate_object_meta(obj.meta(), K::NAMESPACED, &mut errs);
+        errs.extend(obj.validate());
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(
+                K::KIND,
+                obj.meta().name.as_deref().unwrap_or_default(),
+                errs,
+            ));
+        }
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let commit = {
+            let mut state = self.lock();
+            let mut tx = Txn::new(&*self.inner.store, &mut state);
+            if tx.get::<K>(namespace, &name)?.is_some() {
+                return Err(ApiError::already_exists(K::RESOURCE, &name));
+            }
+            obj.on_create(&mut tx)?;
+            tx.put(&obj, Precondition::Absent)?;
+            tx.commit(dry_run)?
+        };
+        finish(obj, namespace, &name, commit).await
+    }
+
+    /// Replace an object (PUT, or the result of a patch). `expected_revision` is a precondition
+    /// from the caller (a patch's read); the body's own resourceVersion is one too.
+    pub async fn update<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+        mut new: K,
+        sub: Subresource,
+        dry_run: bool,
+    ) -> ApiResult<K> {
+        let body_name = new.meta().name.clone().unwrap_or_default();
+        if body_name != name {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if K::NAMESPACED {
+            let meta = new.meta_mut();
+            match meta.namespace.as_deref() {
+                Some(ns) if !ns.is_empty() && ns != namespace => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({namespace})"
+                    )))
+                }
+                _ => meta.namespace = Some(namespace.to_string()),
+            }
+        }
+        let commit = {
+            let mut state = self.lock();
+            let mut tx = Txn::new(&*self.inner.store, &mut state);
+            let Some(old) = tx.get::<K>(namespace, name)? else {
+                return Err(ApiError::not_found(K::RESOURCE, name));
+            };
+            if let Some(rv) = new
+                .meta()
+                .resource_version
+                .as_deref()
+                .filter(|rv| !rv.is_empty())
+            {
+                if rv != old.revision.to_string() {
+                    return Err(modified_conflict::<K>(name));
+                }
+            }
+            let old_obj = &old.obj;
+            meta::keep_system_fields(new.meta_mut(), old_obj.meta());
+            match sub {
+                Subresource::Main => new.keep_status_of(old_obj),
+                Subresource::Status => {
+                    // Status writes change status only: metadata and spec stay as stored.
+                    let status_meta = new.meta().clone();
+                    *new.meta_mut() = old_obj.meta().clone();
+                    new.meta_mut().managed_fields = status_meta.managed_fields;
+                    new.keep_spec_of(old_obj);
+                }
+            }
+            if !new.same_spec(old_obj) {
+                let meta = new.meta_mut();
+                meta.generation = Some(meta.generation.unwrap_or(1) + 1);
+            }
+            let mut errs = Vec::new();
+            meta::validate_object_meta(new.meta(), K::NAMESPACED, &mut errs);
+            errs.extend(new.validate());
+            errs.extend(new.validate_update(old_obj));
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(K::KIND, name, errs));
+            }
+            new.meta_mut().resource_version = old_obj.meta().resource_version.clone();
+            if new == *old_obj {
+                // Nothing changed: no write, no new resourceVersion (what `kubectl apply` relies on).
+                return Ok(old.obj);
+            }
+            new.meta_mut().resource_version = None;
+            if new.meta().deletion_timestamp.is_some()
+                && new.meta().finalizers.as_ref().is_none_or(Vec::is_empty)
+            {
+                // The last finalizer is gone: the object goes now (or waits, in use).
+                let (obj, _) = remove_or_keep(&mut tx, new, old.revision)?;
+                let commit = tx.commit(dry_run)?;
+                drop(state);
+                return finish(obj, namespace, name, commit).await;
+            }
+            new.on_update(old_obj, &mut tx)?;
+            tx.put(&new, Precondition::Revision(old.revision))?;
+            tx.commit(dry_run)?
+        };
+        finish(new, namespace, name, commit).await
+    }
+
+    /// Delete: honours preconditions and finalizers; returns the object and whether it is gone.
+    pub async fn delete<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<(K, bool)> {
+        let (obj, gone, commit) = {
+            let mut state = self.lock();
+            let mut tx = Txn::new(&*self.inner.store, &mut state);
+            let Some(old) = tx.get::<K>(namespace, name)? else {
+                return Err(ApiError::not_found(K::RESOURCE, name));
+            };
+            check_preconditions::<K>(&old, &opts.preconditions, name)?;
+            let mut obj = old.obj.clone();
+            let mut finalizers = obj.meta().finalizers.clone().unwrap_or_default();
+            let policy_finalizer = match opts.propagation_policy {
+                Some(PropagationPolicy::Orphan) => Some("orphan"),
+                Some(PropagationPolicy::Foreground) => Some("foregroundDeletion"),
+                _ => None,
+            };
+            if let Some(f) = policy_finalizer {
+                if !finalizers.iter().any(|x| x == f) {
+                    finalizers.push(f.to_string());
+                }
+            }
+            if obj.meta().deletion_timestamp.is_some() {
+                // Already terminating: only a new propagation finalizer changes anything.
+                if finalizers == obj.meta().finalizers.clone().unwrap_or_default() {
+                    return Ok((old.obj, false));
+                }
+                obj.meta_mut().finalizers = Some(finalizers);
+                obj.meta_mut().resource_version = None;
+                tx.put(&obj, Precondition::Revision(old.revision))?;
+                (obj, false, tx.commit(opts.dry_run)?)
+            } else if !finalizers.is_empty() {
+                let meta = obj.meta_mut();
+                meta.finalizers = Some(finalizers);
+                meta.deletion_timestamp = Some(meta::now());
+                meta.deletion_grace_period_seconds = Some(0);
+                meta.resource_version = None;
+                tx.put(&obj, Precondition::Revision(old.revision))?;
+                (obj, false, tx.commit(opts.dry_run)?)
+            } else {
+                let (obj, gone) = remove_or_keep(&mut tx, obj, old.revision)?;
+                (obj, gone, tx.commit(opts.dry_run)?)
+            }
+        };
+        let key = Txn::key::<K>(namespace, name);
+        let revision = commit.revisions.get(&key).copied();
+        if let Some(c) = commit.committed {
+            c.durable.await.map_err(store_error)?;
+        }
+        let mut obj = obj;
+        if let Some(rv) = revision {
+            obj.meta_mut().resource_version = Some(rv.to_string());
+        }
+        Ok((obj, gone))
+    }
+
+    /// Delete every object matching `list` (each in its own transaction).
+    pub async fn delete_collection<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> ApiResult<ObjectList<K>> {
+        let mut list = list.clone();
+        list.limit = None;
+        list.continue_token = None;
+        let found = self.list::<K>(namespace, &list)?;
+        let mut deleted = Vec::new();
+        for obj in found.items {
+            let ns = obj.meta().namespace.clone().unwrap_or_default();
+            let name = obj.meta().name.clone().unwrap_or_default();
+            match self.delete::<K>(&ns, &name, opts).await {
+                Ok((obj, _)) => deleted.push(obj),
+                Err(ApiError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ObjectList {
+            items: deleted,
+            resource_version: found.resource_version,
+            continue_token: None,
+        })
+    }
+}
+
+/// Final removal of `obj` (no finalizers left): the kind releases what it holds in the same
+/// transaction, or keeps the object terminating behind the server's in-use finalizer.
+fn remove_or_keep<K: Kind>(tx: &mut Txn<'_>, mut obj: K, revision: u64) -> ApiResult<(K, bool)> {
+    let ns = obj.meta().namespace.clone().unwrap_or_default();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match obj.on_remove(tx)? {
+        Removal::Remove => {
+            tx.delete::<K>(&ns, &name, Precondition::Revision(revision));
+            Ok((obj, true))
+        }
+        Removal::KeepInUse => {
+            let meta = obj.meta_mut();
+            meta.deletion_timestamp.get_or_insert_with(meta::now);
+            meta.deletion_grace_period_seconds = Some(0);
+            let finalizers = meta.finalizers.get_or_insert_with(Vec::new);
+            if !finalizers.iter().any(|f| f == PREFIX_IN_USE_FINALIZER) {
+                finalizers.push(PREFIX_IN_USE_FINALIZER.to_string());
+            }
+            meta.resource_version = None;
+            tx.put(&obj, Precondition::Revision(revision))?;
+            Ok((obj, false))
+        }
+    }
+}
+
+/// Wait for durability and stamp the object's new resourceVersion.
+async fn finish<K: Kind>(
+    mut obj: K,
+    namespace: &str,
+    name: &str,
+    commit: super::txn::TxnCommit,
+) -> ApiResult<K> {
+    if let Some(c) = commit.committed {
+        c.durable.await.map_err(store_error)?;
+    }
+    if let Some(rv) = commit.revisions.get(&Txn::key::<K>(namespace, name)) {
+        obj.meta_mut().resource_version = Some(rv.to_string());
+    }
+    Ok(obj)
+}
+
+fn modified_conflict<K: Kind>(name: &str) -> ApiError {
+    ApiError::conflict(
+        K::RESOURCE,
+        name,
+        format!(
+            "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            K::RESOURCE,
+            crate::api::GROUP
+        ),
+    )
+}
+
+fn check_preconditions<K: Kind>(old: &Stored<K>, pre: &Preconditions, name: &str) -> ApiResult<()> {
+    if let Some(uid) = pre.uid.as_deref() {
+        let actual = old.obj.meta().uid.as_deref().unwrap_or_default();
+        if uid != actual {
+            return Err(ApiError::conflict(
+                K::RESOURCE,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                ),
+            ));
+        }
+    }
+    if let Some(rv) = pre.resource_version.as_deref() {
+        if rv != old.revision.to_string() {
+            return Err(ApiError::conflict(
+                K::RESOURCE,
+                name,
+                format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    old.revision
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn matches_list<K: Kind>(obj: &K, opts: &ListOptions) -> bool {
+    opts.label_selector
+        .as_ref()
+        .is_none_or(|s| selector::matches(s, obj.meta().labels.as_ref()))
+        && selector::fields_match(&opts.field_selector, |f| obj.field_value(f))
+}
+
+fn encode_continue(t: &ContinueToken) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(t).unwrap_or_default())
+}
+
+fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("continue token {s:?} is not valid")))
+}

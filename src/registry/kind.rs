@@ -1,0 +1,69 @@
+//! What a kind supplies to the generic pipeline: its names and its policy.
+//!
+//! The pipeline (create / update / delete in `generic.rs`) is written once; a kind only answers
+//! questions (is this valid? what else changes when this is created?) as k8s.io/apiserver's
+//! strategies do.
+use super::txn::Txn;
+use crate::error::{ApiResult, FieldError};
+use kube::Resource;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// What the pipeline does with an object whose last finalizer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Remove it now (the hook has already released what it held, in the same transaction).
+    Remove,
+    /// Keep it, terminating, behind the server finalizer `ipam.miloapis.com/prefix-in-use`.
+    KeepInUse,
+}
+
+pub trait Kind:
+    Resource<DynamicType = ()>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + PartialEq
+    + Send
+    + Sync
+    + 'static
+{
+    /// The resource plural: URL segment and storage key.
+    const RESOURCE: &'static str;
+    const KIND: &'static str;
+    const NAMESPACED: bool;
+    /// Fields `fieldSelector` may name.
+    const FIELD_SELECTORS: &'static [&'static str];
+
+    /// The value of a field named in `FIELD_SELECTORS`.
+    fn field_value(&self, field: &str) -> String;
+
+    fn same_spec(&self, other: &Self) -> bool;
+    /// Updates of the main resource keep the stored status.
+    fn keep_status_of(&mut self, old: &Self);
+    /// Updates of `/status` keep the stored spec; the kind decides which status fields a client
+    /// may write.
+    fn keep_spec_of(&mut self, old: &Self);
+
+    /// Defaults on create, before validation.
+    fn default_on_create(&mut self) {}
+    /// Every problem with the object's own fields (metadata rules are checked by the pipeline).
+    fn validate(&self) -> Vec<FieldError>;
+    /// Every problem with a change: immutable fields.
+    fn validate_update(&self, old: &Self) -> Vec<FieldError>;
+
+    /// Effects of a create inside its transaction: allocation, related objects, status.
+    fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()>;
+    /// Effects of an update inside its transaction.
+    fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()>;
+    /// The object is about to be removed for good: release, refuse (409), or keep it in use.
+    fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal>;
+}
+
+/// `namespace/name` for messages; just `name` when cluster-scoped.
+pub fn display_name<K: Kind>(obj: &K) -> String {
+    let meta = obj.meta();
+    match meta.namespace.as_deref() {
+        Some(ns) if K::NAMESPACED => format!("{ns}/{}", meta.name.as_deref().unwrap_or_default()),
+        _ => meta.name.clone().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,385 @@
+//! The claim semantics through the registry, against a real sled store in a temp dir.
+use super::*;
+use crate::api::*;
+use crate::error::ApiError;
+use std::collections::BTreeMap;
+
+fn open() -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Registry::open(dir.path(), 10_000).unwrap(), dir)
+}
+
+fn root(name: &str, prefix: &str) -> IPPrefix {
+    IPPrefix::new(
+        name,
+        IPPrefixSpec {
+            prefix: prefix.into(),
+            ..Default::default()
+        },
+    )
+}
+
+fn claim(ns: &str, name: &str, parent: &str, len: u8) -> IPPrefixClaim {
+    IPPrefixClaim::new_with_length(ns, name, parent, len)
+}
+
+async fn bound(reg: &Registry, c: IPPrefixClaim) -> String {
+    let ns = c.metadata.namespace.clone().unwrap();
+    let created = reg.create(&ns, c, false).await.expect("claim create");
+    created.status.unwrap().prefix.unwrap()
+}
+
+fn no_finalizers() -> DeleteOptions {
+    DeleteOptions::default()
+}
+
+#[tokio::test]
+async fn address_plan_for_a_cloud_network_gets_exact_first_fit_answers() {
+    let (reg, _dir) = open();
+    reg.create("", root("platform", "fd20::/20"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        bound(&reg, claim("project-a", "pool", "platform", 48)).await,
+        "fd20::/48"
+    );
+    assert_eq!(
+        bound(&reg, claim("project-b", "pool", "platform", 48)).await,
+        "fd20:0:1::/48"
+    );
+    assert_eq!(
+        bound(&reg, claim("project-a", "dfw", "project-a.pool", 56)).await,
+        "fd20::/56"
+    );
+    let mut subnet = claim("project-a", "dfw-subnet", "project-a.dfw", 64);
+    subnet.spec.child_prefix_template = Some(ChildPrefixTemplate {
+        spec: Some(TemplateSpec {
+            reserve: Some(ReserveSpec {
+                leading: Some(1),
+                trailing: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(bound(&reg, subnet).await, "fd20::/64");
+    let parent = "project-a.dfw-subnet";
+    assert_eq!(
+        bound(&reg, claim("project-a", "nic-0", parent, 128)).await,
+        "fd20::1/128"
+    );
+    assert_eq!(
+        bound(&reg, claim("project-a", "nic-1", parent, 128)).await,
+        "fd20::2/128"
+    );
+    // A static host request.
+    let mut fixed = claim("project-a", "nic-fixed", parent, 128);
+    fixed.spec.prefix = Some("fd20::10/128".into());
+    assert_eq!(bound(&reg, fixed).await, "fd20::10/128");
+    // Release and first-fit reuse.
+    reg.delete::<IPPrefixClaim>("project-a", "nic-0", &no_finalizers())
+        .await
+        .unwrap();
+    assert_eq!(
+        bound(&reg, claim("project-a", "nic-2", parent, 128)).await,
+        "fd20::1/128"
+    );
+    assert_eq!(
+        bound(&reg, claim("project-a", "nic-3", parent, 128)).await,
+        "fd20::3/128"
+    );
+    let subnet: IPPrefix = reg.get("", parent).unwrap();
+    let status = subnet.status.unwrap();
+    assert_eq!(status.children, Some(4));
+    assert_eq!(status.capacity.unwrap().allocated, "4");
+}
+
+#[tokio::test]
+async fn ipv4_slash28_with_reserve_gives_13_hosts_then_exhausted() {
+    let (reg, _dir) = open();
+    reg.create("", root("v4", "10.128.0.0/16"), false)
+        .await
+        .unwrap();
+    let mut net = claim("p", "net", "v4", 28);
+    net.spec.child_prefix_template = Some(ChildPrefixTemplate {
+        spec: Some(TemplateSpec {
+            reserve: Some(ReserveSpec {
+                leading: Some(2),
+                trailing: Some(1),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(bound(&reg, net).await, "10.128.0.0/28");
+    let mut got = Vec::new();
+    for i in 0..13 {
+        got.push(bound(&reg, claim("p", &format!("h{i}"), "p.net", 32)).await);
+    }
+    assert_eq!(got.first().unwrap(), "10.128.0.2/32");
+    assert_eq!(got.last().unwrap(), "10.128.0.14/32");
+    let err = reg
+        .create("p", claim("p", "h13", "p.net", 32), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Exhausted");
+    assert_eq!(err.code(), 409);
+    assert_eq!(
+        err.to_string(),
+        "no free /32 in ipprefix \"p.net\" (10.128.0.0/28; full)"
+    );
+    assert!(matches!(
+        reg.get::<IPPrefixClaim>("p", "h13"),
+        Err(ApiError::NotFound(_))
+    ));
+    let p: IPPrefix = reg.get("", "p.net").unwrap();
+    assert_eq!(p.status.unwrap().capacity.unwrap().available, "0");
+}
+
+#[tokio::test]
+async fn exhausted_message_names_parent_and_largest_free_block() {
+    let (reg, _dir) = open();
+    reg.create("", root("dfw", "fd20:1::/56"), false)
+        .await
+        .unwrap();
+    bound(&reg, claim("p", "a", "dfw", 57)).await;
+    let err = reg.create("p", claim("p", "b", "dfw", 56 + 8), false).await;
+    assert!(err.is_ok());
+    let err = reg
+        .create("p", claim("p", "c", "dfw", 57), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no free /57 in ipprefix \"dfw\" (fd20:1::/56; largest free block /58)"
+    );
+}
+
+#[tokio::test]
+async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
+    let (reg, _dir) = open();
+    reg.create("", root("subnet", "fd20::/64"), false)
+        .await
+        .unwrap();
+    let mut nic = claim("p", "nic", "subnet", 128);
+    nic.spec.reclaim_policy = Some("Retain".into());
+    assert_eq!(bound(&reg, nic.clone()).await, "fd20::/128");
+    reg.delete::<IPPrefixClaim>("p", "nic", &no_finalizers())
+        .await
+        .unwrap();
+    let kept: IPPrefix = reg.get("", "p.nic").unwrap();
+    assert_eq!(kept.phase(), "Released");
+    // Another claim does not get it.
+    assert_eq!(
+        bound(&reg, claim("p", "other", "subnet", 128)).await,
+        "fd20::1/128"
+    );
+    // The same name does, with reason Rebound.
+    let again = reg.create("p", nic, false).await.unwrap();
+    let st = again.status.unwrap();
+    assert_eq!(st.prefix.as_deref(), Some("fd20::/128"));
+    assert_eq!(st.conditions[0].reason, "Rebound");
+    assert_eq!(reg.get::<IPPrefix>("", "p.nic").unwrap().phase(), "Bound");
+}
+
+#[tokio::test]
+async fn bound_prefix_and_parent_with_children_refuse_delete() {
+    let (reg, _dir) = open();
+    reg.create("", root("r", "10.0.0.0/8"), false)
+        .await
+        .unwrap();
+    bound(&reg, claim("ns", "c", "r", 16)).await;
+    let err = reg
+        .delete::<IPPrefix>("", "ns.c", &no_finalizers())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 409);
+    assert!(
+        err.to_string().contains("delete claim ns/c instead"),
+        "{err}"
+    );
+    let err = reg
+        .delete::<IPPrefix>("", "r", &no_finalizers())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has 1 child prefixes"), "{err}");
+}
+
+#[tokio::test]
+async fn claim_with_children_waits_behind_finalizer_and_goes_with_its_last_child() {
+    let (reg, _dir) = open();
+    reg.create("", root("r", "fd20::/20"), false).await.unwrap();
+    bound(&reg, claim("ns", "pool", "r", 48)).await;
+    bound(&reg, claim("ns", "sub", "ns.pool", 64)).await;
+    let (obj, gone) = reg
+        .delete::<IPPrefixClaim>("ns", "pool", &no_finalizers())
+        .await
+        .unwrap();
+    assert!(!gone);
+    assert!(obj.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        obj.metadata.finalizers.as_deref(),
+        Some(&[PREFIX_IN_USE_FINALIZER.to_string()][..])
+    );
+    let (_, gone) = reg
+        .delete::<IPPrefixClaim>("ns", "sub", &no_finalizers())
+        .await
+        .unwrap();
+    assert!(gone);
+    assert!(matches!(
+        reg.get::<IPPrefixClaim>("ns", "pool"),
+        Err(ApiError::NotFound(_))
+    ));
+    assert!(matches!(
+        reg.get::<IPPrefix>("", "ns.pool"),
+        Err(ApiError::NotFound(_))
+    ));
+    let r: IPPrefix = reg.get("", "r").unwrap();
+    assert_eq!(r.status.unwrap().capacity.unwrap().allocated, "0");
+}
+
+#[tokio::test]
+async fn overlapping_roots_and_static_carves_conflict_naming_the_holder() {
+    let (reg, _dir) = open();
+    reg.create("", root("a", "fd20::/20"), false).await.unwrap();
+    let err = reg
+        .create("", root("b", "fd20:1::/48"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 409);
+    assert!(err.to_string().contains("\"a\""), "{err}");
+    let carve = |name: &str, prefix: &str| {
+        IPPrefix::new(
+            name,
+            IPPrefixSpec {
+                prefix: prefix.into(),
+                parent_ref: Some(PrefixReference::new("a")),
+                ..Default::default()
+            },
+        )
+    };
+    let made = reg
+        .create("", carve("static", "fd20:0:5::/48"), false)
+        .await
+        .unwrap();
+    assert_eq!(made.phase(), "Available");
+    let err = reg
+        .create("", carve("static2", "fd20:0:5::/56"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 409);
+    assert!(err.to_string().contains("ipprefix \"static\""), "{err}");
+}
+
+#[tokio::test]
+async fn invalid_claim_reports_every_cause_and_writes_nothing() {
+    let (reg, _dir) = open();
+    let rev = reg.store().revision();
+    let mut bad = IPPrefixClaim::new(
+        "bad",
+        IPPrefixClaimSpec {
+            prefix_length: Some(200),
+            ..Default::default()
+        },
+    );
+    bad.spec.prefix = Some("fd20::1/64".into());
+    bad.spec.reclaim_policy = Some("Keep".into());
+    let err = reg.create("ns", bad, false).await.unwrap_err();
+    let ApiError::Invalid { causes, .. } = &err else {
+        panic!("{err:?}")
+    };
+    let fields: Vec<_> = causes.iter().map(|c| c.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            "spec.prefix",
+            "spec.prefixLength",
+            "spec.parentRef",
+            "spec.reclaimPolicy"
+        ]
+    );
+    assert_eq!(reg.store().revision(), rev);
+}
+
+#[tokio::test]
+async fn selector_fills_parents_in_name_order() {
+    let (reg, _dir) = open();
+    let labelled = |name: &str, prefix: &str| {
+        let mut p = root(name, prefix);
+        p.metadata.labels = Some(BTreeMap::from([("tier".to_string(), "hosts".to_string())]));
+        p
+    };
+    reg.create("", labelled("b-second", "10.0.1.0/31"), false)
+        .await
+        .unwrap();
+    reg.create("", labelled("a-first", "10.0.0.0/31"), false)
+        .await
+        .unwrap();
+    let by_selector = |name: &str| {
+        let mut c = IPPrefixClaim::new(
+            name,
+            IPPrefixClaimSpec {
+                prefix_length: Some(32),
+                ..Default::default()
+            },
+        );
+        c.metadata.namespace = Some("ns".into());
+        c.spec.parent_selector = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(BTreeMap::from([("tier".to_string(), "hosts".to_string())])),
+                ..Default::default()
+            },
+        );
+        c
+    };
+    let mut got = Vec::new();
+    for i in 0..4 {
+        got.push(bound(&reg, by_selector(&format!("h{i}"))).await);
+    }
+    assert_eq!(
+        got,
+        vec!["10.0.0.0/32", "10.0.0.1/32", "10.0.1.0/32", "10.0.1.1/32"]
+    );
+    let err = reg
+        .create("ns", by_selector("h4"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Exhausted");
+}
+
+#[tokio::test]
+async fn dry_run_allocates_nothing() {
+    let (reg, _dir) = open();
+    reg.create("", root("r", "10.0.0.0/30"), false)
+        .await
+        .unwrap();
+    let rev = reg.store().revision();
+    let would = reg
+        .create("ns", claim("ns", "c", "r", 32), true)
+        .await
+        .unwrap();
+    assert_eq!(would.status.unwrap().prefix.as_deref(), Some("10.0.0.0/32"));
+    assert_eq!(reg.store().revision(), rev);
+    assert_eq!(bound(&reg, claim("ns", "c", "r", 32)).await, "10.0.0.0/32");
+}
+
+#[tokio::test]
+async fn restart_rebuilds_pools_from_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let reg = Registry::open(dir.path(), 100).unwrap();
+        reg.create("", root("r", "10.0.0.0/24"), false)
+            .await
+            .unwrap();
+        bound(&reg, claim("ns", "a", "r", 32)).await;
+        bound(&reg, claim("ns", "b", "r", 32)).await;
+        reg.store().flush().unwrap();
+    }
+    let reg = loop {
+        match Registry::open(dir.path(), 100) {
+            Ok(r) => break r,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(bound(&reg, claim("ns", "c", "r", 32)).await, "10.0.0.2/32");
+}

@@ -1,0 +1,225 @@
+//! A write transaction: reads see its own writes, writes become one atomic store commit, and
+//! in-memory index changes are undone unless the commit is applied.
+use super::codec;
+use super::kind::Kind;
+use super::state::State;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{Committed, ObjectKey, Op, Precondition, Revision, Store, StoreError};
+use bytes::Bytes;
+use std::collections::HashMap;
+
+/// An object as read, with the revision it was read at.
+#[derive(Debug, Clone)]
+pub struct Stored<K> {
+    pub obj: K,
+    pub revision: Revision,
+}
+
+type Undo = Box<dyn FnOnce(&mut State) + Send>;
+
+pub struct Txn<'a> {
+    store: &'a dyn Store,
+    pub state: &'a mut State,
+    ops: Vec<Op>,
+    /// Index into `ops` by key, so a second write to a key replaces the first.
+    op_index: HashMap<ObjectKey, usize>,
+    /// The newest value this transaction wrote per key (`None`: deleted), and the revision the
+    /// key had when first read.
+    overlay: HashMap<ObjectKey, (Option<Bytes>, Revision)>,
+    undo: Vec<Undo>,
+    applied: bool,
+}
+
+/// What a successful commit returns: the revision of every written key, and durability.
+pub struct TxnCommit {
+    pub revisions: HashMap<ObjectKey, Revision>,
+    pub committed: Option<Committed>,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(store: &'a dyn Store, state: &'a mut State) -> Self {
+        Txn {
+            store,
+            state,
+            ops: Vec::new(),
+            op_index: HashMap::new(),
+            overlay: HashMap::new(),
+            undo: Vec::new(),
+            applied: false,
+        }
+    }
+
+    pub fn key<K: Kind>(namespace: &str, name: &str) -> ObjectKey {
+        ObjectKey::new(
+            K::RESOURCE,
+            if K::NAMESPACED { namespace } else { "" },
+            name,
+        )
+    }
+
+    /// Read an object, seeing this transaction's own writes.
+    pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<Option<Stored<K>>> {
+        let key = Self::key::<K>(namespace, name);
+        if let Some((value, revision)) = self.overlay.get(&key) {
+            return value
+                .as_ref()
+                .map(|v| {
+                    Ok(Stored {
+                        obj: codec::decode_stored::<K>(v, *revision)?,
+                        revision: *revision,
+                    })
+                })
+                .transpose();
+        }
+        match self.store.get(&key).map_err(store_error)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(Stored {
+                obj: codec::decode_stored::<K>(&v.value, v.revision)?,
+                revision: v.revision,
+            })),
+        }
+    }
+
+    /// Every object of a kind (cluster-wide), in key order, ignoring this transaction's writes.
+    pub fn list_all<K: Kind>(&self) -> ApiResult<Vec<Stored<K>>> {
+        let range = crate::store::KeyRange {
+            resource: K::RESOURCE,
+            namespace: None,
+        };
+        let page = self
+            .store
+            .list(&range, None, None, &mut |_| true)
+            .map_err(store_error)?;
+        page.items
+            .into_iter()
+            .map(|v| {
+                Ok(Stored {
+                    obj: codec::decode_stored::<K>(&v.value, v.revision)?,
+                    revision: v.revision,
+                })
+            })
+            .collect()
+    }
+
+    /// Write an object. `precondition` applies to the key's state before this transaction.
+    pub fn put<K: Kind>(&mut self, obj: &K, precondition: Precondition) -> ApiResult<()> {
+        let meta = obj.meta();
+        let key = Self::key::<K>(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+        let value = codec::encode(obj)?;
+        let read_revision = match precondition {
+            Precondition::Revision(r) => r,
+            _ => 0,
+        };
+        self.overlay
+            .entry(key.clone())
+            .and_modify(|e| e.0 = Some(value.clone()))
+            .or_insert((Some(value.clone()), read_revision));
+        self.push(Op::Put {
+            key,
+            value,
+            precondition,
+        });
+        Ok(())
+    }
+
+    pub fn delete<K: Kind>(&mut self, namespace: &str, name: &str, precondition: Precondition) {
+        let key = Self::key::<K>(namespace, name);
+        self.overlay
+            .entry(key.clone())
+            .and_modify(|e| e.0 = None)
+            .or_insert((None, 0));
+        self.push(Op::Delete { key, precondition });
+    }
+
+    fn push(&mut self, op: Op) {
+        match self.op_index.get(op.key()) {
+            Some(&i) => {
+                // Keep the first precondition: it is about the state before this transaction.
+                let first = match &self.ops[i] {
+                    Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+                };
+                self.ops[i] = match op {
+                    Op::Put { key, value, .. } => Op::Put {
+                        key,
+                        value,
+                        precondition: first,
+                    },
+                    Op::Delete { key, .. } => Op::Delete {
+                        key,
+                        precondition: first,
+                    },
+                };
+            }
+            None => {
+                self.op_index.insert(op.key().clone(), self.ops.len());
+                self.ops.push(op);
+            }
+        }
+    }
+
+    /// Register how to reverse an in-memory index change if the transaction is not applied.
+    pub fn on_undo(&mut self, f: impl FnOnce(&mut State) + Send + 'static) {
+        self.undo.push(Box::new(f));
+    }
+
+    /// Apply atomically (or, for a dry run, undo everything and write nothing).
+    pub fn commit(mut self, dry_run: bool) -> ApiResult<TxnCommit> {
+        if dry_run || self.ops.is_empty() {
+            self.rollback();
+            return Ok(TxnCommit {
+                revisions: HashMap::new(),
+                committed: None,
+            });
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let keys: Vec<ObjectKey> = ops.iter().map(|o| o.key().clone()).collect();
+        let committed = self.store.commit(ops).map_err(store_error)?;
+        self.applied = true;
+        let revisions = keys
+            .into_iter()
+            .zip(committed.revisions.iter().copied())
+            .collect();
+        Ok(TxnCommit {
+            revisions,
+            committed: Some(committed),
+        })
+    }
+
+    fn rollback(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            undo(self.state);
+        }
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        if !self.applied {
+            self.rollback();
+        }
+    }
+}
+
+/// Storage words → API errors, at the registry boundary.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::PreconditionFailed { key, .. } => ApiError::conflict(
+            key.resource,
+            &key.name,
+            format!(
+                "Operation cannot be fulfilled on {}.{} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
+                key.resource,
+                crate::api::GROUP,
+                key.name
+            ),
+        ),
+        StoreError::Expired { requested, oldest } => ApiError::Expired(format!(
+            "too old resource version: {requested} ({oldest})"
+        )),
+        StoreError::Unavailable(m) => ApiError::ServiceUnavailable(format!("storage is unavailable: {m}")),
+        StoreError::Corrupt(m) => ApiError::Internal(format!("storage is damaged: {m}")),
+    }
+}

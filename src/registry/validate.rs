@@ -1,0 +1,78 @@
+//! Field rules shared by both kinds.
+use crate::api::{IpFamily, ReclaimPolicy, ReserveSpec};
+use crate::error::FieldError;
+use ipnet::IpNet;
+
+/// A canonical CIDR (host bits zero); reports and returns `None` otherwise.
+pub fn validate_cidr(path: &str, value: &str, errs: &mut Vec<FieldError>) -> Option<IpNet> {
+    if value.is_empty() {
+        errs.push(FieldError::required(
+            path,
+            "a CIDR such as fd20::/20 or 10.0.0.0/8",
+        ));
+        return None;
+    }
+    let Ok(net) = value.parse::<IpNet>() else {
+        errs.push(FieldError::invalid(
+            path,
+            format!("\"{value}\""),
+            "must be a CIDR such as fd20::/20 or 10.0.0.0/8",
+        ));
+        return None;
+    };
+    if net.trunc() != net {
+        errs.push(FieldError::invalid(
+            path,
+            format!("\"{value}\""),
+            format!(
+                "must be a canonical CIDR with the host bits zero: {}",
+                net.trunc()
+            ),
+        ));
+        return None;
+    }
+    // Keep the text canonical too ("FD20::/20" or "fd20:0::/20" would not compare equal).
+    if net.to_string() != value {
+        errs.push(FieldError::invalid(
+            path,
+            format!("\"{value}\""),
+            format!("must be written canonically: {net}"),
+        ));
+        return None;
+    }
+    Some(net)
+}
+
+pub fn validate_reserve(path: &str, reserve: Option<&ReserveSpec>, errs: &mut Vec<FieldError>) {
+    let Some(r) = reserve else { return };
+    for (field, v) in [("leading", r.leading), ("trailing", r.trailing)] {
+        if let Some(v) = v.filter(|v| *v < 0) {
+            errs.push(FieldError::invalid(
+                format!("{path}.{field}"),
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+pub fn validate_reclaim_policy(path: &str, policy: Option<&str>, errs: &mut Vec<FieldError>) {
+    if let Some(p) = policy {
+        if ReclaimPolicy::parse(p).is_none() {
+            errs.push(FieldError::not_supported(path, p, &ReclaimPolicy::ALL));
+        }
+    }
+}
+
+pub fn validate_ip_family(
+    path: &str,
+    family: Option<&str>,
+    errs: &mut Vec<FieldError>,
+) -> Option<IpFamily> {
+    let f = family?;
+    let parsed = IpFamily::parse(f);
+    if parsed.is_none() {
+        errs.push(FieldError::not_supported(path, f, &IpFamily::ALL));
+    }
+    parsed
+}

@@ -1,0 +1,158 @@
+//! Watch: the store's durable event stream, narrowed to one kind, namespace and selectors.
+use super::codec;
+use super::generic::{matches_list, ListOptions, Registry};
+use super::kind::Kind;
+use super::txn::{store_error, Txn};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{EventType, KeyRange, Revision, WatchReceiver};
+use std::collections::VecDeque;
+
+#[derive(Debug, Default, Clone)]
+pub struct WatchOptions {
+    /// Start after this resourceVersion; unset or "0" starts with the current objects as ADDED.
+    pub resource_version: Option<String>,
+    pub list: ListOptions,
+    pub allow_bookmarks: bool,
+    /// Send the current objects first, then a bookmark marking the end of them.
+    pub send_initial_events: bool,
+}
+
+#[derive(Debug)]
+pub enum WatchEvent<K> {
+    Added(K),
+    Modified(K),
+    Deleted(K),
+    /// A resourceVersion the client may resume from; `initial_events_end` marks the end of the
+    /// initial events (`k8s.io/initial-events-end`).
+    Bookmark {
+        resource_version: String,
+        initial_events_end: bool,
+    },
+    /// The watch cannot go on (the client fell behind the retained history): 410 Expired.
+    Error(ApiError),
+}
+
+pub struct Watch<K> {
+    initial: VecDeque<K>,
+    initial_end_bookmark: Option<Revision>,
+    rx: WatchReceiver,
+    range: KeyRange,
+    list: ListOptions,
+    done: bool,
+}
+
+impl Registry {
+    pub fn watch<K: Kind>(
+        &self,
+        namespace: Option<&str>,
+        opts: WatchOptions,
+    ) -> ApiResult<Watch<K>> {
+        let range = KeyRange {
+            resource: K::RESOURCE,
+            namespace: namespace.map(str::to_string),
+        };
+        let store = self.store();
+        let from_now = matches!(
+            opts.resource_version.as_deref(),
+            None | Some("") | Some("0")
+        );
+        let (rx, initial, start) = if from_now || opts.send_initial_events {
+            let start = match opts.resource_version.as_deref() {
+                Some(rv) if !from_now => parse_rv(rv)?,
+                _ => store.revision(),
+            };
+            // Subscribe before listing so no change falls between the two.
+            let rx = store.watch(start).map_err(store_error)?;
+            let mut list = opts.list.clone();
+            list.limit = None;
+            list.continue_token = None;
+            let items = self.list::<K>(namespace, &list)?.items;
+            (rx, items.into(), start)
+        } else {
+            let rv = parse_rv(opts.resource_version.as_deref().unwrap_or_default())?;
+            let rx = store.watch(rv).map_err(|e| match e {
+                crate::store::StoreError::Expired { requested, oldest } => {
+                    ApiError::Expired(format!("too old resource version: {requested} ({oldest})"))
+                }
+                other => store_error(other),
+            })?;
+            (rx, VecDeque::new(), rv)
+        };
+        let initial_end_bookmark =
+            (opts.send_initial_events && opts.allow_bookmarks).then_some(start);
+        Ok(Watch {
+            initial,
+            initial_end_bookmark,
+            rx,
+            range,
+            list: opts.list,
+            done: false,
+        })
+    }
+}
+
+fn parse_rv(rv: &str) -> ApiResult<Revision> {
+    rv.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "resourceVersion {rv:?} is not valid: expected a number"
+        ))
+    })
+}
+
+impl<K: Kind> Watch<K> {
+    /// The next event for this watcher; `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<WatchEvent<K>> {
+        if self.done {
+            return None;
+        }
+        if let Some(obj) = self.initial.pop_front() {
+            return Some(WatchEvent::Added(obj));
+        }
+        if let Some(rv) = self.initial_end_bookmark.take() {
+            return Some(WatchEvent::Bookmark {
+                resource_version: rv.to_string(),
+                initial_events_end: true,
+            });
+        }
+        loop {
+            let ev = match self.rx.recv().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return None,
+                Err(_) => {
+                    self.done = true;
+                    return Some(WatchEvent::Error(ApiError::Expired(
+                        "the watch fell too far behind the retained event history; list again and watch from its resourceVersion".into(),
+                    )));
+                }
+            };
+            if !self.range.contains(&ev.object.key) {
+                continue;
+            }
+            let obj: K = match codec::decode_stored(&ev.object.value, ev.object.revision) {
+                Ok(o) => o,
+                Err(e) => {
+                    self.done = true;
+                    return Some(WatchEvent::Error(e));
+                }
+            };
+            if !matches_list(&obj, &self.list) {
+                continue;
+            }
+            return Some(match ev.event_type {
+                EventType::Added => WatchEvent::Added(obj),
+                EventType::Modified => WatchEvent::Modified(obj),
+                EventType::Deleted => WatchEvent::Deleted(obj),
+            });
+        }
+    }
+
+    /// The newest revision this watcher has seen all events up to: a safe bookmark.
+    pub fn bookmark_revision(&self) -> Revision {
+        self.rx.last_revision()
+    }
+
+    pub fn key_of(obj: &K) -> String {
+        let _ = Txn::key::<K>;
+        super::kind::display_name(obj)
+    }
+}
