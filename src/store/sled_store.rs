@@ -69,10 +69,12 @@ impl SledStore {
                     String::from_utf8_lossy(FORMAT)
                 )))
             }
-            None if db.first().map_err(io)?.is_some() => return Err(StoreError::Corrupt(format!(
+            None if db.first().map_err(io)?.is_some() => {
+                return Err(StoreError::Corrupt(format!(
                 "{} is not an ipam-apiserver data directory (no format marker); refusing to use it",
                 path.display()
-            ))),
+            )))
+            }
             None => {
                 db.insert(KEY_FORMAT, FORMAT).map_err(io)?;
                 db.flush().map_err(io)?;
