@@ -92,8 +92,11 @@ pub fn definitions() -> Map<String, Value> {
         .into_iter()
         .map(|(name, schema)| (qualify(&name), schema))
         .collect();
-    for schema in defs.values_mut() {
+    for (name, schema) in defs.iter_mut() {
         walk(schema, &mut to_swagger2);
+        if name.starts_with(PREFIX) {
+            walk(schema, &mut unwrap_doc_lines);
+        }
     }
     for kind in served_kinds() {
         let Some(text) = KIND_TEXT.iter().find(|t| t.kind == kind.kind) else {
@@ -316,6 +319,24 @@ fn to_swagger2(obj: &mut Map<String, Value>) {
             let name = qualify(name);
             obj.insert("$ref".into(), format!("{V2_REF}{name}").into());
         }
+    }
+}
+
+/// Doc comments wrap lines; Kubernetes descriptions break only between paragraphs, and
+/// `kubectl explain` re-wraps text itself.
+fn unwrap_doc_lines(obj: &mut Map<String, Value>) {
+    if let Some(Value::String(description)) = obj.get_mut("description") {
+        *description = description
+            .split("\n\n")
+            .map(|paragraph| {
+                paragraph
+                    .split('\n')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n");
     }
 }
 

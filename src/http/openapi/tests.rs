@@ -506,3 +506,25 @@ fn documents_are_cached_and_identical_across_calls() {
     assert_eq!(openapi_v3_group_version(), openapi_v3_group_version());
     assert_eq!(openapi_v3_index(), openapi_v3_index());
 }
+
+#[test]
+fn every_field_of_our_types_is_described_for_kubectl_explain() {
+    let doc = openapi_v2();
+    for (def_name, def) in doc["definitions"].as_object().unwrap() {
+        if !def_name.starts_with("com.miloapis.ipam.v1alpha1.") {
+            continue;
+        }
+        let mut described = vec![(def_name.clone(), &def["description"])];
+        for (field, schema) in def["properties"].as_object().unwrap() {
+            described.push((format!("{def_name}.{field}"), &schema["description"]));
+        }
+        for (what, description) in described {
+            let text = description
+                .as_str()
+                .unwrap_or_else(|| panic!("{what} has no description"));
+            assert!(!text.trim().is_empty(), "{what}");
+            // Doc-comment line breaks are joined; only paragraph breaks remain.
+            assert!(!text.replace("\n\n", "").contains('\n'), "{what}: {text:?}");
+        }
+    }
+}
