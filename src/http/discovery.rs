@@ -5,6 +5,7 @@
 //! [`CustomResourceExt::crd`]), so a kind's names are written down exactly once.
 use crate::api::{IPPrefix, IPPrefixClaim, GROUP, VERSION};
 use base64::Engine as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -46,9 +47,7 @@ pub struct ServedKind {
 }
 
 impl ServedKind {
-    fn from_crd(
-        crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    ) -> Self {
+    fn from_crd(crd: CustomResourceDefinition) -> Self {
         let names = crd.spec.names;
         ServedKind {
             singular: names

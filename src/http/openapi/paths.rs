@@ -22,18 +22,45 @@ type QueryParam = (&'static str, &'static str, &'static str);
 const ALLOW_WATCH_BOOKMARKS: QueryParam = (
     "allowWatchBookmarks",
     "boolean",
-    "allowWatchBookmarks requests watch events with type \"BOOKMARK\". Servers may ignore it.",
+    "allowWatchBookmarks requests watch events with type \"BOOKMARK\". Servers may ignore \
+         it.",
 );
-const CONTINUE: QueryParam = ("continue", "string", "The continue token from a previous list call with `limit`, to fetch the next page. An expired token is answered with 410 Gone.");
+const CONTINUE: QueryParam = (
+    "continue",
+    "string",
+    "The continue token from a previous list call with `limit`, to fetch the next page. \
+         An expired token is answered with 410 Gone.",
+);
 const DRY_RUN: QueryParam = (
     "dryRun",
     "string",
     "When present, modifications are not persisted. The only valid value is All.",
 );
-const FIELD_MANAGER: QueryParam = ("fieldManager", "string", "The name of the actor making these changes, recorded in managedFields. Required for apply patches.");
-const FIELD_SELECTOR: QueryParam = ("fieldSelector", "string", "A selector on fields: metadata.name, metadata.namespace, spec.parentRef.name, status.phase, spec.prefixLength.");
-const FIELD_VALIDATION: QueryParam = ("fieldValidation", "string", "How to treat unknown or duplicate fields in the body: Ignore (drop them), Warn (drop them and return a warning; the default), or Strict (fail the request with 400 BadRequest).");
-const FORCE: QueryParam = ("force", "boolean", "Force an apply patch: take ownership of fields that conflict with other managers. Only for apply patches.");
+const FIELD_MANAGER: QueryParam = (
+    "fieldManager",
+    "string",
+    "The name of the actor making these changes, recorded in managedFields. Required for \
+         apply patches.",
+);
+const FIELD_SELECTOR: QueryParam = (
+    "fieldSelector",
+    "string",
+    "A selector on fields: metadata.name, metadata.namespace, spec.parentRef.name, \
+         status.phase, spec.prefixLength.",
+);
+const FIELD_VALIDATION: QueryParam = (
+    "fieldValidation",
+    "string",
+    "How to treat unknown or duplicate fields in the body: Ignore (drop them), Warn (drop \
+         them and return a warning; the default), or Strict (fail the request with 400 \
+         BadRequest).",
+);
+const FORCE: QueryParam = (
+    "force",
+    "boolean",
+    "Force an apply patch: take ownership of fields that conflict with other managers. \
+         Only for apply patches.",
+);
 const GRACE_PERIOD_SECONDS: QueryParam = (
     "gracePeriodSeconds",
     "integer",
@@ -44,7 +71,12 @@ const LABEL_SELECTOR: QueryParam = (
     "string",
     "A selector to restrict the returned objects by their labels.",
 );
-const LIMIT: QueryParam = ("limit", "integer", "The maximum number of objects to return; a `continue` token in the list metadata fetches the rest, consistently with the first page.");
+const LIMIT: QueryParam = (
+    "limit",
+    "integer",
+    "The maximum number of objects to return; a `continue` token in the list metadata \
+         fetches the rest, consistently with the first page.",
+);
 const ORPHAN_DEPENDENTS: QueryParam = (
     "orphanDependents",
     "boolean",
@@ -60,19 +92,34 @@ const PROPAGATION_POLICY: QueryParam = (
     "string",
     "Whether and how dependents are garbage collected: Orphan, Background or Foreground.",
 );
-const RESOURCE_VERSION: QueryParam = ("resourceVersion", "string", "The resourceVersion a list or watch starts from; for a watch, events after it are sent. Older than the retained history is answered with 410 Gone.");
+const RESOURCE_VERSION: QueryParam = (
+    "resourceVersion",
+    "string",
+    "The resourceVersion a list or watch starts from; for a watch, events after it are \
+         sent. Older than the retained history is answered with 410 Gone.",
+);
 const RESOURCE_VERSION_MATCH: QueryParam = (
     "resourceVersionMatch",
     "string",
     "How resourceVersion applies to a list: Exact or NotOlderThan.",
 );
-const SEND_INITIAL_EVENTS: QueryParam = ("sendInitialEvents", "boolean", "With watch=true, first send the current objects as ADDED events, then a bookmark annotated k8s.io/initial-events-end.");
+const SEND_INITIAL_EVENTS: QueryParam = (
+    "sendInitialEvents",
+    "boolean",
+    "With watch=true, first send the current objects as ADDED events, then a bookmark \
+         annotated k8s.io/initial-events-end.",
+);
 const TIMEOUT_SECONDS: QueryParam = (
     "timeoutSeconds",
     "integer",
     "Timeout for the list or watch call, in seconds.",
 );
-const WATCH: QueryParam = ("watch", "boolean", "Watch for changes to the described resources and return them as a stream of add, update and remove notifications.");
+const WATCH: QueryParam = (
+    "watch",
+    "boolean",
+    "Watch for changes to the described resources and return them as a stream of add, \
+         update and remove notifications.",
+);
 
 const LIST_PARAMS: &[QueryParam] = &[
     ALLOW_WATCH_BOOKMARKS,
@@ -174,6 +221,66 @@ fn capitalize(part: &str) -> String {
         .unwrap_or_default()
 }
 
+impl Operation {
+    /// An operation about `kind` that answers 401 when unauthenticated and nothing else yet.
+    fn new(
+        kind: &str,
+        (method, action): (&'static str, &'static str),
+        id: String,
+        description: String,
+        params: &'static [QueryParam],
+    ) -> Self {
+        Operation {
+            method,
+            action,
+            id,
+            description,
+            params,
+            body: None,
+            responses: vec![(401, "Unauthorized", None)],
+            produces: JSON,
+            kind: Some(kind.to_string()),
+        }
+    }
+
+    fn body(mut self, definition: &str, content_types: &'static [&'static str]) -> Self {
+        self.body = Some((definition.to_string(), content_types));
+        self
+    }
+
+    /// Adds responses `codes` (200 OK, 201 Created, 202 Accepted) carrying `definition`.
+    fn returns(mut self, codes: &[u16], definition: &str) -> Self {
+        for &code in codes {
+            let description = match code {
+                201 => "Created",
+                202 => "Accepted",
+                _ => "OK",
+            };
+            self.responses
+                .push((code, description, Some(definition.to_string())));
+        }
+        self.responses.sort_by_key(|r| r.0);
+        self
+    }
+
+    /// Lists and watches also answer as a stream of watch events.
+    fn streaming(mut self) -> Self {
+        self.produces = JSON_AND_STREAM;
+        self
+    }
+}
+
+const LIST: (&str, &str) = ("get", "list");
+const WATCH_LIST: (&str, &str) = ("get", "watchlist");
+const WATCH_ONE: (&str, &str) = ("get", "watch");
+const CREATE: (&str, &str) = ("post", "post");
+const DELETE_COLLECTION: (&str, &str) = ("delete", "deletecollection");
+const READ: (&str, &str) = ("get", "get");
+const REPLACE: (&str, &str) = ("put", "put");
+const PATCH: (&str, &str) = ("patch", "patch");
+const DELETE: (&str, &str) = ("delete", "delete");
+
+/// Every path of one kind, named as kube-apiserver names them.
 fn paths_for(kind: &ServedKind) -> Vec<PathItem> {
     let base = format!("/apis/{GROUP}/{VERSION}");
     let k = kind.kind.as_str();
@@ -183,16 +290,44 @@ fn paths_for(kind: &ServedKind) -> Vec<PathItem> {
     let watch_event = format!("{META}WatchEvent");
     let delete_options = format!("{META}DeleteOptions");
     let patch = format!("{META}Patch");
-    let g = id_infix();
-    let scoped = if kind.namespaced { "Namespaced" } else { "" };
-    let (collection, watch_prefix, mut scope_params) = if kind.namespaced {
+    // Operation ids: `<verb>IpamMiloapisComV1alpha1[Namespaced]<Kind>[Status]`.
+    let id = |verb: &str, suffix: &str| {
+        let scoped = if kind.namespaced { "Namespaced" } else { "" };
+        format!("{verb}{}{scoped}{k}{suffix}", id_infix())
+    };
+    let op = |verb, id: String, description: String, params| {
+        Operation::new(k, verb, id, description, params)
+    };
+    let list_op = |id: String| {
+        op(
+            LIST,
+            id,
+            format!("list or watch objects of kind {k}"),
+            LIST_PARAMS,
+        )
+        .returns(&[200], &list)
+        .streaming()
+    };
+    let watch_list_op = |id: String| {
+        let description = format!(
+            "watch individual changes to a list of {k}. deprecated: use the 'watch' parameter \
+             with a list operation instead."
+        );
+        op(WATCH_LIST, id, description, LIST_PARAMS)
+            .returns(&[200], &watch_event)
+            .streaming()
+    };
+
+    let namespace = (
+        "namespace",
+        "object name and auth scope, such as for teams and projects".to_string(),
+    );
+    let name = ("name", format!("name of the {k}"));
+    let (collection, watch, scope) = if kind.namespaced {
         (
             format!("{base}/namespaces/{{namespace}}/{}", kind.plural),
             format!("{base}/watch/namespaces/{{namespace}}/{}", kind.plural),
-            vec![(
-                "namespace",
-                "object name and auth scope, such as for teams and projects".to_string(),
-            )],
+            vec![namespace],
         )
     } else {
         (
@@ -201,142 +336,122 @@ fn paths_for(kind: &ServedKind) -> Vec<PathItem> {
             vec![],
         )
     };
-    let name_param = ("name", format!("name of the {k}"));
-    let op = |method, action, id: String, description: String, params| Operation {
-        method,
-        action,
-        id,
-        description,
-        params,
-        body: None,
-        responses: vec![],
-        produces: JSON,
-        kind: Some(k.to_string()),
-    };
-    let ok = |def: &str| (200, "OK", Some(def.to_string()));
-    let created = |def: &str| (201, "Created", Some(def.to_string()));
-    let accepted = |def: &str| (202, "Accepted", Some(def.to_string()));
-    let unauthorized = || (401, "Unauthorized", None);
-
-    let list_op = |id: String| Operation {
-        responses: vec![ok(&list), unauthorized()],
-        produces: JSON_AND_STREAM,
-        ..op(
-            "get",
-            "list",
-            id,
-            format!("list or watch objects of kind {k}"),
-            LIST_PARAMS,
-        )
-    };
-    let watch_list_op = |id: String| {
-        Operation {
-        responses: vec![ok(&watch_event), unauthorized()],
-        produces: JSON_AND_STREAM,
-        ..op(
-            "get",
-            "watchlist",
-            id,
-            format!("watch individual changes to a list of {k}. deprecated: use the 'watch' parameter with a list operation instead."),
-            LIST_PARAMS,
-        )
-    }
-    };
+    let scope_and_name = [scope.clone(), vec![name]].concat();
 
     let mut items = vec![
         PathItem {
             path: collection.clone(),
-            path_params: scope_params.clone(),
+            path_params: scope.clone(),
             operations: vec![
-                list_op(format!("list{g}{scoped}{k}")),
-                Operation {
-                    body: Some((object.clone(), ANY)),
-                    responses: vec![ok(&object), created(&object), accepted(&object), unauthorized()],
-                    ..op("post", "post", format!("create{g}{scoped}{k}"), format!("create an {k}"), WRITE_PARAMS)
-                },
-                Operation {
-                    body: Some((delete_options.clone(), ANY)),
-                    responses: vec![ok(&status), unauthorized()],
-                    ..op(
-                        "delete",
-                        "deletecollection",
-                        format!("deleteCollection{g}{scoped}{k}"),
-                        format!("delete collection of {k}"),
-                        DELETE_COLLECTION_PARAMS,
-                    )
-                },
+                list_op(id("list", "")),
+                op(
+                    CREATE,
+                    id("create", ""),
+                    format!("create an {k}"),
+                    WRITE_PARAMS,
+                )
+                .body(&object, ANY)
+                .returns(&[200, 201, 202], &object),
+                op(
+                    DELETE_COLLECTION,
+                    id("deleteCollection", ""),
+                    format!("delete collection of {k}"),
+                    DELETE_COLLECTION_PARAMS,
+                )
+                .body(&delete_options, ANY)
+                .returns(&[200], &status),
             ],
         },
         PathItem {
             path: format!("{collection}/{{name}}"),
-            path_params: [scope_params.clone(), vec![name_param.clone()]].concat(),
+            path_params: scope_and_name.clone(),
             operations: vec![
-                Operation {
-                    responses: vec![ok(&object), unauthorized()],
-                    ..op("get", "get", format!("read{g}{scoped}{k}"), format!("read the specified {k}"), READ_PARAMS)
-                },
-                Operation {
-                    body: Some((object.clone(), ANY)),
-                    responses: vec![ok(&object), created(&object), unauthorized()],
-                    ..op("put", "put", format!("replace{g}{scoped}{k}"), format!("replace the specified {k}"), WRITE_PARAMS)
-                },
-                Operation {
-                    body: Some((patch.clone(), PATCH_TYPES)),
-                    responses: vec![ok(&object), created(&object), unauthorized()],
-                    ..op("patch", "patch", format!("patch{g}{scoped}{k}"), format!("partially update the specified {k}"), PATCH_PARAMS)
-                },
-                Operation {
-                    body: Some((delete_options.clone(), ANY)),
-                    responses: vec![ok(&status), accepted(&status), unauthorized()],
-                    ..op("delete", "delete", format!("delete{g}{scoped}{k}"), format!("delete an {k}"), DELETE_PARAMS)
-                },
+                op(
+                    READ,
+                    id("read", ""),
+                    format!("read the specified {k}"),
+                    READ_PARAMS,
+                )
+                .returns(&[200], &object),
+                op(
+                    REPLACE,
+                    id("replace", ""),
+                    format!("replace the specified {k}"),
+                    WRITE_PARAMS,
+                )
+                .body(&object, ANY)
+                .returns(&[200, 201], &object),
+                op(
+                    PATCH,
+                    id("patch", ""),
+                    format!("partially update the specified {k}"),
+                    PATCH_PARAMS,
+                )
+                .body(&patch, PATCH_TYPES)
+                .returns(&[200, 201], &object),
+                op(
+                    DELETE,
+                    id("delete", ""),
+                    format!("delete an {k}"),
+                    DELETE_PARAMS,
+                )
+                .body(&delete_options, ANY)
+                .returns(&[200, 202], &status),
             ],
         },
         PathItem {
             path: format!("{collection}/{{name}}/status"),
-            path_params: [scope_params.clone(), vec![name_param.clone()]].concat(),
+            path_params: scope_and_name.clone(),
             operations: vec![
-                Operation {
-                    responses: vec![ok(&object), unauthorized()],
-                    ..op("get", "get", format!("read{g}{scoped}{k}Status"), format!("read status of the specified {k}"), READ_PARAMS)
-                },
-                Operation {
-                    body: Some((object.clone(), ANY)),
-                    responses: vec![ok(&object), created(&object), unauthorized()],
-                    ..op("put", "put", format!("replace{g}{scoped}{k}Status"), format!("replace status of the specified {k}"), WRITE_PARAMS)
-                },
-                Operation {
-                    body: Some((patch.clone(), PATCH_TYPES)),
-                    responses: vec![ok(&object), created(&object), unauthorized()],
-                    ..op("patch", "patch", format!("patch{g}{scoped}{k}Status"), format!("partially update status of the specified {k}"), PATCH_PARAMS)
-                },
+                op(
+                    READ,
+                    id("read", "Status"),
+                    format!("read status of the specified {k}"),
+                    READ_PARAMS,
+                )
+                .returns(&[200], &object),
+                op(
+                    REPLACE,
+                    id("replace", "Status"),
+                    format!("replace status of the specified {k}"),
+                    WRITE_PARAMS,
+                )
+                .body(&object, ANY)
+                .returns(&[200, 201], &object),
+                op(
+                    PATCH,
+                    id("patch", "Status"),
+                    format!("partially update status of the specified {k}"),
+                    PATCH_PARAMS,
+                )
+                .body(&patch, PATCH_TYPES)
+                .returns(&[200, 201], &object),
             ],
         },
         PathItem {
-            path: watch_prefix.clone(),
-            path_params: scope_params.clone(),
-            operations: vec![watch_list_op(format!("watch{g}{scoped}{k}List"))],
+            path: watch.clone(),
+            path_params: scope,
+            operations: vec![watch_list_op(id("watch", "List"))],
         },
         PathItem {
-            path: format!("{watch_prefix}/{{name}}"),
-            path_params: {
-                scope_params.push(name_param);
-                scope_params
-            },
-            operations: vec![Operation {
-                responses: vec![ok(&watch_event), unauthorized()],
-                produces: JSON_AND_STREAM,
-                ..op(
-                    "get",
-                    "watch",
-                    format!("watch{g}{scoped}{k}"),
-                    format!("watch changes to an object of kind {k}. deprecated: use the 'watch' parameter with a list operation instead, filtered to a single item with the 'fieldSelector' parameter."),
-                    LIST_PARAMS,
-                )
-            }],
+            path: format!("{watch}/{{name}}"),
+            path_params: scope_and_name,
+            operations: vec![op(
+                WATCH_ONE,
+                id("watch", ""),
+                format!(
+                    "watch changes to an object of kind {k}. deprecated: use the 'watch' \
+                     parameter with a list operation instead, filtered to a single item with the \
+                     'fieldSelector' parameter."
+                ),
+                LIST_PARAMS,
+            )
+            .returns(&[200], &watch_event)
+            .streaming()],
         },
     ];
     if kind.namespaced {
+        let g = id_infix();
         items.push(PathItem {
             path: format!("{base}/{}", kind.plural),
             path_params: vec![],
@@ -423,7 +538,12 @@ fn render_operation(flavor: Flavor, op: &Operation) -> Value {
             Flavor::Swagger2 => {
                 params.insert(
                     0,
-                    json!({ "name": "body", "in": "body", "required": true, "schema": reference(flavor, def) }),
+                    json!({
+                        "name": "body",
+                        "in": "body",
+                        "required": true,
+                        "schema": reference(flavor, def),
+                    }),
                 );
                 out.insert("consumes".into(), json!(content_types));
             }

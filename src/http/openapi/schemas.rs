@@ -28,8 +28,14 @@ pub const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.";
 const V2_REF: &str = "#/definitions/";
 const V3_REF: &str = "#/components/schemas/";
 
-const API_VERSION_DESCRIPTION: &str = "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources";
-const KIND_DESCRIPTION: &str = "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds";
+const API_VERSION_DESCRIPTION: &str = "APIVersion defines the versioned schema of this \
+    representation of an object. Servers should convert recognized schemas to the latest internal \
+    value, and may reject unrecognized values. More info: \
+    https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources";
+const KIND_DESCRIPTION: &str = "Kind is a string value representing the REST resource this \
+    object represents. Servers may infer this from the endpoint the client submits requests to. \
+    Cannot be updated. In CamelCase. More info: \
+    https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds";
 
 /// The fully qualified definition name of `kind` (`com.miloapis.ipam.v1alpha1.IPPrefix`).
 pub fn qualified(kind: &str) -> String {

@@ -501,6 +501,12 @@ fn v3_index_points_at_the_group_version_with_a_stable_content_hash() {
 }
 
 #[test]
+fn v3_group_version_path_names_our_group_version() {
+    use crate::api::{GROUP, VERSION};
+    assert_eq!(V3_GROUP_VERSION_PATH, format!("apis/{GROUP}/{VERSION}"));
+}
+
+#[test]
 fn documents_are_cached_and_identical_across_calls() {
     assert_eq!(openapi_v2(), openapi_v2());
     assert_eq!(openapi_v3_group_version(), openapi_v3_group_version());
