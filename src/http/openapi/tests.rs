@@ -534,3 +534,50 @@ fn every_field_of_our_types_is_described_for_kubectl_explain() {
         }
     }
 }
+
+/// `kubectl explain <resource>` (OpenAPI v3): find the GVK on an operation of the resource's
+/// path, then the schema whose `x-kubernetes-group-version-kind` contains exactly that GVK.
+#[test]
+fn kubectl_explain_finds_each_kind_from_its_resource_path() {
+    let doc = openapi_v3_group_version();
+    for (resource, kind) in [
+        ("ipprefixes", "IPPrefix"),
+        ("ipprefixclaims", "IPPrefixClaim"),
+    ] {
+        let prefix = "/apis/ipam.miloapis.com/v1alpha1";
+        let search = [
+            format!("{prefix}/{resource}"),
+            format!("{prefix}/{resource}/{{name}}"),
+            format!("{prefix}/namespaces/{{namespace}}/{resource}"),
+            format!("{prefix}/namespaces/{{namespace}}/{resource}/{{name}}"),
+        ];
+        let found = search.iter().find_map(|path| {
+            let item = doc["paths"].get(path)?;
+            ["get", "post", "put", "patch", "delete"]
+                .iter()
+                .find_map(|m| {
+                    item.get(*m)?
+                        .get("x-kubernetes-group-version-kind")
+                        .cloned()
+                })
+        });
+        let op_gvk = found.unwrap_or_else(|| panic!("{resource}: no GVK on its paths"));
+        assert_eq!(op_gvk["kind"], kind);
+        let schema = doc["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|s| {
+                s["x-kubernetes-group-version-kind"]
+                    .as_array()
+                    .is_some_and(|l| l.contains(&op_gvk))
+            })
+            .unwrap_or_else(|| panic!("{resource}: no schema for {op_gvk}"));
+        for field in ["apiVersion", "kind", "metadata", "spec", "status"] {
+            assert!(
+                schema["properties"][field].is_object(),
+                "{resource}.{field}"
+            );
+        }
+    }
+}
