@@ -9,5 +9,6 @@
 pub mod alloc;
 pub mod api;
 pub mod error;
+pub mod http;
 pub mod registry;
 pub mod store;

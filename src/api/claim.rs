@@ -47,35 +47,46 @@ pub struct IPPrefixClaimSpec {
     pub child_prefix_template: Option<ChildPrefixTemplate>,
 }
 
+/// What the IPPrefix made for a claim is given: name, labels, annotations and spec fields.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChildPrefixTemplate {
+    /// Name, labels and annotations of the IPPrefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TemplateMetadata>,
+    /// Spec fields of the IPPrefix (`reserve`, `exclude`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<TemplateSpec>,
 }
 
+/// Metadata of the IPPrefix made for a claim.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateMetadata {
+    /// The IPPrefix name; default `<namespace>.<claim>` (hashed when too long).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Labels of the IPPrefix, e.g. for the `parentSelector` of further claims.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Annotations of the IPPrefix.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
+/// Spec fields of the IPPrefix made for a claim.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateSpec {
+    /// Addresses at the start / end of the new block that are never handed out (e.g. a gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve: Option<ReserveSpec>,
+    /// Blocks inside the new block that are never handed out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
 }
 
+/// The block allocated for a claim on create. Read-only.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPrefixClaimStatus {
@@ -88,6 +99,7 @@ pub struct IPPrefixClaimStatus {
     /// The first address of `prefix`, without the length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// `IPv4` or `IPv6`, the family of `prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family: Option<String>,
     /// The IPPrefix bound to this claim.
@@ -96,6 +108,7 @@ pub struct IPPrefixClaimStatus {
     /// The parent actually used (resolved from a selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_ref: Option<PrefixReference>,
+    /// `Bound` (status True) with reason `Allocated` or `Rebound`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -23,6 +23,7 @@ pub const PREFIX_IN_USE_FINALIZER: &str = "ipam.miloapis.com/prefix-in-use";
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrefixReference {
+    /// The name of the IPPrefix.
     pub name: String,
 }
 
@@ -37,8 +38,10 @@ impl PrefixReference {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReserveSpec {
+    /// How many addresses at the start of the block are never handed out (e.g. 1 for a gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leading: Option<i64>,
+    /// How many addresses at the end of the block are never handed out (e.g. 1 for IPv4 broadcast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trailing: Option<i64>,
 }

@@ -43,12 +43,16 @@ pub struct IPPrefixSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimReference {
+    /// The namespace of the IPPrefixClaim.
     pub namespace: String,
+    /// The name of the IPPrefixClaim.
     pub name: String,
+    /// The uid of the IPPrefixClaim the block was bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
 }
 
+/// What the server computed for an IPPrefix. Read-only.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPrefixStatus {
@@ -58,6 +62,7 @@ pub struct IPPrefixStatus {
     /// `IPv4` or `IPv6`, derived from `spec.prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family: Option<String>,
+    /// Address counts of the block: total, allocated, excluded, available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<PrefixCapacity>,
     /// (allocated + excluded) / total, for display, e.g. `12.50%`.
@@ -75,9 +80,13 @@ pub struct IPPrefixStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrefixCapacity {
+    /// Every address in the block.
     pub total: String,
+    /// Addresses covered by child prefixes.
     pub allocated: String,
+    /// Addresses covered by `spec.exclude` and `spec.reserve`.
     pub excluded: String,
+    /// total - allocated - excluded.
     pub available: String,
 }
 
