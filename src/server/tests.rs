@@ -47,12 +47,20 @@ async fn start(app: Router, drain_timeout: Duration) -> Harness {
 impl Harness {
     /// A TLS connection, with the admin certificate if `with_cert`.
     async fn connect(&self, with_cert: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
+        self.connect_alpn(with_cert, &[]).await
+    }
+
+    async fn connect_alpn(
+        &self,
+        with_cert: bool,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let builder =
             rustls::ClientConfig::builder_with_provider(crate::auth::x509::crypto_provider())
                 .with_safe_default_protocol_versions()
                 .unwrap()
                 .with_root_certificates(self.pki.roots().unwrap());
-        let config = if with_cert {
+        let mut config = if with_cert {
             let (cert, key) = self.pki.admin_identity_pem();
             let chain = rustls_pemfile::certs(&mut cert.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
@@ -64,6 +72,7 @@ impl Harness {
         } else {
             builder.with_no_client_auth()
         };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         TlsConnector::from(Arc::new(config))
             .connect("localhost".try_into().unwrap(), tcp)
@@ -101,6 +110,17 @@ async fn presented_client_certificate_reaches_the_handler() {
     let mut h = start(app, Duration::from_secs(5)).await;
     assert!(h.get("/certs", true).await.ends_with("\r\n\r\n1"));
     assert!(h.get("/certs", false).await.ends_with("\r\n\r\n0"));
+    h.shutdown();
+    h.done.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn alpn_prefers_h2_and_offers_http11() {
+    let mut h = start(Router::new(), Duration::from_secs(5)).await;
+    let tls = h.connect_alpn(true, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let tls = h.connect_alpn(true, &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     h.shutdown();
     h.done.await.unwrap().unwrap();
 }
