@@ -4,11 +4,15 @@
 //!
 //! Layers, data flowing one way: [`http`] (routing, negotiation, auth) → [`registry`] (API
 //! semantics per kind) → [`alloc`] (pure allocator) → [`store`] (one trait; sled behind it).
-//! The typed client surface for kube-rs users is [`api`].
+//! The typed client surface for kube-rs users is [`api`]; [`server`], [`auth`] and [`options`]
+//! are the binary's shell.
 
 pub mod alloc;
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod http;
+pub mod options;
 pub mod registry;
+pub mod server;
 pub mod store;

@@ -1,3 +1,163 @@
+//! HTTP: routing, content negotiation and the Kubernetes endpoints. Resource endpoints are
+//! written once (`handlers.rs`) and instantiated per kind here.
 pub mod discovery;
+mod handlers;
+pub mod health;
+pub mod negotiate;
 pub mod openapi;
+mod patch;
+mod respond;
 pub mod table;
+mod watch;
+
+use crate::api::{IPPrefix, IPPrefixClaim};
+use crate::error::{ApiError, ApiResult};
+use crate::registry::Registry;
+use axum::response::Response;
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use negotiate::{negotiate, Representation};
+use respond::{json_response, Served};
+use serde_json::Value;
+
+/// Shared by every handler: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+}
+
+const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
+
+/// The API, without authentication (the caller layers it on).
+pub fn router(registry: Registry) -> Router {
+    let state = AppState { registry };
+    Router::new()
+        .route("/version", get(|| async { ok_json(discovery::version()) }))
+        .route("/api", get(|| async { ok_json(discovery::api_versions()) }))
+        .route("/apis", get(apis))
+        .route(
+            "/apis/ipam.miloapis.com",
+            get(|| async { ok_json(discovery::api_group()) }),
+        )
+        .route(
+            GV,
+            get(|| async { ok_json(discovery::api_resource_list()) }),
+        )
+        .route("/openapi/v2", get(openapi_v2))
+        .route(
+            "/openapi/v3",
+            get(|| async { ok_json(openapi::openapi_v3_index()) }),
+        )
+        .route(
+            "/openapi/v3/apis/ipam.miloapis.com/v1alpha1",
+            get(|| async { ok_json(openapi::openapi_v3_group_version()) }),
+        )
+        .merge(resource_routes::<IPPrefix>(&format!("{GV}/ipprefixes")))
+        .merge(resource_routes::<IPPrefixClaim>(&format!(
+            "{GV}/namespaces/{{namespace}}/ipprefixclaims"
+        )))
+        .route(
+            &format!("{GV}/ipprefixclaims"),
+            get(handlers::list_or_watch::<IPPrefixClaim>),
+        )
+        .route(
+            &format!("{GV}/watch/ipprefixes"),
+            get(handlers::watch_legacy::<IPPrefix>),
+        )
+        .route(
+            &format!("{GV}/watch/ipprefixes/{{name}}"),
+            get(handlers::watch_legacy::<IPPrefix>),
+        )
+        .route(
+            &format!("{GV}/watch/ipprefixclaims"),
+            get(handlers::watch_legacy::<IPPrefixClaim>),
+        )
+        .route(
+            &format!("{GV}/watch/namespaces/{{namespace}}/ipprefixclaims"),
+            get(handlers::watch_legacy::<IPPrefixClaim>),
+        )
+        .route(
+            &format!("{GV}/watch/namespaces/{{namespace}}/ipprefixclaims/{{name}}"),
+            get(handlers::watch_legacy::<IPPrefixClaim>),
+        )
+        .fallback(|| async { ApiError::not_found_path() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed(
+                "the server does not allow this method on the requested resource".into(),
+            )
+        })
+        .with_state(state)
+}
+
+/// Collection, object and status routes of one kind under `base`.
+fn resource_routes<K: Served>(base: &str) -> Router<AppState> {
+    let collection: MethodRouter<AppState> = get(handlers::list_or_watch::<K>)
+        .post(handlers::create::<K>)
+        .delete(handlers::delete_collection::<K>);
+    let object = get(handlers::get::<K>)
+        .put(handlers::replace::<K>)
+        .patch(handlers::patch::<K>)
+        .delete(handlers::delete::<K>);
+    let status = get(handlers::get::<K>)
+        .put(handlers::replace_status::<K>)
+        .patch(handlers::patch_status::<K>);
+    Router::new()
+        .route(base, collection)
+        .route(&format!("{base}/{{name}}"), object)
+        .route(&format!("{base}/{{name}}/status"), status)
+}
+
+fn ok_json(v: Value) -> Response {
+    json_response(StatusCode::OK, &v, &[])
+}
+
+/// `/apis`: the legacy group list, or aggregated discovery when asked for it.
+async fn apis(headers: HeaderMap) -> ApiResult<Response> {
+    match negotiate(&headers)? {
+        Representation::Discovery { beta } => {
+            let (api_version, content_type) = if beta {
+                (
+                    "apidiscovery.k8s.io/v2beta1",
+                    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
+                )
+            } else {
+                (
+                    "apidiscovery.k8s.io/v2",
+                    discovery::AGGREGATED_DISCOVERY_CONTENT_TYPE,
+                )
+            };
+            let mut resp = ok_json(discovery::aggregated_discovery_for(api_version));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+            Ok(resp)
+        }
+        _ => Ok(ok_json(discovery::api_group_list())),
+    }
+}
+
+/// `/openapi/v2`, JSON only: a protobuf-only client gets 406 and falls back.
+async fn openapi_v2(headers: HeaderMap) -> ApiResult<Response> {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
+        return Err(ApiError::NotAcceptable(
+            "only application/json is served for /openapi/v2".into(),
+        ));
+    }
+    Ok(ok_json(openapi::openapi_v2()))
+}
+
+impl ApiError {
+    fn not_found_path() -> ApiError {
+        ApiError::NotFound(crate::error::Subject {
+            kind: String::new(),
+            group: String::new(),
+            name: String::new(),
+        })
+    }
+}

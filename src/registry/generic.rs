@@ -320,15 +320,15 @@ impl Registry {
             {
                 // The last finalizer is gone: the object goes now (or waits, in use).
                 let (obj, _) = remove_or_keep(&mut tx, new, old.revision)?;
-                let commit = tx.commit(dry_run)?;
-                drop(state);
-                return finish(obj, namespace, name, commit).await;
+                (obj, tx.commit(dry_run)?)
+            } else {
+                new.on_update(old_obj, &mut tx)?;
+                tx.put(&new, Precondition::Revision(old.revision))?;
+                (new, tx.commit(dry_run)?)
             }
-            new.on_update(old_obj, &mut tx)?;
-            tx.put(&new, Precondition::Revision(old.revision))?;
-            tx.commit(dry_run)?
         };
-        finish(new, namespace, name, commit).await
+        let (obj, commit) = commit;
+        finish(obj, namespace, name, commit).await
     }
 
     /// Delete: honours preconditions and finalizers; returns the object and whether it is gone.

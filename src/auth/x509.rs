@@ -1,0 +1,150 @@
+//! Client certificates: the TLS side asks for one, the authenticator judges it.
+//!
+//! Like Go's `tls.RequestClientCert` in kube-apiserver, the handshake ([`RequestClientCert`])
+//! only proves the client holds the certificate's key; chain verification happens per
+//! authentication method ([`ClientCertAuthenticator`]), because cluster mode trusts different
+//! CAs for different purposes (client CA vs. front-proxy CA). A certificate from an unknown CA
+//! therefore yields an HTTP 401 `Status`, not a TLS alert the user has to decode.
+use super::{UserInfo, Verdict};
+use crate::server::PeerCertificates;
+use http::request::Parts;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The one crypto provider everything TLS here uses, named explicitly so that another provider
+/// appearing in the dependency graph cannot make rustls' process default ambiguous.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS client-certificate policy: request a certificate (hinting the CAs we trust), accept the
+/// handshake without one, verify the client's proof of key possession, and leave trust to the
+/// authenticator. Never install this without an authenticator in front of every route.
+#[derive(Debug)]
+pub struct RequestClientCert {
+    /// Used for its hints and handshake-signature checks only, never for `verify_client_cert`.
+    webpki: Arc<dyn ClientCertVerifier>,
+}
+
+impl RequestClientCert {
+    /// `hints`: every CA whose certificates some authentication method accepts.
+    pub fn new(hints: Arc<RootCertStore>) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let webpki = WebPkiClientVerifier::builder_with_provider(hints, crypto_provider())
+            .allow_unauthenticated()
+            .build()?;
+        Ok(RequestClientCert { webpki })
+    }
+}
+
+impl ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Trust is decided per request by the authenticator; see the module docs.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Authenticates a request by its client certificate: the chain must verify against `roots`
+/// (validity, client-auth usage); CommonName → username, Organizations → groups.
+#[derive(Debug)]
+pub struct ClientCertAuthenticator {
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertAuthenticator {
+    pub fn new(roots: Arc<RootCertStore>) -> Result<Self, rustls::server::VerifierBuilderError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots, crypto_provider()).build()?;
+        Ok(ClientCertAuthenticator { verifier })
+    }
+
+    pub(super) fn authenticate(&self, req: &Parts) -> Verdict {
+        match req.extensions.get::<PeerCertificates>() {
+            None => Verdict::NotApplicable,
+            Some(certs) => match self.verify(&certs.0) {
+                Ok(user) => Verdict::Authenticated(user),
+                Err(reason) => Verdict::Rejected(reason),
+            },
+        }
+    }
+
+    /// Verify `chain` (leaf first) now and map it to a user.
+    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<UserInfo, String> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| "empty client certificate chain".to_string())?;
+        self.verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| format!("client certificate not accepted: {e}"))?;
+        user_from_certificate(leaf)
+    }
+}
+
+/// The user a certificate names: CommonName → username, each Organization → a group.
+/// A certificate without a CommonName names nobody (as in k8s.io/apiserver).
+pub fn user_from_certificate(cert: &CertificateDer<'_>) -> Result<UserInfo, String> {
+    let (_, cert) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("client certificate cannot be parsed: {e}"))?;
+    let subject = cert.subject();
+    let username = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+        .ok_or_else(|| "client certificate has no CommonName".to_string())?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(str::to_string)
+        .collect();
+    Ok(UserInfo {
+        username,
+        groups,
+        extra: Default::default(),
+    })
+}

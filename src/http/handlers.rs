@@ -1,0 +1,336 @@
+//! The resource endpoints, written once for every kind (`K: Served`).
+use super::negotiate::{negotiate, parse_body, Body, Params, Representation};
+use super::patch::apply_patch;
+use super::respond::{list_response, object_response, Served};
+use super::table::IncludeObject;
+use super::watch::watch_response;
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::registry::codec::decode_body;
+use crate::registry::selector::{parse_field_selector, parse_label_selector};
+use crate::registry::{
+    DeleteOptions, FieldValidation, ListOptions, Preconditions, PropagationPolicy, Subresource,
+    WatchOptions,
+};
+use crate::server::Shutdown;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Extension;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use std::collections::HashMap;
+
+type PathParams = Path<HashMap<String, String>>;
+
+fn namespace_of(path: &HashMap<String, String>) -> &str {
+    path.get("namespace")
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+fn name_of(path: &HashMap<String, String>) -> &str {
+    path.get("name").map(String::as_str).unwrap_or_default()
+}
+
+fn list_options<K: Served>(params: &Params) -> ApiResult<ListOptions> {
+    Ok(ListOptions {
+        label_selector: params
+            .get("labelSelector")
+            .map(parse_label_selector)
+            .transpose()?,
+        field_selector: params
+            .get("fieldSelector")
+            .map(|s| parse_field_selector(s, K::FIELD_SELECTORS))
+            .transpose()?
+            .unwrap_or_default(),
+        limit: params
+            .number("limit")?
+            .map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+        continue_token: params.get("continue").map(str::to_string),
+    })
+}
+
+fn include_object(params: &Params) -> ApiResult<IncludeObject> {
+    IncludeObject::parse(params.get("includeObject"))
+}
+
+/// GET on a collection: a list, or a watch with `watch=true`.
+pub async fn list_or_watch<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    shutdown: Option<Extension<Shutdown>>,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let namespace = path.get("namespace").map(String::as_str);
+    if params.flag("watch")? {
+        return watch_response::<K>(&app, namespace, &params, repr, shutdown.map(|e| e.0));
+    }
+    let opts = list_options::<K>(&params)?;
+    let list = app.registry.list::<K>(namespace, &opts)?;
+    list_response(
+        &list.items,
+        &list.resource_version,
+        list.continue_token.as_deref(),
+        repr,
+        include_object(&params)?,
+    )
+}
+
+/// The legacy `/watch/...` paths: a watch of a collection or, with a name, of one object.
+pub async fn watch_legacy<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    shutdown: Option<Extension<Shutdown>>,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let mut params = params;
+    if let Some(name) = path.get("name") {
+        let selector = match params.get("fieldSelector").filter(|s| !s.is_empty()) {
+            Some(s) => format!("{s},metadata.name={name}"),
+            None => format!("metadata.name={name}"),
+        };
+        params = params.with("fieldSelector", selector);
+    }
+    watch_response::<K>(
+        &app,
+        path.get("namespace").map(String::as_str),
+        &params,
+        repr,
+        shutdown.map(|e| e.0),
+    )
+}
+
+pub async fn get<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let obj = app.registry.get::<K>(namespace_of(&path), name_of(&path))?;
+    object_response(StatusCode::OK, &obj, repr, include_object(&params)?, &[])
+}
+
+/// Decode a create/update body into `K` under the request's `fieldValidation`.
+fn decode<K: Served>(
+    headers: &HeaderMap,
+    params: &Params,
+    body: &[u8],
+) -> ApiResult<(K, Vec<String>)> {
+    let value: Value = parse_body(headers, body)?;
+    decode_body::<K>(
+        value,
+        FieldValidation::parse(params.get("fieldValidation"))?,
+    )
+}
+
+pub async fn create<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
+    let created = app
+        .registry
+        .create::<K>(namespace_of(&path), obj, params.dry_run()?)
+        .await?;
+    object_response(
+        StatusCode::CREATED,
+        &created,
+        repr,
+        IncludeObject::Object,
+        &warnings,
+    )
+}
+
+pub async fn replace<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    replace_sub::<K>(app, path, params, headers, body, Subresource::Main).await
+}
+
+pub async fn replace_status<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    replace_sub::<K>(app, path, params, headers, body, Subresource::Status).await
+}
+
+async fn replace_sub<K: Served>(
+    app: AppState,
+    path: HashMap<String, String>,
+    params: Params,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    sub: Subresource,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
+    let updated = app
+        .registry
+        .update::<K>(
+            namespace_of(&path),
+            name_of(&path),
+            obj,
+            sub,
+            params.dry_run()?,
+        )
+        .await?;
+    object_response(
+        StatusCode::OK,
+        &updated,
+        repr,
+        IncludeObject::Object,
+        &warnings,
+    )
+}
+
+pub async fn patch<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let (obj, code, warnings) =
+        apply_patch::<K>(&app, &path, &params, &headers, &body, Subresource::Main).await?;
+    object_response(code, &obj, repr, IncludeObject::Object, &warnings)
+}
+
+pub async fn patch_status<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let (obj, code, warnings) =
+        apply_patch::<K>(&app, &path, &params, &headers, &body, Subresource::Status).await?;
+    object_response(code, &obj, repr, IncludeObject::Object, &warnings)
+}
+
+/// `DeleteOptions` from the body (optional) and the query, the query winning.
+fn delete_options(params: &Params, body: &[u8]) -> ApiResult<DeleteOptions> {
+    let mut opts = DeleteOptions::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v = super::negotiate::parse_json(body)?;
+        if let Some(kind) = v.get("kind").and_then(Value::as_str) {
+            if kind != "DeleteOptions" {
+                return Err(ApiError::BadRequest(format!(
+                    "expected a DeleteOptions body, got kind {kind:?}"
+                )));
+            }
+        }
+        let pre = &v["preconditions"];
+        opts.preconditions = Preconditions {
+            uid: pre.get("uid").and_then(Value::as_str).map(str::to_string),
+            resource_version: pre
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        };
+        if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+            opts.propagation_policy = Some(parse_policy(p)?);
+        }
+        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+            opts.propagation_policy
+                .get_or_insert(PropagationPolicy::Orphan);
+        }
+        if let Some(d) = v.get("dryRun").and_then(Value::as_array) {
+            opts.dry_run = d.iter().any(|x| x == "All");
+        }
+    }
+    if let Some(p) = params.get("propagationPolicy") {
+        opts.propagation_policy = Some(parse_policy(p)?);
+    }
+    if params.flag("orphanDependents")? {
+        opts.propagation_policy = Some(PropagationPolicy::Orphan);
+    }
+    opts.dry_run |= params.dry_run()?;
+    Ok(opts)
+}
+
+fn parse_policy(p: &str) -> ApiResult<PropagationPolicy> {
+    match p {
+        "Orphan" => Ok(PropagationPolicy::Orphan),
+        "Background" => Ok(PropagationPolicy::Background),
+        "Foreground" => Ok(PropagationPolicy::Foreground),
+        other => Err(ApiError::BadRequest(format!(
+            "propagationPolicy must be one of \"Orphan\", \"Background\" or \"Foreground\", not {other:?}"
+        ))),
+    }
+}
+
+pub async fn delete<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let opts = delete_options(&params, &body)?;
+    let (obj, gone) = app
+        .registry
+        .delete::<K>(namespace_of(&path), name_of(&path), &opts)
+        .await?;
+    // 200 when removed, 202 when it waits for finalizers, as kube-apiserver answers.
+    let code = if gone || opts.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    object_response(code, &obj, repr, IncludeObject::Object, &[])
+}
+
+pub async fn delete_collection<K: Served>(
+    State(app): State<AppState>,
+    Path(path): PathParams,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let repr = negotiate(&headers)?;
+    let opts = delete_options(&params, &body)?;
+    let list = list_options::<K>(&params)?;
+    let deleted = app
+        .registry
+        .delete_collection::<K>(path.get("namespace").map(String::as_str), &list, &opts)
+        .await?;
+    let repr = match repr {
+        Representation::Table { .. } => Representation::Object { yaml: false },
+        other => other,
+    };
+    list_response(
+        &deleted.items,
+        &deleted.resource_version,
+        None,
+        repr,
+        IncludeObject::Object,
+    )
+}
+
+pub fn watch_options<K: Served>(params: &Params) -> ApiResult<WatchOptions> {
+    Ok(WatchOptions {
+        resource_version: params.get("resourceVersion").map(str::to_string),
+        list: list_options::<K>(params)?,
+        allow_bookmarks: params.flag("allowWatchBookmarks")?,
+        send_initial_events: params.flag("sendInitialEvents")?,
+    })
+}

@@ -1,0 +1,270 @@
+//! What the client sent and what it accepts: query parameters, bodies (JSON or YAML), and the
+//! representation of the response (object, Table, PartialObjectMetadata).
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use bytes::Bytes;
+use http::request::Parts;
+use http::HeaderMap;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// The largest request body accepted, as kube-apiserver's default.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Query parameters by name (the last value wins, except where noted).
+#[derive(Debug, Default, Clone)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A copy with `name` set to `value`.
+    pub fn with(mut self, name: &str, value: String) -> Self {
+        self.0.insert(name.to_string(), value);
+        self
+    }
+
+    pub fn flag(&self, name: &str) -> ApiResult<bool> {
+        match self.get(name) {
+            None | Some("") | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "{name} must be true or false, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn number(&self, name: &str) -> ApiResult<Option<u64>> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "{name} must be a non-negative integer, not {v:?}"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// `dryRun=All` (the only value Kubernetes defines).
+    pub fn dry_run(&self) -> ApiResult<bool> {
+        match self.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "dryRun must be \"All\", not {other:?}"
+            ))),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
+        Ok(Params(pairs.into_iter().collect()))
+    }
+}
+
+/// A request body, read with a size limit; too large is a 413 `Status`.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map(Body)
+            .map_err(|_| {
+                ApiError::RequestEntityTooLarge(format!(
+                    "the request body is larger than {MAX_BODY_BYTES} bytes"
+                ))
+            })
+    }
+}
+
+/// The media type of a Content-Type or Accept entry, lower-cased, without parameters.
+fn essence(media: &str) -> String {
+    media
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Parse a create/update body: JSON, or YAML (which kubectl and people also send).
+pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    match essence(content_type).as_str() {
+        "application/json" | "" => parse_json(body),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => parse_yaml(body),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other})"
+        ))),
+    }
+}
+
+pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("the request body is empty".into()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+pub fn parse_yaml(body: &[u8]) -> ApiResult<Value> {
+    let v: Value = serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))?;
+    if v.is_null() {
+        return Err(ApiError::BadRequest("the request body is empty".into()));
+    }
+    Ok(v)
+}
+
+/// How the response should represent objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    Object {
+        yaml: bool,
+    },
+    Table {
+        beta: bool,
+    },
+    PartialObjectMetadata {
+        beta: bool,
+    },
+    /// Aggregated discovery, only meaningful on /apis and /api.
+    Discovery {
+        beta: bool,
+    },
+}
+
+/// Pick the first acceptable representation from the Accept header, in order, as Kubernetes
+/// does; 406 when none is served.
+pub fn negotiate(headers: &HeaderMap) -> ApiResult<Representation> {
+    let accept = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    if accept.trim().is_empty() {
+        return Ok(Representation::Object { yaml: false });
+    }
+    for entry in accept.split(',') {
+        let mut parts = entry.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let params: HashMap<String, String> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let json_like = matches!(media.as_str(), "application/json" | "*/*" | "application/*");
+        let yaml = media == "application/yaml";
+        if !json_like && !yaml {
+            continue;
+        }
+        let group = params.get("g").map(String::as_str);
+        let version = params.get("v").map(String::as_str);
+        match params.get("as").map(String::as_str) {
+            None => return Ok(Representation::Object { yaml }),
+            Some(kind) if json_like => {
+                let beta = version == Some("v1beta1");
+                let meta =
+                    group == Some("meta.k8s.io") && matches!(version, Some("v1") | Some("v1beta1"));
+                match kind {
+                    "Table" if meta => return Ok(Representation::Table { beta }),
+                    "PartialObjectMetadata" | "PartialObjectMetadataList" if meta => {
+                        return Ok(Representation::PartialObjectMetadata { beta })
+                    }
+                    "APIGroupDiscoveryList"
+                        if group == Some("apidiscovery.k8s.io")
+                            && matches!(version, Some("v2") | Some("v2beta1")) =>
+                    {
+                        return Ok(Representation::Discovery {
+                            beta: version == Some("v2beta1"),
+                        })
+                    }
+                    _ => continue,
+                }
+            }
+            Some(_) => continue,
+        }
+    }
+    Err(ApiError::NotAcceptable(format!(
+        "none of the media types in Accept ({accept}) is served; use application/json, optionally with as=Table or as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn kubectl_get_gets_a_table() {
+        let h = accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json");
+        assert_eq!(
+            negotiate(&h).unwrap(),
+            Representation::Table { beta: false }
+        );
+    }
+
+    #[test]
+    fn garbage_collector_gets_partial_metadata_skipping_protobuf() {
+        let h = accept("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json");
+        assert_eq!(
+            negotiate(&h).unwrap(),
+            Representation::PartialObjectMetadata { beta: false }
+        );
+    }
+
+    #[test]
+    fn unserved_representations_are_406() {
+        assert_eq!(
+            negotiate(&accept("application/vnd.kubernetes.protobuf"))
+                .unwrap_err()
+                .code(),
+            406
+        );
+        assert_eq!(
+            negotiate(&accept("application/json;as=Foo;g=meta.k8s.io;v=v1"))
+                .unwrap_err()
+                .code(),
+            406
+        );
+        assert_eq!(
+            negotiate(&accept("*/*")).unwrap(),
+            Representation::Object { yaml: false }
+        );
+    }
+
+    #[test]
+    fn bodies_must_be_json_or_yaml() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_body(&h, b"{\"a\":1}").unwrap()["a"], 1);
+        assert_eq!(parse_body(&h, b"{nope").unwrap_err().code(), 400);
+        h.insert(
+            http::header::CONTENT_TYPE,
+            "application/yaml".parse().unwrap(),
+        );
+        assert_eq!(parse_body(&h, b"a: 1\n").unwrap()["a"], 1);
+        h.insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert_eq!(parse_body(&h, b"a").unwrap_err().code(), 415);
+    }
+}

@@ -1,0 +1,131 @@
+//! Objects and lists → responses in the negotiated representation.
+use super::negotiate::Representation;
+use super::table::{self, IncludeObject, TableRow};
+use crate::error::{ApiError, ApiResult};
+use crate::registry::Kind;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+/// What the HTTP layer needs of a kind beyond the registry's `Kind`.
+pub trait Served: Kind + TableRow {}
+impl<K: Kind + TableRow> Served for K {}
+
+pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut resp = (code, body.to_string()).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for w in warnings {
+        // RFC 7234 warning: code 299, agent "-", quoted text, as kube-apiserver sends it.
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.append(http::header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn yaml_response(code: StatusCode, body: &Value) -> ApiResult<Response> {
+    let text = serde_yaml::to_string(body).map_err(|e| ApiError::Internal(format!("yaml: {e}")))?;
+    let mut resp = (code, text).into_response();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/yaml"),
+    );
+    Ok(resp)
+}
+
+pub fn to_value<K: Kind>(obj: &K) -> ApiResult<Value> {
+    serde_json::to_value(obj).map_err(|e| ApiError::Internal(format!("encode: {e}")))
+}
+
+fn meta_api_version(beta: bool) -> &'static str {
+    if beta {
+        "meta.k8s.io/v1beta1"
+    } else {
+        "meta.k8s.io/v1"
+    }
+}
+
+/// One object in the representation asked for.
+pub fn object_value<K: Served>(
+    obj: &K,
+    repr: Representation,
+    include: IncludeObject,
+) -> ApiResult<Value> {
+    match repr {
+        Representation::Object { .. } | Representation::Discovery { .. } => to_value(obj),
+        Representation::Table { .. } => Ok(table::table(
+            std::slice::from_ref(obj),
+            None,
+            None,
+            include,
+            jiff::Timestamp::now(),
+        )),
+        Representation::PartialObjectMetadata { beta } => Ok(table::partial_object_metadata_for(
+            meta_api_version(beta),
+            obj.meta(),
+        )),
+    }
+}
+
+pub fn object_response<K: Served>(
+    code: StatusCode,
+    obj: &K,
+    repr: Representation,
+    include: IncludeObject,
+    warnings: &[String],
+) -> ApiResult<Response> {
+    let v = object_value(obj, repr, include)?;
+    match repr {
+        Representation::Object { yaml: true } => yaml_response(code, &v),
+        _ => Ok(json_response(code, &v, warnings)),
+    }
+}
+
+pub fn list_response<K: Served>(
+    items: &[K],
+    resource_version: &str,
+    continue_token: Option<&str>,
+    repr: Representation,
+    include: IncludeObject,
+) -> ApiResult<Response> {
+    let v = match repr {
+        Representation::Table { .. } => table::table(
+            items,
+            Some(resource_version),
+            continue_token,
+            include,
+            jiff::Timestamp::now(),
+        ),
+        Representation::PartialObjectMetadata { beta } => {
+            let metas: Vec<_> = items.iter().map(|i| i.meta()).collect();
+            table::partial_object_metadata_list_for(
+                meta_api_version(beta),
+                &metas,
+                Some(resource_version),
+                continue_token,
+            )
+        }
+        Representation::Object { .. } | Representation::Discovery { .. } => {
+            let items: Vec<Value> = items.iter().map(to_value).collect::<ApiResult<_>>()?;
+            let mut metadata = json!({ "resourceVersion": resource_version });
+            if let Some(c) = continue_token {
+                metadata["continue"] = json!(c);
+            }
+            json!({
+                "apiVersion": K::api_version(&()),
+                "kind": format!("{}List", K::KIND),
+                "metadata": metadata,
+                "items": items,
+            })
+        }
+    };
+    match repr {
+        Representation::Object { yaml: true } => yaml_response(StatusCode::OK, &v),
+        _ => Ok(json_response(StatusCode::OK, &v, &[])),
+    }
+}

@@ -1,0 +1,119 @@
+//! Watch responses: a stream of `{"type": ..., "object": ...}` lines until the timeout, the
+//! client going away, or server shutdown.
+use super::handlers::watch_options;
+use super::negotiate::{Params, Representation};
+use super::respond::{object_value, Served};
+use super::table::IncludeObject;
+use super::AppState;
+use crate::error::{status_json, ApiError, ApiResult};
+use crate::registry::{Watch, WatchEvent};
+use crate::server::Shutdown;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::HeaderValue;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often an idle watch with `allowWatchBookmarks` gets a bookmark.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+
+struct WatchStream<K> {
+    watch: Watch<K>,
+    repr: Representation,
+    include: IncludeObject,
+    deadline: Instant,
+    bookmarks: Option<tokio::time::Interval>,
+    shutdown: Option<Shutdown>,
+}
+
+pub fn watch_response<K: Served>(
+    app: &AppState,
+    namespace: Option<&str>,
+    params: &Params,
+    repr: Representation,
+    shutdown: Option<Shutdown>,
+) -> ApiResult<Response> {
+    let opts = watch_options::<K>(params)?;
+    let include = IncludeObject::parse(params.get("includeObject"))?;
+    // Without timeoutSeconds, Kubernetes picks 30–60 minutes so watchers do not reconnect in step.
+    let timeout = match params.number("timeoutSeconds")? {
+        Some(s) => Duration::from_secs(s),
+        None => Duration::from_secs(1800 + (uuid::Uuid::new_v4().as_u128() % 1800) as u64),
+    };
+    let bookmarks = opts.allow_bookmarks.then(|| {
+        let mut i = tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let watch = app.registry.watch::<K>(namespace, opts)?;
+    let state = WatchStream {
+        watch,
+        repr,
+        include,
+        deadline: Instant::now() + timeout,
+        bookmarks,
+        shutdown,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let line = next_line(&mut s).await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(line), s))
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
+    let shutdown = s.shutdown.clone();
+    let draining = async move {
+        match shutdown {
+            Some(sd) => sd.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let tick = async {
+        match s.bookmarks.as_mut() {
+            Some(i) => {
+                i.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let event = tokio::select! {
+        ev = s.watch.next() => ev?,
+        _ = tokio::time::sleep_until(s.deadline) => return None,
+        _ = draining => return None,
+        _ = tick => WatchEvent::Bookmark { resource_version: s.watch.bookmark_revision().to_string(), initial_events_end: false },
+    };
+    let (kind, object) = match event {
+        WatchEvent::Added(o) => ("ADDED", encode(&o, s)),
+        WatchEvent::Modified(o) => ("MODIFIED", encode(&o, s)),
+        WatchEvent::Deleted(o) => ("DELETED", encode(&o, s)),
+        WatchEvent::Bookmark {
+            resource_version,
+            initial_events_end,
+        } => {
+            let mut metadata = json!({ "resourceVersion": resource_version });
+            if initial_events_end {
+                metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
+            }
+            (
+                "BOOKMARK",
+                json!({ "apiVersion": K::api_version(&()), "kind": K::KIND, "metadata": metadata }),
+            )
+        }
+        WatchEvent::Error(e) => ("ERROR", status_json(&e.to_status())),
+    };
+    let mut line = json!({ "type": kind, "object": object }).to_string();
+    line.push('\n');
+    Some(Bytes::from(line))
+}
+
+fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Value {
+    object_value(obj, s.repr, s.include).unwrap_or_else(|e: ApiError| status_json(&e.to_status()))
+}

@@ -1,0 +1,382 @@
+//! Command line: clap options → [`ServeOptions::validate`] → a [`Config`] the server runs from.
+//!
+//! The shape follows kubernetes/sample-apiserver (Options → Complete/Validate → run) and the flag
+//! names are k8s.io/apiserver's, so a Deployment written for any aggregated server reads the same.
+//! `validate` reports every problem at once, like `Options.Validate() []error`.
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+/// IP address management served as the Kubernetes API group ipam.miloapis.com/v1alpha1.
+#[derive(Debug, Parser)]
+#[command(name = "ipam-apiserver", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API over HTTPS.
+    Serve(ServeOptions),
+}
+
+/// `ipam-apiserver serve` flags, as typed. Nothing here is checked beyond its syntax; see
+/// [`ServeOptions::validate`].
+#[derive(Debug, Clone, Args)]
+pub struct ServeOptions {
+    /// Run without a cluster: make a CA, a serving certificate and an admin client certificate in
+    /// DATA_DIR/pki on first start, write DATA_DIR/kubeconfig, and accept only certificates from
+    /// that CA.
+    #[arg(long)]
+    pub standalone: bool,
+
+    /// Directory holding the database (and, with --standalone, the PKI and kubeconfig).
+    #[arg(
+        long,
+        env = "IPAM_DATA_DIR",
+        default_value = "./data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// The port on which to serve HTTPS. 0 picks a free port (the log line and, with
+    /// --standalone, the kubeconfig say which).
+    #[arg(long, default_value_t = 8443, value_name = "PORT")]
+    pub secure_port: u16,
+
+    /// The IP address on which to listen [default: 127.0.0.1 with --standalone, else 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<IpAddr>,
+
+    /// File containing the x509 serving certificate (with any intermediates after it).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// File containing the x509 private key matching --tls-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// CA bundle: a client certificate signed by one of these authenticates as its CommonName,
+    /// with its Organizations as groups.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// CA bundle verifying front-proxy client certificates before any --requestheader-username-headers
+    /// are trusted. Default: read from kube-system/extension-apiserver-authentication.
+    #[arg(long, value_name = "FILE")]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+
+    /// Front-proxy client certificate common names allowed to assert identities in headers.
+    /// Empty means any certificate signed by --requestheader-client-ca-file.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub requestheader_allowed_names: Option<Vec<String>>,
+
+    /// Request headers to inspect for the username (common value: X-Remote-User).
+    #[arg(long, value_delimiter = ',', value_name = "HEADERS")]
+    pub requestheader_username_headers: Option<Vec<String>>,
+
+    /// Request headers to inspect for groups (common value: X-Remote-Group).
+    #[arg(long, value_delimiter = ',', value_name = "HEADERS")]
+    pub requestheader_group_headers: Option<Vec<String>>,
+
+    /// Request header prefixes to inspect for extra user info (common value: X-Remote-Extra-).
+    #[arg(long, value_delimiter = ',', value_name = "PREFIXES")]
+    pub requestheader_extra_headers_prefix: Option<Vec<String>>,
+
+    /// Kubeconfig of the cluster this server is aggregated into. Default: the in-cluster
+    /// service account.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig for TokenReview and the extension-apiserver-authentication ConfigMap.
+    /// Default: --kubeconfig.
+    #[arg(long, value_name = "FILE")]
+    pub authentication_kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig for SubjectAccessReview. Default: --kubeconfig.
+    #[arg(long, value_name = "FILE")]
+    pub authorization_kubeconfig: Option<PathBuf>,
+
+    /// Number of recent events retained for watches; a watch from an older resourceVersion
+    /// gets 410 Expired.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub watch_history: usize,
+}
+
+/// Validated configuration: every combination here is one the server can run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Where to listen; port 0 means an ephemeral port.
+    pub bind: SocketAddr,
+    /// Events retained for watch resumption.
+    pub watch_history: usize,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// No cluster: our own CA in `data_dir/pki`, an admin kubeconfig in `data_dir/kubeconfig`.
+    Standalone,
+    /// Aggregated into a cluster: delegated authentication and authorization.
+    Cluster(Box<ClusterConfig>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub tls_cert_file: PathBuf,
+    pub tls_private_key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+    /// Flags given for the front proxy; anything `None` is read from
+    /// `kube-system/extension-apiserver-authentication`.
+    pub requestheader: RequestHeaderFlags,
+    /// `None`: the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    pub authentication_kubeconfig: Option<PathBuf>,
+    pub authorization_kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHeaderFlags {
+    pub client_ca_file: Option<PathBuf>,
+    pub allowed_names: Option<Vec<String>>,
+    pub username_headers: Option<Vec<String>>,
+    pub group_headers: Option<Vec<String>>,
+    pub extra_headers_prefix: Option<Vec<String>>,
+}
+
+/// Every problem found in the flags, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid flags:\n  {}", .0.join("\n  "))]
+pub struct InvalidOptions(pub Vec<String>);
+
+impl ServeOptions {
+    /// Fill defaults that depend on other flags, and check every rule; all violations are
+    /// reported together.
+    pub fn validate(self) -> Result<Config, InvalidOptions> {
+        let mut errs = Vec::new();
+
+        if self.data_dir.as_os_str().is_empty() {
+            errs.push("--data-dir must not be empty".to_string());
+        }
+        if self.watch_history == 0 {
+            errs.push("--watch-history must be at least 1".to_string());
+        }
+        for (flag, headers) in [
+            (
+                "--requestheader-username-headers",
+                &self.requestheader_username_headers,
+            ),
+            (
+                "--requestheader-group-headers",
+                &self.requestheader_group_headers,
+            ),
+            (
+                "--requestheader-extra-headers-prefix",
+                &self.requestheader_extra_headers_prefix,
+            ),
+        ] {
+            for h in headers.iter().flatten() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    errs.push(format!("{flag}: {h:?} is not a valid HTTP header name"));
+                }
+            }
+        }
+
+        let default_ip = if self.standalone {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let bind = SocketAddr::new(self.bind_address.unwrap_or(default_ip), self.secure_port);
+
+        let mode = if self.standalone {
+            // Standalone owns its PKI and has no cluster; a cluster flag here is a mistake the
+            // user should hear about rather than have silently ignored.
+            let cluster_only = [
+                ("--tls-cert-file", self.tls_cert_file.is_some()),
+                (
+                    "--tls-private-key-file",
+                    self.tls_private_key_file.is_some(),
+                ),
+                ("--client-ca-file", self.client_ca_file.is_some()),
+                (
+                    "--requestheader-client-ca-file",
+                    self.requestheader_client_ca_file.is_some(),
+                ),
+                (
+                    "--requestheader-allowed-names",
+                    self.requestheader_allowed_names.is_some(),
+                ),
+                (
+                    "--requestheader-username-headers",
+                    self.requestheader_username_headers.is_some(),
+                ),
+                (
+                    "--requestheader-group-headers",
+                    self.requestheader_group_headers.is_some(),
+                ),
+                (
+                    "--requestheader-extra-headers-prefix",
+                    self.requestheader_extra_headers_prefix.is_some(),
+                ),
+                ("--kubeconfig", self.kubeconfig.is_some()),
+                (
+                    "--authentication-kubeconfig",
+                    self.authentication_kubeconfig.is_some(),
+                ),
+                (
+                    "--authorization-kubeconfig",
+                    self.authorization_kubeconfig.is_some(),
+                ),
+            ];
+            for (flag, given) in cluster_only {
+                if given {
+                    errs.push(format!(
+                        "{flag} cannot be used with --standalone (standalone mode makes its own CA and certificates in DATA_DIR/pki)"
+                    ));
+                }
+            }
+            Some(Mode::Standalone)
+        } else {
+            match (self.tls_cert_file, self.tls_private_key_file) {
+                (Some(tls_cert_file), Some(tls_private_key_file)) => {
+                    Some(Mode::Cluster(Box::new(ClusterConfig {
+                        tls_cert_file,
+                        tls_private_key_file,
+                        client_ca_file: self.client_ca_file,
+                        requestheader: RequestHeaderFlags {
+                            client_ca_file: self.requestheader_client_ca_file,
+                            allowed_names: self.requestheader_allowed_names,
+                            username_headers: self.requestheader_username_headers,
+                            group_headers: self.requestheader_group_headers,
+                            extra_headers_prefix: self.requestheader_extra_headers_prefix,
+                        },
+                        kubeconfig: self.kubeconfig,
+                        authentication_kubeconfig: self.authentication_kubeconfig,
+                        authorization_kubeconfig: self.authorization_kubeconfig,
+                    })))
+                }
+                (cert, key) => {
+                    if cert.is_none() {
+                        errs.push(
+                            "--tls-cert-file is required without --standalone (or pass --standalone to run without a cluster)"
+                                .to_string(),
+                        );
+                    }
+                    if key.is_none() {
+                        errs.push(
+                            "--tls-private-key-file is required without --standalone".to_string(),
+                        );
+                    }
+                    None
+                }
+            }
+        };
+
+        match mode {
+            Some(mode) if errs.is_empty() => Ok(Config {
+                data_dir: self.data_dir,
+                bind,
+                watch_history: self.watch_history,
+                mode,
+            }),
+            _ => Err(InvalidOptions(errs)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, InvalidOptions> {
+        let mut argv = vec!["ipam-apiserver", "serve"];
+        argv.extend_from_slice(args);
+        let Command::Serve(opts) = Cli::try_parse_from(argv).expect("flags parse").command;
+        opts.validate()
+    }
+
+    #[test]
+    fn standalone_defaults_to_loopback_and_8443() {
+        let cfg = parse(&["--standalone", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(cfg.bind, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(cfg.mode, Mode::Standalone);
+        assert_eq!(cfg.watch_history, 100_000);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn cluster_mode_defaults_to_all_interfaces_and_needs_serving_cert() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.to_string().contains("--tls-cert-file is required"));
+
+        let cfg = parse(&[
+            "--tls-cert-file",
+            "c.pem",
+            "--tls-private-key-file",
+            "k.pem",
+            "--requestheader-allowed-names",
+            "front-proxy-client,aggregator",
+            "--requestheader-username-headers",
+            "X-Remote-User",
+            "--secure-port",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(cfg.bind, "0.0.0.0:0".parse().unwrap());
+        let Mode::Cluster(c) = cfg.mode else {
+            panic!("cluster mode expected")
+        };
+        assert_eq!(
+            c.requestheader.allowed_names,
+            Some(vec!["front-proxy-client".into(), "aggregator".into()])
+        );
+        assert_eq!(c.requestheader.group_headers, None);
+    }
+
+    #[test]
+    fn standalone_rejects_cluster_flags_and_reports_all_problems() {
+        let err = parse(&[
+            "--standalone",
+            "--client-ca-file",
+            "ca.pem",
+            "--kubeconfig",
+            "kc",
+            "--watch-history",
+            "0",
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(err.to_string().contains("--client-ca-file cannot be used"));
+    }
+
+    #[test]
+    fn bad_header_name_is_reported() {
+        let err = parse(&[
+            "--tls-cert-file",
+            "c",
+            "--tls-private-key-file",
+            "k",
+            "--requestheader-group-headers",
+            "X Bad",
+        ])
+        .unwrap_err();
+        assert!(err.0[0].contains("not a valid HTTP header name"), "{err}");
+    }
+
+    #[test]
+    fn bind_address_overrides_default() {
+        let cfg = parse(&[
+            "--standalone",
+            "--bind-address",
+            "::1",
+            "--secure-port",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(cfg.bind, "[::1]:0".parse().unwrap());
+    }
+}
