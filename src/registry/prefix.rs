@@ -267,7 +267,7 @@ pub(super) fn release_prefix(
         });
     }
     write_parent_status(tx, parent.clone())?;
-    Ok(tx.get::<IPPrefix>("", &parent_ref.name)?)
+    tx.get::<IPPrefix>("", &parent_ref.name)
 }
 
 /// A static carve: a user-made IPPrefix with `parentRef` takes exactly its block.
