@@ -393,6 +393,13 @@ fn candidate_parents(
                 )],
             ));
         };
+        if tx
+            .allowed_parents
+            .as_ref()
+            .is_some_and(|a| !a.contains(&r.name))
+        {
+            return Err(forbidden_parent(name, &r.name));
+        }
         let pnet = parse_stored(&parent.obj)?;
         if let Some(f) = family.filter(|f| *f != IpFamily::of(&pnet)) {
             return Err(ApiError::invalid(
@@ -419,8 +426,19 @@ fn candidate_parents(
         .list_all::<IPPrefix>()?
         .into_iter()
         .filter(|p| super::selector::matches(&selector, p.obj.metadata.labels.as_ref()))
+        .filter(|p| {
+            tx.allowed_parents
+                .as_ref()
+                .is_none_or(|a| a.contains(&name_of(&p.obj)))
+        })
         .filter(|p| family.is_none_or(|f| p.obj.prefix().is_some_and(|n| IpFamily::of(&n) == f)))
         .collect())
+}
+
+fn forbidden_parent(claim: &str, parent: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "ipprefixclaims.ipam.miloapis.com \"{claim}\" is forbidden: not allowed to use ipprefix \"{parent}\" as a parent (verb \"use\" on ipprefixes/{parent})"
+    ))
 }
 
 fn exhausted(

@@ -193,11 +193,19 @@ impl Registry {
         })
     }
 
-    pub async fn create<K: Kind>(
+    pub async fn create<K: Kind>(&self, namespace: &str, obj: K, dry_run: bool) -> ApiResult<K> {
+        self.create_with_access(namespace, obj, dry_run, None).await
+    }
+
+    /// Create, allowing a claim to allocate only from `allowed_parents` (the IPPrefixes the
+    /// caller may `use`; `None`: no restriction). Computed by the caller before the write lock,
+    /// since asking the authorizer is I/O.
+    pub async fn create_with_access<K: Kind>(
         &self,
         namespace: &str,
         mut obj: K,
         dry_run: bool,
+        allowed_parents: Option<std::collections::HashSet<String>>,
     ) -> ApiResult<K> {
         let meta = obj.meta_mut();
         if K::NAMESPACED {
@@ -233,6 +241,7 @@ impl Registry {
         let commit = {
             let mut state = self.lock();
             let mut tx = Txn::new(&*self.inner.store, &mut state);
+            tx.allowed_parents = allowed_parents;
             if tx.get::<K>(namespace, &name)?.is_some() {
                 return Err(ApiError::already_exists(K::RESOURCE, &name));
             }

@@ -383,3 +383,31 @@ async fn restart_rebuilds_pools_from_storage() {
     };
     assert_eq!(bound(&reg, claim("ns", "c", "r", 32)).await, "10.0.0.2/32");
 }
+
+#[tokio::test]
+async fn claims_allocate_only_from_parents_the_caller_may_use() {
+    let (reg, _dir) = open();
+    reg.create("", root("allowed", "10.0.0.0/24"), false)
+        .await
+        .unwrap();
+    reg.create("", root("secret", "10.1.0.0/24"), false)
+        .await
+        .unwrap();
+    let only = |n: &str| Some(std::collections::HashSet::from([n.to_string()]));
+    let err = reg
+        .create_with_access("ns", claim("ns", "c", "secret", 32), false, only("allowed"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 403);
+    assert!(err.to_string().contains("\"secret\""), "{err}");
+    let ok = reg
+        .create_with_access(
+            "ns",
+            claim("ns", "c", "allowed", 32),
+            false,
+            only("allowed"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status.unwrap().prefix.as_deref(), Some("10.0.0.0/32"));
+}

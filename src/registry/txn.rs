@@ -28,6 +28,8 @@ pub struct Txn<'a> {
     overlay: HashMap<ObjectKey, (Option<Bytes>, Revision)>,
     undo: Vec<Undo>,
     applied: bool,
+    /// The parents the caller may allocate from (verb `use`), when authorization applies.
+    pub allowed_parents: Option<std::collections::HashSet<String>>,
 }
 
 /// What a successful commit returns: the revision of every written key, and durability.
@@ -46,6 +48,7 @@ impl<'a> Txn<'a> {
             overlay: HashMap::new(),
             undo: Vec::new(),
             applied: false,
+            allowed_parents: None,
         }
     }
 
