@@ -154,6 +154,7 @@ fn kubectl_get_watch_sees_a_change() {
         }
     }
     let _ = watch.kill();
+    let _ = watch.wait();
     assert!(
         seen.iter()
             .any(|l| l.contains("ADDED") && l.contains("watched")),
@@ -315,7 +316,9 @@ async fn bad_input_gets_a_status_with_the_right_code_and_changes_nothing() {
             r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{{"name":"x"}},"spec":{{"prefix":"172.16.0.0/12"{extra}}}}}"#
         )
     };
-    let cases: Vec<(&str, String, Option<&str>, u16, &str, &str)> = vec![
+    // (what, body, content type, code, reason, message excerpt)
+    type Case<'a> = (&'a str, String, Option<&'a str>, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             "{\"apiVersion\":".into(),
