@@ -52,6 +52,10 @@ fn cluster_e2e() {
             "deleting_a_namespace_releases_nested_claims",
             deleting_a_namespace_releases_nested_claims,
         ),
+        (
+            "deploy_kustomization_is_accepted_by_kube_apiserver",
+            deploy_kustomization_is_accepted_by_kube_apiserver,
+        ),
     ];
     for (name, case) in cases {
         let t = Instant::now();
@@ -370,4 +374,18 @@ fn deleting_a_namespace_releases_nested_claims(env: &Envtest) {
         "claim created in a missing namespace"
     );
     assert!(stderr_of(&out).contains("not found"), "{}", stderr_of(&out));
+}
+
+fn deploy_kustomization_is_accepted_by_kube_apiserver(env: &Envtest) {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let out = env.kubectl_ok(&["apply", "-k", deploy, "--dry-run=server"]);
+    for object in [
+        "deployment.apps/ipam-apiserver",
+        "service/ipam-apiserver",
+        "clusterrole.rbac.authorization.k8s.io/ipam-claimer",
+        "rolebinding.rbac.authorization.k8s.io/ipam-apiserver:extension-apiserver-authentication-reader",
+        "apiservice.apiregistration.k8s.io/v1alpha1.ipam.miloapis.com",
+    ] {
+        assert!(out.contains(object), "{object} missing from:\n{out}");
+    }
 }

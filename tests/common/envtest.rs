@@ -114,7 +114,11 @@ impl Envtest {
         let assets = match std::env::var("KUBEBUILDER_ASSETS") {
             Ok(a) if !a.is_empty() => PathBuf::from(a),
             _ => {
-                eprintln!(
+                // Straight to the process's stderr: libtest captures `eprintln!` of passing
+                // tests, and a skip must be visible.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "SKIPPED {test}: KUBEBUILDER_ASSETS is not set, so there is no etcd / kube-apiserver / kube-controller-manager to test against. Run with KUBEBUILDER_ASSETS=$(../shared/envtest/assets.sh) (as .ci/run does)."
                 );
                 return None;
