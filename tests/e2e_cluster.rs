@@ -301,14 +301,19 @@ fn remote_user_headers_are_ignored_unless_sent_by_the_front_proxy(env: &Envtest)
         assert_eq!(v["reason"], "Unauthorized");
 
         // A bearer token is reviewed by the cluster (TokenReview): a service account token.
-        env.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: probe, namespace: team-b}\n");
+        env.apply(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: probe, namespace: team-b}\n",
+        );
         let token = env.kubectl_ok(&["create", "token", "probe", "-n", "team-b"]);
         let mut bearer = common::kube_config_from(&env.direct_kubeconfig(None)).await;
         bearer.auth_info.token = Some(token.trim().to_string().into());
         let (status, _, body) = common::send_with(bearer, spoof(path)).await;
         let body = String::from_utf8_lossy(&body);
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-        assert!(body.contains("system:serviceaccount:team-b:probe"), "{body}");
+        assert!(
+            body.contains("system:serviceaccount:team-b:probe"),
+            "{body}"
+        );
 
         // Health needs nothing.
         let (status, _, _) = common::send_with(

@@ -111,3 +111,44 @@ fn load_pair(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>, Ve
     bytes.extend_from_slice(&key_pem);
     Ok((Arc::new(certified), bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, cn: &str) {
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    }
+
+    fn served_der(c: &ReloadingCert) -> Vec<u8> {
+        c.current.read().unwrap().0.cert[0].as_ref().to_vec()
+    }
+
+    #[test]
+    fn rotated_files_are_served_and_a_broken_pair_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(dir.path(), "one");
+        let c =
+            ReloadingCert::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+        let first = served_der(&c);
+        assert!(!c.reload().unwrap(), "unchanged files are not a change");
+
+        write_pair(dir.path(), "two");
+        assert!(c.reload().unwrap());
+        let second = served_der(&c);
+        assert_ne!(first, second);
+
+        // Half-way through a rotation: the key does not match the certificate.
+        let other = tempfile::tempdir().unwrap();
+        write_pair(other.path(), "three");
+        std::fs::copy(other.path().join("tls.crt"), dir.path().join("tls.crt")).unwrap();
+        assert!(c.reload().is_err());
+        assert_eq!(served_der(&c), second);
+        assert!(c.server_config().is_ok());
+    }
+}
