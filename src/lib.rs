@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod http;
 pub mod options;

@@ -1,10 +1,15 @@
 #![forbid(unsafe_code)]
-//! `ipam-apiserver serve`: parse flags, open the registry, set up TLS and authentication, bind,
-//! and serve until ctrl-c or SIGTERM.
+//! `ipam-apiserver serve`: parse flags, open the registry, set up TLS and authentication
+//! (standalone PKI, or delegated to the cluster), bind, and serve until ctrl-c or SIGTERM.
 use clap::Parser;
-use ipam_apiserver::auth::{self, standalone::StandalonePki};
-use ipam_apiserver::options::{Cli, Command, Config, Mode};
+use ipam_apiserver::auth::{self, authz::Authorizer, standalone::StandalonePki};
+use ipam_apiserver::cluster::events::EventRecorder;
+use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
+use ipam_apiserver::cluster::tls::ReloadingCert;
+use ipam_apiserver::cluster::Cluster;
+use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
 use ipam_apiserver::{http, registry::Registry, server};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -37,14 +42,20 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), Fatal> {
-    if let Mode::Cluster(_) = config.mode {
-        return Err("cluster mode: not implemented yet (run with --standalone)".into());
-    }
-
     // The registry first: it takes the data directory's lock, so a second process stops here,
-    // before touching the PKI or the kubeconfig.
+    // before touching the PKI, the kubeconfig or the cluster.
     let registry = Registry::open(&config.data_dir, config.watch_history)?;
     let store = registry.store().clone();
+    match &config.mode {
+        Mode::Standalone => serve_standalone(&config, registry).await?,
+        Mode::Cluster(cluster) => serve_cluster(&config, cluster, registry).await?,
+    }
+    store.flush()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fatal> {
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
 
@@ -52,9 +63,7 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     let tls = pki.server_config()?;
     let authn = Arc::new(pki.authenticator()?);
 
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.bind))?;
+    let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let kubeconfig = pki.write_kubeconfig(&data_dir, addr)?;
 
@@ -68,9 +77,75 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     );
     tracing::info!("Serving securely on {addr}");
     server::run(listener, tls, app, shutdown_signal()).await?;
-    store.flush()?;
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// Aggregated into a cluster: authentication and authorization delegated to kube-apiserver.
+async fn serve_cluster(
+    config: &Config,
+    cluster: &ClusterConfig,
+    registry: Registry,
+) -> Result<(), Fatal> {
+    let client = kube_client(cluster.kubeconfig.as_deref()).await?;
+    let authn_client = match &cluster.authentication_kubeconfig {
+        Some(path) => kube_client(Some(path)).await?,
+        None => client.clone(),
+    };
+    let authz_client = match &cluster.authorization_kubeconfig {
+        Some(path) => kube_client(Some(path)).await?,
+        None => client.clone(),
+    };
+
+    let cert = ReloadingCert::load(&cluster.tls_cert_file, &cluster.tls_private_key_file)?;
+    cert.spawn_reloader();
+    let tls = cert.server_config()?;
+    let authn = auth::delegated::authenticator(cluster, authn_client).await?;
+    let authorizer = Arc::new(Authorizer::new(authz_client));
+    let hooks = Arc::new(Cluster {
+        authorizer: authorizer.clone(),
+        namespaces: NamespaceLifecycle::start(client.clone()),
+        events: EventRecorder::start(client),
+    });
+
+    let listener = bind(config.bind).await?;
+    let addr = listener.local_addr()?;
+    // Layers run outside-in: authenticate, then authorize, then the API.
+    let app = http::router_with(registry, Some(hooks))
+        .merge(http::health::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            authorizer,
+            auth::authz::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            authn,
+            auth::authenticate,
+        ));
+    tracing::info!("Serving securely on {addr}");
+    server::run(listener, tls, app, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Fatal> {
+    Ok(tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?)
+}
+
+/// A client for kube-apiserver from a kubeconfig file, or the in-cluster service account.
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Fatal> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            format!("no --kubeconfig and not in a cluster (in-cluster service account: {e})")
+        })?,
+    };
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// Completes on ctrl-c or SIGTERM.

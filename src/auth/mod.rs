@@ -4,9 +4,14 @@
 //! As in k8s.io/apiserver, authentication is a union of methods tried in order; the first that
 //! recognises the request wins, and the user always gains the group `system:authenticated`.
 //! Standalone mode has one method (client certificates from its own CA, [`x509`]); cluster mode
-//! will add front-proxy request headers and TokenReview as further [`Method`] variants, without
-//! changing the middleware.
+//! tries front-proxy request headers ([`requestheader`]), then client certificates from the
+//! cluster's client CA, then bearer tokens ([`tokenreview`]); see [`delegated`]. What the caller
+//! may do is [`authz`]'s question.
+pub mod authz;
+pub mod delegated;
+pub mod requestheader;
 pub mod standalone;
+pub mod tokenreview;
 pub mod x509;
 
 use crate::error::ApiError;
@@ -15,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The group every authenticated user belongs to.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
@@ -37,8 +42,41 @@ pub enum Method {
     /// A client certificate chaining to a trusted CA: CommonName → username,
     /// Organizations → groups.
     ClientCert(x509::ClientCertAuthenticator),
-    // Cluster mode adds: RequestHeader (front-proxy certificate + X-Remote-* headers, tried
-    // first) and TokenReview (bearer tokens, async).
+    /// As `ClientCert`, with the CA replaced while serving (from a watched ConfigMap); not
+    /// applicable while no CA is known.
+    DynamicClientCert(Reloadable<x509::ClientCertAuthenticator>),
+    /// A front-proxy certificate with the user in request headers; not applicable while no
+    /// front-proxy configuration is known.
+    RequestHeader(Reloadable<requestheader::RequestHeaderAuthenticator>),
+    /// A bearer token, reviewed by the cluster.
+    TokenReview(tokenreview::TokenReviewAuthenticator),
+}
+
+/// A value replaced while the server runs (a CA bundle from a ConfigMap); readers take a cheap
+/// snapshot. A std lock: held only to clone or swap an `Arc`.
+#[derive(Debug)]
+pub struct Reloadable<T>(Arc<RwLock<Option<Arc<T>>>>);
+
+impl<T> Clone for Reloadable<T> {
+    fn clone(&self) -> Self {
+        Reloadable(self.0.clone())
+    }
+}
+
+impl<T> Default for Reloadable<T> {
+    fn default() -> Self {
+        Reloadable(Arc::new(RwLock::new(None)))
+    }
+}
+
+impl<T> Reloadable<T> {
+    pub fn get(&self) -> Option<Arc<T>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, value: Option<T>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = value.map(Arc::new);
+    }
 }
 
 /// What one method concluded about a request.
@@ -57,6 +95,15 @@ impl Method {
     async fn authenticate(&self, req: &Parts) -> Verdict {
         match self {
             Method::ClientCert(m) => m.authenticate(req),
+            Method::DynamicClientCert(m) => match m.get() {
+                Some(m) => m.authenticate(req),
+                None => Verdict::NotApplicable,
+            },
+            Method::RequestHeader(m) => match m.get() {
+                Some(m) => m.authenticate(req),
+                None => Verdict::NotApplicable,
+            },
+            Method::TokenReview(m) => m.authenticate(req).await,
         }
     }
 }
@@ -124,7 +171,7 @@ pub async fn authenticate(
     }
 }
 
-fn is_always_allowed(path: &str) -> bool {
+pub fn is_always_allowed(path: &str) -> bool {
     ALWAYS_ALLOWED_PATHS.iter().any(|p| {
         path.strip_prefix(p)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

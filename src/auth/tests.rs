@@ -138,3 +138,112 @@ async fn health_paths_need_no_credentials_but_lookalikes_do() {
         assert_unauthorized_status(status, &body);
     }
 }
+
+// Cluster mode: front-proxy headers, then the client CA.
+
+fn roots_of(ca: &TestCa) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    Arc::new(roots)
+}
+
+/// Front proxy signed by `proxy` (allowed CN `front-proxy-client`), client CA `clients`.
+fn delegated(proxy: &TestCa, clients: &TestCa) -> Arc<Authenticator> {
+    let rh = Reloadable::default();
+    rh.set(Some(requestheader::RequestHeaderAuthenticator {
+        proxy_ca: ClientCertAuthenticator::new(roots_of(proxy)).unwrap(),
+        allowed_names: vec!["front-proxy-client".into()],
+        username_headers: vec![http::HeaderName::from_static("x-remote-user")],
+        group_headers: vec![http::HeaderName::from_static("x-remote-group")],
+        extra_prefixes: vec!["x-remote-extra-".into()],
+    }));
+    let cc = Reloadable::default();
+    cc.set(Some(
+        ClientCertAuthenticator::new(roots_of(clients)).unwrap(),
+    ));
+    Arc::new(Authenticator::new(vec![
+        Method::RequestHeader(rh),
+        Method::DynamicClientCert(cc),
+    ]))
+}
+
+async fn call_with_headers(
+    authn: Arc<Authenticator>,
+    cert: Option<CertificateDer<'static>>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut req = http::Request::get("/whoami");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    if let Some(cert) = cert {
+        req.extensions_mut()
+            .insert(PeerCertificates(Arc::new(vec![cert])));
+    }
+    let resp = app(authn).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+const SPOOF: [(&str, &str); 3] = [
+    ("X-Remote-User", "admin"),
+    ("X-Remote-Group", "system:masters"),
+    ("X-Remote-Extra-Scopes", "all"),
+];
+
+#[tokio::test]
+async fn front_proxy_certificate_asserts_the_user_in_headers() {
+    let (proxy, clients) = (TestCa::new("front-proxy-ca"), TestCa::new("kube-ca"));
+    let cert = proxy.client("front-proxy-client", &[]);
+    let (status, body) = call_with_headers(delegated(&proxy, &clients), Some(cert), &SPOOF).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "admin|system:masters,system:authenticated")
+    );
+}
+
+#[tokio::test]
+async fn headers_from_a_client_ca_certificate_are_ignored() {
+    let (proxy, clients) = (TestCa::new("front-proxy-ca"), TestCa::new("kube-ca"));
+    let cert = clients.client("mallory", &[]);
+    let (status, body) = call_with_headers(delegated(&proxy, &clients), Some(cert), &SPOOF).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "mallory|system:authenticated")
+    );
+}
+
+#[tokio::test]
+async fn front_proxy_ca_certificate_with_a_name_not_allowed_is_401() {
+    let (proxy, clients) = (TestCa::new("front-proxy-ca"), TestCa::new("kube-ca"));
+    let cert = proxy.client("someone-else", &[]);
+    let (status, body) = call_with_headers(delegated(&proxy, &clients), Some(cert), &SPOOF).await;
+    assert_unauthorized_status(status, &body);
+}
+
+#[tokio::test]
+async fn headers_without_any_certificate_are_401() {
+    let (proxy, clients) = (TestCa::new("front-proxy-ca"), TestCa::new("kube-ca"));
+    let (status, body) = call_with_headers(delegated(&proxy, &clients), None, &SPOOF).await;
+    assert_unauthorized_status(status, &body);
+}
+
+#[tokio::test]
+async fn nothing_is_accepted_until_settings_are_loaded() {
+    let (proxy, clients) = (TestCa::new("front-proxy-ca"), TestCa::new("kube-ca"));
+    let authn = Arc::new(Authenticator::new(vec![
+        Method::RequestHeader(Reloadable::default()),
+        Method::DynamicClientCert(Reloadable::default()),
+    ]));
+    for cert in [
+        proxy.client("front-proxy-client", &[]),
+        clients.client("bob", &[]),
+    ] {
+        let (status, body) = call_with_headers(authn.clone(), Some(cert), &SPOOF).await;
+        assert_unauthorized_status(status, &body);
+    }
+}

@@ -28,17 +28,31 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// authenticator. Never install this without an authenticator in front of every route.
 #[derive(Debug)]
 pub struct RequestClientCert {
-    /// Used for its hints and handshake-signature checks only, never for `verify_client_cert`.
-    webpki: Arc<dyn ClientCertVerifier>,
+    /// Subjects sent as `certificate_authorities`; empty means "any CA". Go clients only send a
+    /// certificate whose issuer is among the hints when there are hints.
+    hints: Vec<DistinguishedName>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl RequestClientCert {
     /// `hints`: every CA whose certificates some authentication method accepts.
     pub fn new(hints: Arc<RootCertStore>) -> Result<Self, rustls::server::VerifierBuilderError> {
-        let webpki = WebPkiClientVerifier::builder_with_provider(hints, crypto_provider())
-            .allow_unauthenticated()
-            .build()?;
-        Ok(RequestClientCert { webpki })
+        if hints.is_empty() {
+            return Err(rustls::server::VerifierBuilderError::NoRootAnchors);
+        }
+        Ok(RequestClientCert {
+            hints: hints.subjects(),
+            provider: crypto_provider(),
+        })
+    }
+
+    /// Request a certificate without naming CAs, so clients send whatever they have. For cluster
+    /// mode, where the trusted CAs come from a ConfigMap and change while connections are open.
+    pub fn without_hints() -> Self {
+        RequestClientCert {
+            hints: Vec::new(),
+            provider: crypto_provider(),
+        }
     }
 }
 
@@ -52,7 +66,7 @@ impl ClientCertVerifier for RequestClientCert {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.webpki.root_hint_subjects()
+        &self.hints
     }
 
     fn verify_client_cert(
@@ -71,7 +85,12 @@ impl ClientCertVerifier for RequestClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -80,11 +99,18 @@ impl ClientCertVerifier for RequestClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

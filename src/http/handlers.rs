@@ -5,6 +5,7 @@ use super::respond::{list_response, object_response, Served};
 use super::table::IncludeObject;
 use super::watch::watch_response;
 use super::AppState;
+use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::codec::decode_body;
 use crate::registry::selector::{parse_field_selector, parse_label_selector};
@@ -133,14 +134,34 @@ pub async fn create<K: Served>(
     Path(path): PathParams,
     params: Params,
     headers: HeaderMap,
+    user: Option<Extension<UserInfo>>,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
     let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
-    let created = app
-        .registry
-        .create::<K>(namespace_of(&path), obj, params.dry_run()?)
-        .await?;
+    let (namespace, dry_run) = (namespace_of(&path), params.dry_run()?);
+    let created = match &app.cluster {
+        None => app.registry.create::<K>(namespace, obj, dry_run).await?,
+        Some(cluster) => {
+            let user = user.as_ref().map(|u| &u.0);
+            let allowed = cluster
+                .admit_create(
+                    &app.registry,
+                    user,
+                    namespace,
+                    &obj,
+                    K::NAMESPACED,
+                    K::RESOURCE,
+                )
+                .await?;
+            let result = app
+                .registry
+                .create_with_access::<K>(namespace, obj.clone(), dry_run, allowed)
+                .await;
+            cluster.created(namespace, &obj, &result, dry_run);
+            result?
+        }
+    };
     object_response(
         StatusCode::CREATED,
         &created,
@@ -290,6 +311,9 @@ pub async fn delete<K: Served>(
         .registry
         .delete::<K>(namespace_of(&path), name_of(&path), &opts)
         .await?;
+    if let Some(cluster) = &app.cluster {
+        cluster.deleted(&obj, gone, opts.dry_run);
+    }
     // 200 when removed, 202 when it waits for finalizers, as kube-apiserver answers.
     let code = if gone || opts.dry_run {
         StatusCode::OK

@@ -11,6 +11,7 @@ pub mod table;
 mod watch;
 
 use crate::api::{IPPrefix, IPPrefixClaim};
+use crate::cluster::Cluster;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::Registry;
 use axum::response::Response;
@@ -20,18 +21,27 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use negotiate::{negotiate, Representation};
 use respond::{json_response, Served};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Shared by every handler: cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Registry,
+    /// Cluster-mode admission and events; `None` standalone.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
 
 /// The API, without authentication (the caller layers it on).
 pub fn router(registry: Registry) -> Router {
-    let state = AppState { registry };
+    router_with(registry, None)
+}
+
+/// [`router`] with cluster-mode admission (`use` on claim parents, NamespaceLifecycle) and
+/// Events.
+pub fn router_with(registry: Registry, cluster: Option<Arc<Cluster>>) -> Router {
+    let state = AppState { registry, cluster };
     Router::new()
         .route("/version", get(|| async { ok_json(discovery::version()) }))
         .route("/api", get(|| async { ok_json(discovery::api_versions()) }))

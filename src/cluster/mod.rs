@@ -1,0 +1,157 @@
+//! What cluster mode adds to the request path, beyond authentication: the `use` check on claim
+//! parents, NamespaceLifecycle, and Events on claims. The HTTP layer holds an
+//! `Option<Arc<Cluster>>` (`None` in standalone mode) and calls the hooks here.
+pub mod events;
+pub mod namespaces;
+pub mod tls;
+
+use crate::api::{IPPrefix, IPPrefixClaim};
+use crate::auth::authz::{Attributes, Authorizer, Decision};
+use crate::auth::UserInfo;
+use crate::error::{ApiError, ApiResult};
+use crate::registry::{ListOptions, Registry};
+use events::{EventRecorder, EventType};
+use kube::core::Selector;
+use namespaces::NamespaceLifecycle;
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// The cluster the server is aggregated into, as the request path needs it.
+pub struct Cluster {
+    pub authorizer: Arc<Authorizer>,
+    pub namespaces: NamespaceLifecycle,
+    pub events: EventRecorder,
+}
+
+impl Cluster {
+    /// Admission for a create of `obj` in `namespace` (empty for cluster-scoped kinds).
+    /// Namespaced kinds: the namespace must exist and not be terminating. Claims: the parents
+    /// the caller may `use` (the registry allocates only from those, and names a forbidden
+    /// `parentRef` in its 403); `None` for other kinds.
+    pub async fn admit_create<K: Any>(
+        &self,
+        registry: &Registry,
+        user: Option<&UserInfo>,
+        namespace: &str,
+        obj: &K,
+        namespaced: bool,
+        resource: &str,
+    ) -> ApiResult<Option<HashSet<String>>> {
+        let claim = (obj as &dyn Any).downcast_ref::<IPPrefixClaim>();
+        if namespaced {
+            let name = claim
+                .and_then(|c| c.metadata.name.clone())
+                .unwrap_or_default();
+            self.namespaces
+                .admit_create(resource, &name, namespace)
+                .await?;
+        }
+        let Some(claim) = claim else {
+            return Ok(None);
+        };
+        let Some(user) = user else {
+            return Err(ApiError::Unauthorized("Unauthorized".into()));
+        };
+        let candidates: Vec<String> = match (&claim.spec.parent_ref, &claim.spec.parent_selector) {
+            (Some(r), _) => vec![r.name.clone()],
+            (None, Some(sel)) => {
+                // A selector the registry will reject anyway yields no candidates here.
+                let Ok(selector) = Selector::try_from(sel.clone()) else {
+                    return Ok(Some(HashSet::new()));
+                };
+                let opts = ListOptions {
+                    label_selector: Some(selector),
+                    ..Default::default()
+                };
+                registry
+                    .list::<IPPrefix>(None, &opts)?
+                    .items
+                    .into_iter()
+                    .filter_map(|p| p.metadata.name)
+                    .collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        let checks = candidates.iter().map(|name| async move {
+            let attrs = Attributes::ipprefix("use", name);
+            (name, self.authorizer.authorize(user, &attrs).await)
+        });
+        let mut allowed = HashSet::new();
+        for (name, decision) in futures::future::join_all(checks).await {
+            match decision {
+                Ok(Decision::Allow) => {
+                    allowed.insert(name.clone());
+                }
+                Ok(Decision::Deny(_)) => {}
+                Err(e) => return Err(ApiError::Internal(e)),
+            }
+        }
+        Ok(Some(allowed))
+    }
+
+    /// Events for the outcome of a claim create: Allocated or Rebound, or Exhausted.
+    pub fn created<K: Any>(&self, namespace: &str, obj: &K, result: &ApiResult<K>, dry_run: bool) {
+        if dry_run {
+            return;
+        }
+        let Some(requested) = (obj as &dyn Any).downcast_ref::<IPPrefixClaim>() else {
+            return;
+        };
+        match result {
+            Ok(created) => {
+                let Some(claim) = (created as &dyn Any).downcast_ref::<IPPrefixClaim>() else {
+                    return;
+                };
+                let status = claim.status.clone().unwrap_or_default();
+                let reason = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Bound")
+                    .map(|c| c.reason.clone())
+                    .unwrap_or_else(|| "Allocated".into());
+                let prefix = status.prefix.unwrap_or_default();
+                let parent = status.parent_ref.map(|p| p.name).unwrap_or_default();
+                let ipprefix = status.prefix_ref.map(|p| p.name).unwrap_or_default();
+                let verb = if reason == "Rebound" {
+                    "rebound to"
+                } else {
+                    "allocated"
+                };
+                self.events.record(
+                    claim,
+                    EventType::Normal,
+                    &reason,
+                    format!("{verb} {prefix} from ipprefix {parent:?} (ipprefix {ipprefix:?})"),
+                );
+            }
+            Err(e @ ApiError::Exhausted { .. }) => {
+                let mut claim = requested.clone();
+                claim.metadata.namespace = Some(namespace.to_string());
+                self.events
+                    .record(&claim, EventType::Warning, "Exhausted", e.to_string());
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The Released event when a claim is removed (not when it only gains a deletionTimestamp).
+    pub fn deleted<K: Any>(&self, obj: &K, gone: bool, dry_run: bool) {
+        if !gone || dry_run {
+            return;
+        }
+        let Some(claim) = (obj as &dyn Any).downcast_ref::<IPPrefixClaim>() else {
+            return;
+        };
+        let status = claim.status.clone().unwrap_or_default();
+        let prefix = status.prefix.unwrap_or_default();
+        let retained = claim.spec.reclaim_policy.as_deref() == Some("Retain");
+        let message = if retained {
+            format!("released {prefix}; its ipprefix is retained (reclaimPolicy Retain)")
+        } else {
+            format!("released {prefix}; the block is free again")
+        };
+        self.events
+            .record(claim, EventType::Normal, "Released", message);
+    }
+}

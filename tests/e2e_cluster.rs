@@ -1,0 +1,406 @@
+//! End to end through a real kube-apiserver and kube-controller-manager (envtest): the
+//! aggregation layer, delegated authentication and authorization, `use` on parents, the
+//! front-proxy headers that only the front proxy may send, garbage collection and namespace
+//! deletion.
+//!
+//! One control plane is shared by every case (starting one costs several seconds); the cases
+//! run in order inside one `#[test]`, each on its own root prefix and namespace, and each named
+//! for the behaviour it checks. Without `KUBEBUILDER_ASSETS` the test prints why it was skipped
+//! and returns.
+mod common;
+#[path = "common/envtest.rs"]
+mod envtest;
+
+use envtest::Envtest;
+use http::StatusCode;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+type Case = (&'static str, fn(&Envtest));
+
+#[test]
+fn cluster_e2e() {
+    let t0 = Instant::now();
+    let Some(env) = Envtest::start("cluster_e2e") else {
+        return;
+    };
+    eprintln!(
+        "control plane and APIService Available in {:.1?}",
+        t0.elapsed()
+    );
+    let cases: &[Case] = &[
+        (
+            "kubectl_works_through_the_aggregation_layer",
+            kubectl_works_through_the_aggregation_layer,
+        ),
+        (
+            "claim_needs_use_on_its_parent_and_users_without_rights_cannot_list",
+            claim_needs_use_on_its_parent_and_users_without_rights_cannot_list,
+        ),
+        (
+            "remote_user_headers_are_ignored_unless_sent_by_the_front_proxy",
+            remote_user_headers_are_ignored_unless_sent_by_the_front_proxy,
+        ),
+        (
+            "garbage_collector_deletes_a_claim_owned_by_a_configmap",
+            garbage_collector_deletes_a_claim_owned_by_a_configmap,
+        ),
+        (
+            "deleting_a_namespace_releases_nested_claims",
+            deleting_a_namespace_releases_nested_claims,
+        ),
+        (
+            "deploy_kustomization_is_accepted_by_kube_apiserver",
+            deploy_kustomization_is_accepted_by_kube_apiserver,
+        ),
+    ];
+    for (name, case) in cases {
+        let t = Instant::now();
+        eprintln!("--- {name}");
+        case(&env);
+        eprintln!("--- {name}: ok in {:.1?}", t.elapsed());
+    }
+    eprintln!("cluster_e2e: everything in {:.1?}", t0.elapsed());
+}
+
+fn root(name: &str, prefix: &str) -> String {
+    format!(
+        "apiVersion: ipam.miloapis.com/v1alpha1\nkind: IPPrefix\nmetadata: {{name: {name}}}\nspec: {{prefix: \"{prefix}\"}}\n"
+    )
+}
+
+fn namespace(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
+}
+
+fn claim(ns: &str, name: &str, parent: &str, len: u8) -> String {
+    format!(
+        "apiVersion: ipam.miloapis.com/v1alpha1\nkind: IPPrefixClaim\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{prefixLength: {len}, parentRef: {{name: {parent}}}}}\n"
+    )
+}
+
+fn json(env: &Envtest, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&env.kubectl_ok(&all)).expect("kubectl -o json")
+}
+
+fn allocated(env: &Envtest, prefix: &str) -> String {
+    json(env, &["get", "ipprefix", prefix])["status"]["capacity"]["allocated"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn kubectl_works_through_the_aggregation_layer(env: &Envtest) {
+    let out = env.kubectl_ok(&["api-resources", "--api-group", "ipam.miloapis.com"]);
+    assert!(
+        out.contains("ipprefixes") && out.contains("ipprefixclaims"),
+        "{out}"
+    );
+    assert!(out.contains("ippc") && out.contains("ipp "), "{out}");
+
+    // apply, twice (the second is a patch through the aggregator).
+    let root_a = root("root-a", "fd10::/16");
+    env.apply(&root_a);
+    let again = env.apply(&root_a);
+    assert!(
+        again.contains("unchanged") || again.contains("configured"),
+        "{again}"
+    );
+    env.apply(&namespace("team-a"));
+
+    // kubectl create is the allocation.
+    let path = env.dir.path().join("web-0.yaml");
+    std::fs::write(&path, claim("team-a", "web-0", "root-a", 64)).expect("write claim");
+    let created = env.kubectl_ok(&["create", "-f", &path.display().to_string()]);
+    assert!(created.contains("created"), "{created}");
+    let c = json(env, &["get", "ippc", "web-0", "-n", "team-a"]);
+    assert_eq!(c["status"]["prefix"], "fd10::/64", "{c}");
+
+    let table = env.kubectl_ok(&["get", "ippc", "-n", "team-a"]);
+    assert!(
+        table.contains("PREFIX") && table.contains("fd10::/64"),
+        "{table}"
+    );
+    let wide = env.kubectl_ok(&["get", "ipprefixes", "-o", "wide"]);
+    assert!(
+        wide.contains("FAMILY") && wide.contains("LARGEST-FREE") && wide.contains("team-a.web-0"),
+        "{wide}"
+    );
+
+    // Events are written in the background; describe shows them.
+    env.wait_for("the Allocated event in kubectl describe", || {
+        let d = env.kubectl_ok(&["describe", "ippc", "web-0", "-n", "team-a"]);
+        d.contains("Allocated") && d.contains("fd10::/64")
+    });
+
+    // get -w sees a claim made after it started.
+    let mut watch = env
+        .kubectl_cmd(
+            &env.kubeconfig,
+            &["get", "ippc", "-n", "team-a", "-w", "--no-headers"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let (tx, rx) = mpsc::channel();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("initial list line");
+    assert!(first.contains("web-0"), "{first}");
+    env.apply(&claim("team-a", "web-1", "root-a", 64));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen.push(line);
+            if seen
+                .iter()
+                .any(|l| l.contains("web-1") && l.contains("fd10:0:0:1::/64"))
+            {
+                break;
+            }
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("web-1") && l.contains("fd10:0:0:1::/64")),
+        "watch lines: {seen:?}"
+    );
+
+    // delete releases.
+    env.kubectl_ok(&["delete", "ippc", "web-0", "web-1", "-n", "team-a"]);
+    assert_eq!(allocated(env, "root-a"), "0");
+}
+
+fn claim_needs_use_on_its_parent_and_users_without_rights_cannot_list(env: &Envtest) {
+    env.apply(&root("root-b", "fd20::/16"));
+    env.apply(&namespace("team-b"));
+    env.apply(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: claimer, namespace: team-b}
+rules:
+- apiGroups: [ipam.miloapis.com]
+  resources: [ipprefixclaims]
+  verbs: [create, get, list, watch, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: claimers, namespace: team-b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: claimer}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: use-root-b}
+rules:
+- apiGroups: [ipam.miloapis.com]
+  resources: [ipprefixes]
+  resourceNames: [root-b]
+  verbs: [use]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: bob-uses-root-b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: use-root-b}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}
+"#,
+    );
+    let alice = env.user_kubeconfig("alice");
+    let bob = env.user_kubeconfig("bob");
+    let nobody = env.user_kubeconfig("nobody");
+    let path = env.dir.path().join("rbac-claim.yaml");
+
+    // alice may create claims but not use root-b: 403 naming the parent.
+    std::fs::write(&path, claim("team-b", "alices", "root-b", 64)).expect("write");
+    let out = env.kubectl_as(&alice, &["create", "-f", &path.display().to_string()]);
+    assert!(!out.status.success(), "alice's claim was created");
+    let err = stderr_of(&out);
+    assert!(err.contains("Forbidden") && err.contains("root-b"), "{err}");
+    assert!(
+        env.kubectl(&["get", "ippc", "alices", "-n", "team-b"])
+            .status
+            .code()
+            != Some(0),
+        "a forbidden claim must not exist"
+    );
+
+    // bob has `use` on root-b.
+    std::fs::write(&path, claim("team-b", "bobs", "root-b", 64)).expect("write");
+    let out = env.kubectl_as(&bob, &["create", "-f", &path.display().to_string()]);
+    env.assert_ok(&["create (as bob)"], &out);
+    let c = json(env, &["get", "ippc", "bobs", "-n", "team-b"]);
+    assert_eq!(c["status"]["prefix"], "fd20::/64", "{c}");
+
+    // nobody has no rights at all.
+    let out = env.kubectl_as(&nobody, &["get", "ippc", "-n", "team-b"]);
+    assert!(!out.status.success(), "nobody could list claims");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("Forbidden") && err.contains("\"nobody\"") && err.contains("cannot list"),
+        "{err}"
+    );
+}
+
+fn remote_user_headers_are_ignored_unless_sent_by_the_front_proxy(env: &Envtest) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let spoof = |path: &str| {
+            http::Request::builder()
+                .method("GET")
+                .uri(path)
+                .header("X-Remote-User", "admin")
+                .header("X-Remote-Group", "system:masters")
+                .body(Vec::new())
+                .expect("request")
+        };
+        let path = "/apis/ipam.miloapis.com/v1alpha1/ipprefixes";
+
+        // A client certificate from the cluster CA straight to our port: its own CN, not admin.
+        let mallory = common::kube_config_from(&env.direct_kubeconfig(Some("mallory"))).await;
+        let (status, _, body) = common::send_with(mallory, spoof(path)).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("User \\\"mallory\\\""), "{body}");
+
+        // No certificate at all: 401, header or not.
+        let anonymous = common::kube_config_from(&env.direct_kubeconfig(None)).await;
+        let (status, _, body) = common::send_with(anonymous.clone(), spoof(path)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let v: Value = serde_json::from_slice(&body).expect("Status body");
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["reason"], "Unauthorized");
+
+        // A bearer token is reviewed by the cluster (TokenReview): a service account token.
+        env.apply(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: probe, namespace: team-b}\n",
+        );
+        let token = env.kubectl_ok(&["create", "token", "probe", "-n", "team-b"]);
+        let mut bearer = common::kube_config_from(&env.direct_kubeconfig(None)).await;
+        bearer.auth_info.token = Some(token.trim().to_string().into());
+        let (status, _, body) = common::send_with(bearer, spoof(path)).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(
+            body.contains("system:serviceaccount:team-b:probe"),
+            "{body}"
+        );
+
+        // Health needs nothing.
+        let (status, _, _) = common::send_with(
+            anonymous,
+            common::request("GET", "/readyz", None, Vec::new()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    });
+}
+
+fn garbage_collector_deletes_a_claim_owned_by_a_configmap(env: &Envtest) {
+    env.apply(&root("root-c", "fd30::/16"));
+    env.apply(&namespace("team-c"));
+    env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: owner, namespace: team-c}\n");
+    let uid = json(env, &["get", "configmap", "owner", "-n", "team-c"])["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    env.apply(&format!(
+        r#"apiVersion: ipam.miloapis.com/v1alpha1
+kind: IPPrefixClaim
+metadata:
+  name: owned
+  namespace: team-c
+  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: owner, uid: "{uid}"}}]
+spec: {{prefixLength: 48, parentRef: {{name: root-c}}}}
+"#
+    ));
+    assert_ne!(allocated(env, "root-c"), "0");
+
+    env.kubectl_ok(&["delete", "configmap", "owner", "-n", "team-c"]);
+    env.wait_for("the garbage collector to delete the owned claim", || {
+        let out = env.kubectl(&["get", "ippc", "owned", "-n", "team-c"]);
+        !out.status.success() && stderr_of(&out).contains("NotFound")
+    });
+    assert_eq!(allocated(env, "root-c"), "0");
+    // The block is free again: the next claim gets the same one.
+    env.apply(&claim("team-c", "again", "root-c", 48));
+    let c = json(env, &["get", "ippc", "again", "-n", "team-c"]);
+    assert_eq!(c["status"]["prefix"], "fd30::/48", "{c}");
+}
+
+fn deleting_a_namespace_releases_nested_claims(env: &Envtest) {
+    env.apply(&root("root-d", "fd40::/16"));
+    env.apply(&namespace("team-d"));
+    env.apply(&claim("team-d", "pool", "root-d", 48));
+    for i in 0..3 {
+        env.apply(&claim("team-d", &format!("subnet-{i}"), "team-d.pool", 64));
+    }
+    let subnets = json(env, &["get", "ippc", "-n", "team-d"]);
+    assert_eq!(
+        subnets["items"].as_array().map(Vec::len),
+        Some(4),
+        "{subnets}"
+    );
+
+    env.kubectl_ok(&["delete", "namespace", "team-d", "--wait=false"]);
+    env.wait_for("namespace team-d to be gone", || {
+        let out = env.kubectl(&["get", "namespace", "team-d"]);
+        !out.status.success() && stderr_of(&out).contains("NotFound")
+    });
+    assert_eq!(allocated(env, "root-d"), "0");
+    let left = env.kubectl_ok(&["get", "ipprefixes", "-o", "name"]);
+    assert!(!left.contains("team-d."), "{left}");
+
+    // Creating in a namespace that does not exist is refused as NamespaceLifecycle does.
+    let path = env.dir.path().join("no-ns.yaml");
+    std::fs::write(&path, claim("no-such-ns", "x", "root-d", 64)).expect("write");
+    let out = env.kubectl(&["create", "-f", &path.display().to_string()]);
+    assert!(
+        !out.status.success(),
+        "claim created in a missing namespace"
+    );
+    assert!(stderr_of(&out).contains("not found"), "{}", stderr_of(&out));
+}
+
+fn deploy_kustomization_is_accepted_by_kube_apiserver(env: &Envtest) {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let out = env.kubectl_ok(&["apply", "-k", deploy, "--dry-run=server"]);
+    for object in [
+        "deployment.apps/ipam-apiserver",
+        "service/ipam-apiserver",
+        "clusterrole.rbac.authorization.k8s.io/ipam-claimer",
+        "rolebinding.rbac.authorization.k8s.io/ipam-apiserver:extension-apiserver-authentication-reader",
+        "apiservice.apiregistration.k8s.io/v1alpha1.ipam.miloapis.com",
+    ] {
+        assert!(out.contains(object), "{object} missing from:\n{out}");
+    }
+}
