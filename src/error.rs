@@ -191,6 +191,14 @@ pub enum ApiError {
     /// (overlap, in use); the message says which.
     #[error("{message}")]
     Conflict { subject: Subject, message: String },
+    /// 409 `Conflict` from server-side apply: fields other managers own with other values;
+    /// each `(field, message)` becomes a `FieldManagerConflict` cause.
+    #[error("{message}")]
+    ApplyConflict {
+        subject: Subject,
+        message: String,
+        causes: Vec<(String, String)>,
+    },
     /// 409 with reason `Exhausted`: no free block of the requested length.
     #[error("{message}")]
     Exhausted { subject: Subject, message: String },
@@ -264,9 +272,10 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists(_) | ApiError::Conflict { .. } | ApiError::Exhausted { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::AlreadyExists(_)
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. }
+            | ApiError::Exhausted { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -286,7 +295,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => "NotFound",
             ApiError::AlreadyExists(_) => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Exhausted { .. } => "Exhausted",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
@@ -306,6 +315,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(s) | ApiError::AlreadyExists(s) => Some(s),
             ApiError::Conflict { subject, .. }
+            | ApiError::ApplyConflict { subject, .. }
             | ApiError::Exhausted { subject, .. }
             | ApiError::Invalid { subject, .. } => Some(subject),
             _ => None,
@@ -322,6 +332,16 @@ impl ApiError {
                         field: Some(c.field.clone()),
                         message: Some(c.body()),
                         reason: Some(c.reason().to_string()),
+                    })
+                    .collect(),
+            ),
+            ApiError::ApplyConflict { causes, .. } => Some(
+                causes
+                    .iter()
+                    .map(|(field, message)| StatusCause {
+                        field: Some(field.clone()),
+                        message: Some(message.clone()),
+                        reason: Some("FieldManagerConflict".into()),
                     })
                     .collect(),
             ),

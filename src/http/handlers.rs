@@ -1,6 +1,6 @@
 //! The resource endpoints, written once for every kind (`K: Served`).
 use super::negotiate::{negotiate, parse_body, Body, Params, Representation};
-use super::patch::apply_patch;
+use super::patch::{apply_patch, update_manager};
 use super::respond::{list_response, object_response, Served};
 use super::table::IncludeObject;
 use super::watch::watch_response;
@@ -137,9 +137,10 @@ pub async fn create<K: Served>(
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
     let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
+    let manager = update_manager(&params, &headers)?;
     let created = app
         .registry
-        .create::<K>(namespace_of(&path), obj, params.dry_run()?)
+        .create_managed::<K>(namespace_of(&path), obj, params.dry_run()?, None, &manager)
         .await?;
     object_response(
         StatusCode::CREATED,
@@ -180,14 +181,16 @@ async fn replace_sub<K: Served>(
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
     let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
+    let manager = update_manager(&params, &headers)?;
     let updated = app
         .registry
-        .update::<K>(
+        .update_managed::<K>(
             namespace_of(&path),
             name_of(&path),
             obj,
             sub,
             params.dry_run()?,
+            Some(&manager),
         )
         .await?;
     object_response(
