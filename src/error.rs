@@ -232,6 +232,10 @@ pub enum ApiError {
     /// 415: the body's content type is not served.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 504 with reason `Timeout`: e.g. a list asked for a resourceVersion the server has not
+    /// reached.
+    #[error("{0}")]
+    Timeout(String),
     /// 503: storage cannot take writes (disk full, fsync failed); nothing was acknowledged.
     #[error("{0}")]
     ServiceUnavailable(String),
@@ -286,6 +290,7 @@ impl ApiError {
             ApiError::RequestEntityTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -307,6 +312,7 @@ impl ApiError {
             ApiError::RequestEntityTooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ApiError::Timeout(_) => "Timeout",
             ApiError::Internal(_) => "InternalError",
         }
     }

@@ -67,6 +67,11 @@ pub async fn list_or_watch<K: Served>(
     if params.flag("watch")? {
         return watch_response::<K>(&app, namespace, &params, repr, shutdown.map(|e| e.0));
     }
+    app.registry.check_list_version(
+        params.get("resourceVersion"),
+        params.get("resourceVersionMatch"),
+        params.get("continue"),
+    )?;
     let opts = list_options::<K>(&params)?;
     let list = app.registry.list::<K>(namespace, &opts)?;
     list_response(

@@ -194,6 +194,62 @@ impl Registry {
         })
     }
 
+    /// `resourceVersion` / `resourceVersionMatch` of a list. The store keeps no history of
+    /// object states (only of events), so every list is served from the latest state:
+    /// - unset, `"0"`, or `NotOlderThan` N with N ≤ the current revision: served (latest);
+    /// - N above the current revision: 504 `Timeout` ("Too large resource version");
+    /// - `Exact` N: served only when N is the current revision, else 410 `Expired`.
+    pub fn check_list_version(
+        &self,
+        resource_version: Option<&str>,
+        version_match: Option<&str>,
+        continue_token: Option<&str>,
+    ) -> ApiResult<()> {
+        let rv = resource_version.filter(|v| !v.is_empty());
+        let version_match = version_match.filter(|v| !v.is_empty());
+        let continuing = continue_token.is_some_and(|c| !c.is_empty());
+        if continuing && version_match.is_some() {
+            return Err(ApiError::BadRequest(
+                "resourceVersionMatch is forbidden when continue is provided".into(),
+            ));
+        }
+        if continuing && rv.is_some_and(|v| v != "0") {
+            return Err(ApiError::BadRequest(
+                "specifying resource version is not allowed when using continue".into(),
+            ));
+        }
+        let Some(rv) = rv else {
+            return match version_match {
+                Some(_) => Err(ApiError::BadRequest(
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+                )),
+                None => Ok(()),
+            };
+        };
+        let n: u64 = rv.parse().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "resourceVersion {rv:?} is not valid: expected a number"
+            ))
+        })?;
+        let current = self.inner.store.revision();
+        match version_match {
+            None | Some("NotOlderThan") if n <= current => Ok(()),
+            None | Some("NotOlderThan") => Err(ApiError::Timeout(format!(
+                "Too large resource version: {n}, current resource version: {current}"
+            ))),
+            Some("Exact") if n == 0 => Err(ApiError::BadRequest(
+                "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
+            )),
+            Some("Exact") if n == current => Ok(()),
+            Some("Exact") => Err(ApiError::Expired(format!(
+                "resourceVersion {n} is not the current revision {current}: lists are served from the latest state only; list with resourceVersionMatch=NotOlderThan"
+            ))),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "resourceVersionMatch must be \"NotOlderThan\" or \"Exact\", not {other:?}"
+            ))),
+        }
+    }
+
     pub async fn create<K: Kind>(&self, namespace: &str, obj: K, dry_run: bool) -> ApiResult<K> {
         self.create_with_access(namespace, obj, dry_run, None).await
     }
