@@ -191,6 +191,14 @@ pub enum ApiError {
     /// (overlap, in use); the message says which.
     #[error("{message}")]
     Conflict { subject: Subject, message: String },
+    /// 409 `Conflict` from server-side apply: fields other managers own with other values;
+    /// each `(field, message)` becomes a `FieldManagerConflict` cause.
+    #[error("{message}")]
+    ApplyConflict {
+        subject: Subject,
+        message: String,
+        causes: Vec<(String, String)>,
+    },
     /// 409 with reason `Exhausted`: no free block of the requested length.
     #[error("{message}")]
     Exhausted { subject: Subject, message: String },
@@ -224,6 +232,10 @@ pub enum ApiError {
     /// 415: the body's content type is not served.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 504 with reason `Timeout`: e.g. a list asked for a resourceVersion the server has not
+    /// reached.
+    #[error("{0}")]
+    Timeout(String),
     /// 503: storage cannot take writes (disk full, fsync failed); nothing was acknowledged.
     #[error("{0}")]
     ServiceUnavailable(String),
@@ -264,9 +276,10 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists(_) | ApiError::Conflict { .. } | ApiError::Exhausted { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::AlreadyExists(_)
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. }
+            | ApiError::Exhausted { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -277,6 +290,7 @@ impl ApiError {
             ApiError::RequestEntityTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -286,7 +300,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => "NotFound",
             ApiError::AlreadyExists(_) => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Exhausted { .. } => "Exhausted",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
@@ -298,6 +312,7 @@ impl ApiError {
             ApiError::RequestEntityTooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ApiError::Timeout(_) => "Timeout",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -306,6 +321,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(s) | ApiError::AlreadyExists(s) => Some(s),
             ApiError::Conflict { subject, .. }
+            | ApiError::ApplyConflict { subject, .. }
             | ApiError::Exhausted { subject, .. }
             | ApiError::Invalid { subject, .. } => Some(subject),
             _ => None,
@@ -322,6 +338,16 @@ impl ApiError {
                         field: Some(c.field.clone()),
                         message: Some(c.body()),
                         reason: Some(c.reason().to_string()),
+                    })
+                    .collect(),
+            ),
+            ApiError::ApplyConflict { causes, .. } => Some(
+                causes
+                    .iter()
+                    .map(|(field, message)| StatusCause {
+                        field: Some(field.clone()),
+                        message: Some(message.clone()),
+                        reason: Some("FieldManagerConflict".into()),
                     })
                     .collect(),
             ),

@@ -126,11 +126,31 @@ pub mod bound_reason {
 
 impl IPPrefixClaim {
     /// A claim for one host address (`/128` or `/32`, by `family`) from the IPPrefix `parent`.
+    ///
+    /// ```
+    /// use ipam_apiserver::api::{IPPrefixClaim, IpFamily};
+    /// let nic = IPPrefixClaim::new_host("project-a", "vm-1-eth0", "dfw-subnet", IpFamily::IPv6)
+    ///     .retain();
+    /// assert_eq!(nic.spec.prefix_length, Some(128));
+    /// assert_eq!(nic.spec.reclaim_policy.as_deref(), Some("Retain"));
+    /// ```
     pub fn new_host(namespace: &str, name: &str, parent: &str, family: super::IpFamily) -> Self {
         Self::new_with_length(namespace, name, parent, family.max_prefix_len())
     }
 
     /// A claim for a block of `/prefix_length` from the IPPrefix `parent`.
+    ///
+    /// ```
+    /// use ipam_apiserver::api::IPPrefixClaim;
+    /// // A subnet whose first address is the gateway's, with a chosen IPPrefix name.
+    /// let subnet = IPPrefixClaim::new_with_length("project-a", "dfw", "project-a-pool", 64)
+    ///     .reserve(1, 0)
+    ///     .prefix_name("project-a-dfw")
+    ///     .prefix_label("ipam.miloapis.com/location", "dfw");
+    /// let template = subnet.spec.child_prefix_template.as_ref().unwrap();
+    /// assert_eq!(template.spec.as_ref().unwrap().reserve.unwrap().leading, Some(1));
+    /// assert_eq!(template.metadata.as_ref().unwrap().name.as_deref(), Some("project-a-dfw"));
+    /// ```
     pub fn new_with_length(namespace: &str, name: &str, parent: &str, prefix_length: u8) -> Self {
         let mut claim = IPPrefixClaim::new(
             name,
@@ -144,7 +164,80 @@ impl IPPrefixClaim {
         claim
     }
 
-    /// The allocated block, once bound.
+    /// A claim for exactly `prefix` (a static request) inside `parent`.
+    pub fn new_exact(namespace: &str, name: &str, parent: &str, prefix: ipnet::IpNet) -> Self {
+        let mut claim = IPPrefixClaim::new(
+            name,
+            IPPrefixClaimSpec {
+                prefix: Some(prefix.trunc().to_string()),
+                parent_ref: Some(PrefixReference::new(parent)),
+                ..Default::default()
+            },
+        );
+        claim.metadata.namespace = Some(namespace.to_string());
+        claim
+    }
+
+    /// Keep the allocated IPPrefix (`Released`) when the claim is deleted, so a claim of the same
+    /// namespace/name gets the same block back (`reclaimPolicy: Retain`).
+    pub fn retain(mut self) -> Self {
+        self.spec.reclaim_policy = Some(super::ReclaimPolicy::Retain.as_str().into());
+        self
+    }
+
+    /// Never hand out `leading` addresses at the start and `trailing` at the end of the block
+    /// made for this claim (e.g. `reserve(1, 0)` keeps the gateway address).
+    pub fn reserve(mut self, leading: i64, trailing: i64) -> Self {
+        self.template()
+            .spec
+            .get_or_insert_with(Default::default)
+            .reserve = Some(ReserveSpec {
+            leading: Some(leading),
+            trailing: Some(trailing),
+        });
+        self
+    }
+
+    /// Name the IPPrefix made for this claim (default `<namespace>.<claim>`).
+    pub fn prefix_name(mut self, name: &str) -> Self {
+        self.template_metadata().name = Some(name.to_string());
+        self
+    }
+
+    /// Label the IPPrefix made for this claim (e.g. for other claims' `parentSelector`).
+    pub fn prefix_label(mut self, key: &str, value: &str) -> Self {
+        self.template_metadata()
+            .labels
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    fn template(&mut self) -> &mut ChildPrefixTemplate {
+        self.spec
+            .child_prefix_template
+            .get_or_insert_with(Default::default)
+    }
+
+    fn template_metadata(&mut self) -> &mut TemplateMetadata {
+        self.template()
+            .metadata
+            .get_or_insert_with(Default::default)
+    }
+
+    /// The allocated block (`status.prefix`), once bound.
+    ///
+    /// ```
+    /// use ipam_apiserver::api::{IPPrefixClaim, IPPrefixClaimStatus};
+    /// let mut claim = IPPrefixClaim::new_with_length("p", "c", "root", 48);
+    /// assert_eq!(claim.allocated_prefix(), None);
+    /// claim.status = Some(IPPrefixClaimStatus {
+    ///     prefix: Some("fd20::/48".into()),
+    ///     ..Default::default()
+    /// });
+    /// let net: ipnet::IpNet = "fd20::/48".parse().unwrap();
+    /// assert_eq!(claim.allocated_prefix(), Some(net));
+    /// assert_eq!(claim.allocated_address(), Some("fd20::".parse().unwrap()));
+    /// ```
     pub fn allocated_prefix(&self) -> Option<ipnet::IpNet> {
         self.status.as_ref()?.prefix.as_deref()?.parse().ok()
     }
@@ -152,5 +245,10 @@ impl IPPrefixClaim {
     /// The first address of the allocated block, once bound.
     pub fn allocated_address(&self) -> Option<std::net::IpAddr> {
         self.allocated_prefix().map(|p| p.network())
+    }
+
+    /// Whether the server has bound this claim (`status.phase: Bound`).
+    pub fn is_bound(&self) -> bool {
+        self.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(claim_phase::BOUND)
     }
 }

@@ -98,6 +98,58 @@ pub mod prefix_phase {
 }
 
 impl IPPrefix {
+    /// A root block (no parent), e.g. the platform's ULA range.
+    ///
+    /// ```
+    /// use ipam_apiserver::api::IPPrefix;
+    /// let root = IPPrefix::root("platform-ula", "fd20::/20".parse().unwrap())
+    ///     .label("ipam.miloapis.com/tier", "platform");
+    /// assert_eq!(root.spec.prefix, "fd20::/20");
+    /// assert_eq!(root.prefix(), Some("fd20::/20".parse().unwrap()));
+    /// ```
+    pub fn root(name: &str, prefix: ipnet::IpNet) -> Self {
+        IPPrefix::new(
+            name,
+            IPPrefixSpec {
+                prefix: prefix.trunc().to_string(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A static carve: exactly `prefix` inside the IPPrefix `parent`.
+    pub fn carve(name: &str, parent: &str, prefix: ipnet::IpNet) -> Self {
+        let mut p = Self::root(name, prefix);
+        p.spec.parent_ref = Some(PrefixReference::new(parent));
+        p
+    }
+
+    /// Add a label (builder style).
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Never hand out these blocks inside `prefix`.
+    pub fn exclude(mut self, blocks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.spec
+            .exclude
+            .extend(blocks.into_iter().map(|b| b.trunc().to_string()));
+        self
+    }
+
+    /// Never hand out `leading` / `trailing` addresses at the ends of the block.
+    pub fn reserve(mut self, leading: i64, trailing: i64) -> Self {
+        self.spec.reserve = Some(ReserveSpec {
+            leading: Some(leading),
+            trailing: Some(trailing),
+        });
+        self
+    }
+
     /// The block as an `IpNet`, when `spec.prefix` parses.
     pub fn prefix(&self) -> Option<ipnet::IpNet> {
         self.spec.prefix.parse().ok()

@@ -1,6 +1,6 @@
 //! The resource endpoints, written once for every kind (`K: Served`).
 use super::negotiate::{negotiate, parse_body, Body, Params, Representation};
-use super::patch::apply_patch;
+use super::patch::{apply_patch, update_manager};
 use super::respond::{list_response, object_response, Served};
 use super::table::IncludeObject;
 use super::watch::watch_response;
@@ -68,6 +68,11 @@ pub async fn list_or_watch<K: Served>(
     if params.flag("watch")? {
         return watch_response::<K>(&app, namespace, &params, repr, shutdown.map(|e| e.0));
     }
+    app.registry.check_list_version(
+        params.get("resourceVersion"),
+        params.get("resourceVersionMatch"),
+        params.get("continue"),
+    )?;
     let opts = list_options::<K>(&params)?;
     let list = app.registry.list::<K>(namespace, &opts)?;
     list_response(
@@ -139,29 +144,17 @@ pub async fn create<K: Served>(
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
     let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
-    let (namespace, dry_run) = (namespace_of(&path), params.dry_run()?);
-    let created = match &app.cluster {
-        None => app.registry.create::<K>(namespace, obj, dry_run).await?,
-        Some(cluster) => {
-            let user = user.as_ref().map(|u| &u.0);
-            let allowed = cluster
-                .admit_create(
-                    &app.registry,
-                    user,
-                    namespace,
-                    &obj,
-                    K::NAMESPACED,
-                    K::RESOURCE,
-                )
-                .await?;
-            let result = app
-                .registry
-                .create_with_access::<K>(namespace, obj.clone(), dry_run, allowed)
-                .await;
-            cluster.created(namespace, &obj, &result, dry_run);
-            result?
-        }
-    };
+    let manager = update_manager(&params, &headers)?;
+    let user = user.as_ref().map(|u| &u.0);
+    let created = create_admitted::<K>(
+        &app,
+        user,
+        namespace_of(&path),
+        obj,
+        params.dry_run()?,
+        &manager,
+    )
+    .await?;
     object_response(
         StatusCode::CREATED,
         &created,
@@ -201,14 +194,16 @@ async fn replace_sub<K: Served>(
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
     let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
+    let manager = update_manager(&params, &headers)?;
     let updated = app
         .registry
-        .update::<K>(
+        .update_managed::<K>(
             namespace_of(&path),
             name_of(&path),
             obj,
             sub,
             params.dry_run()?,
+            Some(&manager),
         )
         .await?;
     object_response(
@@ -225,11 +220,21 @@ pub async fn patch<K: Served>(
     Path(path): PathParams,
     params: Params,
     headers: HeaderMap,
+    user: Option<Extension<UserInfo>>,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
-    let (obj, code, warnings) =
-        apply_patch::<K>(&app, &path, &params, &headers, &body, Subresource::Main).await?;
+    let user = user.as_ref().map(|u| &u.0);
+    let (obj, code, warnings) = apply_patch::<K>(
+        &app,
+        user,
+        &path,
+        &params,
+        &headers,
+        &body,
+        Subresource::Main,
+    )
+    .await?;
     object_response(code, &obj, repr, IncludeObject::Object, &warnings)
 }
 
@@ -241,8 +246,16 @@ pub async fn patch_status<K: Served>(
     Body(body): Body,
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
-    let (obj, code, warnings) =
-        apply_patch::<K>(&app, &path, &params, &headers, &body, Subresource::Status).await?;
+    let (obj, code, warnings) = apply_patch::<K>(
+        &app,
+        None,
+        &path,
+        &params,
+        &headers,
+        &body,
+        Subresource::Status,
+    )
+    .await?;
     object_response(code, &obj, repr, IncludeObject::Object, &warnings)
 }
 
@@ -357,4 +370,39 @@ pub fn watch_options<K: Served>(params: &Params) -> ApiResult<WatchOptions> {
         allow_bookmarks: params.flag("allowWatchBookmarks")?,
         send_initial_events: params.flag("sendInitialEvents")?,
     })
+}
+
+/// Create as the request's user: in cluster mode the namespace must be live and a claim may
+/// allocate only from parents the user may `use`; Events record the outcome. Shared by POST and
+/// by server-side apply of an object that does not exist yet.
+pub(super) async fn create_admitted<K: Served>(
+    app: &AppState,
+    user: Option<&UserInfo>,
+    namespace: &str,
+    obj: K,
+    dry_run: bool,
+    manager: &crate::registry::managed_fields::FieldManager,
+) -> ApiResult<K> {
+    let Some(cluster) = &app.cluster else {
+        return app
+            .registry
+            .create_managed::<K>(namespace, obj, dry_run, None, manager)
+            .await;
+    };
+    let allowed = cluster
+        .admit_create(
+            &app.registry,
+            user,
+            namespace,
+            &obj,
+            K::NAMESPACED,
+            K::RESOURCE,
+        )
+        .await?;
+    let result = app
+        .registry
+        .create_managed::<K>(namespace, obj.clone(), dry_run, allowed, manager)
+        .await;
+    cluster.created(namespace, &obj, &result, dry_run);
+    result
 }

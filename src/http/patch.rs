@@ -1,13 +1,15 @@
 //! PATCH: merge, strategic-merge (as merge: our types have no patch strategies), JSON patch and
-//! apply, each read-modify-written through the registry's update with optimistic concurrency.
+//! server-side apply, each read-modify-written through the registry's update with optimistic
+//! concurrency, recording the field manager.
 use super::negotiate::{parse_json, parse_yaml, Params};
 use super::respond::{to_value, Served};
 use super::AppState;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::registry::codec::decode_body;
-use crate::registry::{FieldValidation, Subresource};
+use crate::registry::managed_fields::{self, Scope};
+use crate::registry::{FieldManager, FieldValidation, Subresource};
 use http::{HeaderMap, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 
 /// How many times a patch is re-applied to a fresh read when a concurrent write got in between,
@@ -17,6 +19,7 @@ const PATCH_RETRIES: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PatchType {
     Merge,
+    Strategic,
     Json,
     Apply,
 }
@@ -27,7 +30,8 @@ fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     match ct.split(';').next().unwrap_or_default().trim() {
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" => Ok(PatchType::Merge),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
         "application/json-patch+json" => Ok(PatchType::Json),
         "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
         other => Err(ApiError::UnsupportedMediaType(format!(
@@ -36,9 +40,18 @@ fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
     }
 }
 
+/// The manager of a create, PUT or non-apply PATCH: `fieldManager`, else from the User-Agent.
+pub fn update_manager(params: &Params, headers: &HeaderMap) -> ApiResult<FieldManager> {
+    let ua = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    FieldManager::update(params.get("fieldManager"), ua)
+}
+
 /// Apply the patch in the body; returns the result, its HTTP code and warnings.
 pub async fn apply_patch<K: Served>(
     app: &AppState,
+    user: Option<&crate::auth::UserInfo>,
     path: &HashMap<String, String>,
     params: &Params,
     headers: &HeaderMap,
@@ -53,20 +66,22 @@ pub async fn apply_patch<K: Served>(
     let name = path.get("name").map(String::as_str).unwrap_or_default();
     let dry_run = params.dry_run()?;
     let validation = FieldValidation::parse(params.get("fieldValidation"))?;
-    if kind == PatchType::Apply && params.get("fieldManager").is_none_or(str::is_empty) {
-        return Err(ApiError::invalid(
-            K::KIND,
-            name,
-            vec![FieldError::required(
-                "fieldManager",
-                "is required for apply patch",
-            )],
+    let force = params.flag("force")?;
+    if kind == PatchType::Apply {
+        let manager = FieldManager::apply(params.get("fieldManager"), force)?;
+        let config = parse_yaml(body)?;
+        return server_side_apply::<K>(
+            app, user, namespace, name, config, &manager, validation, sub, dry_run,
+        )
+        .await;
+    }
+    if params.get("force").is_some() {
+        return Err(ApiError::BadRequest(
+            "force: Forbidden: may not be specified for non-apply patch".into(),
         ));
     }
-    let patch: Value = match kind {
-        PatchType::Merge | PatchType::Json => parse_json(body)?,
-        PatchType::Apply => parse_yaml(body)?,
-    };
+    let manager = update_manager(params, headers)?;
+    let mut patch: Value = parse_json(body)?;
     let json_patch: Option<json_patch::Patch> = match kind {
         PatchType::Json => Some(
             serde_json::from_value(patch.clone())
@@ -78,27 +93,15 @@ pub async fn apply_patch<K: Served>(
                     "the patch must be a JSON object".into(),
                 ));
             }
+            if kind == PatchType::Strategic {
+                strip_directives(&mut patch);
+            }
             None
         }
     };
     let pinned_rv = patch.pointer("/metadata/resourceVersion").is_some();
     for attempt in 0..PATCH_RETRIES {
-        let current = match app.registry.get::<K>(namespace, name) {
-            Ok(obj) => obj,
-            Err(ApiError::NotFound(_)) if kind == PatchType::Apply && sub == Subresource::Main => {
-                // Server-side apply creates what does not exist (and so allocates, as any create).
-                let (obj, warnings) = decode_body::<K>(patch.clone(), validation)?;
-                if obj.meta().name.as_deref() != Some(name) {
-                    return Err(ApiError::BadRequest(format!(
-                        "the name of the object ({}) does not match the name on the URL ({name})",
-                        obj.meta().name.as_deref().unwrap_or_default()
-                    )));
-                }
-                let created = app.registry.create::<K>(namespace, obj, dry_run).await?;
-                return Ok((created, StatusCode::CREATED, warnings));
-            }
-            Err(e) => return Err(e),
-        };
+        let current = app.registry.get::<K>(namespace, name)?;
         let mut doc = to_value(&current)?;
         match &json_patch {
             Some(p) => json_patch::patch(&mut doc, p).map_err(|e| {
@@ -121,7 +124,7 @@ pub async fn apply_patch<K: Served>(
         let (obj, warnings) = decode_body::<K>(doc, validation)?;
         match app
             .registry
-            .update::<K>(namespace, name, obj, sub, dry_run)
+            .update_managed::<K>(namespace, name, obj, sub, dry_run, Some(&manager))
             .await
         {
             Ok(updated) => return Ok((updated, StatusCode::OK, warnings)),
@@ -130,4 +133,119 @@ pub async fn apply_patch<K: Served>(
         }
     }
     Err(ApiError::Internal("patch retries exhausted".into()))
+}
+
+/// Strategic-merge directives (`$patch`, `$setElementOrder/...`, `$retainKeys`, ...) have no
+/// effect on our types, which declare no patch strategies: `$patch: delete` deletes the map it
+/// is in, the others are dropped.
+fn strip_directives(v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.retain(|k, _| !k.starts_with('$'));
+        for (_, child) in m.iter_mut() {
+            if child.get("$patch").and_then(Value::as_str) == Some("delete") {
+                *child = Value::Null;
+            } else {
+                strip_directives(child);
+            }
+        }
+    }
+}
+
+/// Server-side apply: merge the configuration into the live object under field ownership, or
+/// create the object from it when it does not exist (which allocates, as any create).
+#[allow(clippy::too_many_arguments)]
+async fn server_side_apply<K: Served>(
+    app: &AppState,
+    user: Option<&crate::auth::UserInfo>,
+    namespace: &str,
+    name: &str,
+    mut config: Value,
+    manager: &FieldManager,
+    validation: FieldValidation,
+    sub: Subresource,
+    dry_run: bool,
+) -> ApiResult<(K, StatusCode, Vec<String>)> {
+    let Some(meta) = config
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    else {
+        return Err(ApiError::BadRequest(
+            "the apply configuration must be an object".into(),
+        ));
+    };
+    if meta.remove("managedFields").is_some_and(|m| !m.is_null()) {
+        return Err(ApiError::BadRequest(
+            "metadata.managedFields must be nil in an apply configuration".into(),
+        ));
+    }
+    match meta.get("name").and_then(Value::as_str) {
+        Some(n) if n != name => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )))
+        }
+        _ => {
+            meta.insert("name".into(), Value::from(name));
+        }
+    }
+    if config.get("apiVersion").is_none() || config.get("kind").is_none() {
+        return Err(ApiError::BadRequest(
+            "apiVersion and kind must be set in an apply configuration".into(),
+        ));
+    }
+    // Type errors and unknown fields are judged on the configuration itself.
+    let (_, warnings) = decode_body::<K>(config.clone(), validation)?;
+    let scope = match sub {
+        Subresource::Main => Scope::Main,
+        Subresource::Status => Scope::Status,
+    };
+    let api_version = K::api_version(&());
+    let pinned_rv = config.pointer("/metadata/resourceVersion").is_some();
+    for attempt in 0..PATCH_RETRIES {
+        let retry = !pinned_rv && attempt + 1 < PATCH_RETRIES;
+        let current = match app.registry.get::<K>(namespace, name) {
+            Ok(obj) => Some(obj),
+            Err(ApiError::NotFound(_)) if sub == Subresource::Main => None,
+            Err(e) => return Err(e),
+        };
+        let (live, managed) = match &current {
+            Some(obj) => (
+                to_value(obj)?,
+                obj.meta().managed_fields.clone().unwrap_or_default(),
+            ),
+            None => (
+                json!({"apiVersion": api_version, "kind": K::KIND, "metadata": {"name": name}}),
+                Vec::new(),
+            ),
+        };
+        let applied = managed_fields::apply(&live, managed, &config, manager, scope, &api_version)
+            .map_err(|c| managed_fields::conflict_error(K::RESOURCE, name, &api_version, &c))?;
+        let mut doc = applied.object;
+        if let (Some(obj), false) = (&current, pinned_rv) {
+            doc["metadata"]["resourceVersion"] =
+                Value::from(obj.meta().resource_version.clone().unwrap_or_default());
+        }
+        let (mut obj, _) = decode_body::<K>(doc, FieldValidation::Ignore)?;
+        obj.meta_mut().managed_fields = Some(applied.managed_fields).filter(|m| !m.is_empty());
+        let result = match current {
+            Some(_) => app
+                .registry
+                .update_managed::<K>(namespace, name, obj, sub, dry_run, Some(manager))
+                .await
+                .map(|o| (o, StatusCode::OK)),
+            // Apply as create is a create: same admission (`use` on the parent) as a POST.
+            None => {
+                super::handlers::create_admitted::<K>(app, user, namespace, obj, dry_run, manager)
+                    .await
+                    .map(|o| (o, StatusCode::CREATED))
+            }
+        };
+        match result {
+            Ok((obj, code)) => return Ok((obj, code, warnings)),
+            Err(ApiError::Conflict { .. } | ApiError::AlreadyExists(_)) if retry => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Internal("apply retries exhausted".into()))
 }

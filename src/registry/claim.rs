@@ -690,7 +690,7 @@ fn release_claimed_prefix(tx: &mut Txn<'_>, child: Stored<IPPrefix>) -> ApiResul
 
 /// `parent` just lost a child. If that was its last one and its claim is terminating behind the
 /// in-use finalizer, the claim goes now, in this same transaction.
-fn finish_waiting_claim(tx: &mut Txn<'_>, parent: Stored<IPPrefix>) -> ApiResult<()> {
+pub(super) fn finish_waiting_claim(tx: &mut Txn<'_>, parent: Stored<IPPrefix>) -> ApiResult<()> {
     if tx.state.children(&name_of(&parent.obj)) > 0 || parent.obj.phase() != prefix_phase::BOUND {
         return Ok(());
     }

@@ -18,6 +18,11 @@ pub fn encode<K: Kind>(obj: &K) -> ApiResult<Bytes> {
         .map_err(|e| ApiError::Internal(format!("encode: {e}")))
 }
 
+/// An object as a JSON value (for patches and field ownership).
+pub fn to_value<K: Kind>(obj: &K) -> ApiResult<Value> {
+    serde_json::to_value(obj).map_err(|e| ApiError::Internal(format!("encode: {e}")))
+}
+
 pub fn decode_stored<K: Kind>(bytes: &[u8], revision: Revision) -> ApiResult<K> {
     let mut obj: K = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::Internal(format!("stored {} is damaged: {e}", K::RESOURCE)))?;

@@ -3,6 +3,7 @@
 //! one atomic commit → wait for durability → respond.
 use super::codec;
 use super::kind::{Kind, Removal};
+use super::managed_fields::{self, FieldManager, Operation, Scope};
 use super::meta;
 use super::selector::{self, FieldRequirement};
 use super::state::State;
@@ -193,8 +194,78 @@ impl Registry {
         })
     }
 
+    /// `resourceVersion` / `resourceVersionMatch` of a list. The store keeps no history of
+    /// object states (only of events), so every list is served from the latest state:
+    /// - unset, `"0"`, or `NotOlderThan` N with N ≤ the current revision: served (latest);
+    /// - N above the current revision: 504 `Timeout` ("Too large resource version");
+    /// - `Exact` N: served only when N is the current revision, else 410 `Expired`.
+    pub fn check_list_version(
+        &self,
+        resource_version: Option<&str>,
+        version_match: Option<&str>,
+        continue_token: Option<&str>,
+    ) -> ApiResult<()> {
+        let rv = resource_version.filter(|v| !v.is_empty());
+        let version_match = version_match.filter(|v| !v.is_empty());
+        let continuing = continue_token.is_some_and(|c| !c.is_empty());
+        if continuing && version_match.is_some() {
+            return Err(ApiError::BadRequest(
+                "resourceVersionMatch is forbidden when continue is provided".into(),
+            ));
+        }
+        if continuing && rv.is_some_and(|v| v != "0") {
+            return Err(ApiError::BadRequest(
+                "specifying resource version is not allowed when using continue".into(),
+            ));
+        }
+        let Some(rv) = rv else {
+            return match version_match {
+                Some(_) => Err(ApiError::BadRequest(
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+                )),
+                None => Ok(()),
+            };
+        };
+        let n: u64 = rv.parse().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "resourceVersion {rv:?} is not valid: expected a number"
+            ))
+        })?;
+        let current = self.inner.store.revision();
+        match version_match {
+            None | Some("NotOlderThan") if n <= current => Ok(()),
+            None | Some("NotOlderThan") => Err(ApiError::Timeout(format!(
+                "Too large resource version: {n}, current resource version: {current}"
+            ))),
+            Some("Exact") if n == 0 => Err(ApiError::BadRequest(
+                "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
+            )),
+            Some("Exact") if n == current => Ok(()),
+            Some("Exact") => Err(ApiError::Expired(format!(
+                "resourceVersion {n} is not the current revision {current}: lists are served from the latest state only; list with resourceVersionMatch=NotOlderThan"
+            ))),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "resourceVersionMatch must be \"NotOlderThan\" or \"Exact\", not {other:?}"
+            ))),
+        }
+    }
+
     pub async fn create<K: Kind>(&self, namespace: &str, obj: K, dry_run: bool) -> ApiResult<K> {
         self.create_with_access(namespace, obj, dry_run, None).await
+    }
+
+    /// Create, recording `manager` in managedFields (an Update owns every field it set; an
+    /// Apply's managedFields were computed by the caller and are kept).
+    pub async fn create_managed<K: Kind>(
+        &self,
+        namespace: &str,
+        obj: K,
+        dry_run: bool,
+        allowed_parents: Option<std::collections::HashSet<String>>,
+        manager: &FieldManager,
+    ) -> ApiResult<K> {
+        self.create_inner(namespace, obj, dry_run, allowed_parents, Some(manager))
+            .await
     }
 
     /// Create, allowing a claim to allocate only from `allowed_parents` (the IPPrefixes the
@@ -203,9 +274,21 @@ impl Registry {
     pub async fn create_with_access<K: Kind>(
         &self,
         namespace: &str,
+        obj: K,
+        dry_run: bool,
+        allowed_parents: Option<std::collections::HashSet<String>>,
+    ) -> ApiResult<K> {
+        self.create_inner(namespace, obj, dry_run, allowed_parents, None)
+            .await
+    }
+
+    async fn create_inner<K: Kind>(
+        &self,
+        namespace: &str,
         mut obj: K,
         dry_run: bool,
         allowed_parents: Option<std::collections::HashSet<String>>,
+        manager: Option<&FieldManager>,
     ) -> ApiResult<K> {
         let meta = obj.meta_mut();
         if K::NAMESPACED {
@@ -237,6 +320,18 @@ impl Registry {
                 errs,
             ));
         }
+        if let Some(fm) = manager.filter(|m| m.operation == Operation::Update) {
+            let value = codec::to_value(&obj)?;
+            let entries = managed_fields::record_update(
+                Vec::new(),
+                None,
+                &value,
+                fm,
+                Scope::Main,
+                &K::api_version(&()),
+            );
+            obj.meta_mut().managed_fields = Some(entries).filter(|e| !e.is_empty());
+        }
         let name = obj.meta().name.clone().unwrap_or_default();
         let commit = {
             let mut state = self.lock();
@@ -258,9 +353,24 @@ impl Registry {
         &self,
         namespace: &str,
         name: &str,
+        new: K,
+        sub: Subresource,
+        dry_run: bool,
+    ) -> ApiResult<K> {
+        self.update_managed(namespace, name, new, sub, dry_run, None)
+            .await
+    }
+
+    /// [`Registry::update`], recording `manager`: an Update owns the fields it changed and takes
+    /// them from other managers; an Apply's managedFields were computed by the caller.
+    pub async fn update_managed<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
         mut new: K,
         sub: Subresource,
         dry_run: bool,
+        manager: Option<&FieldManager>,
     ) -> ApiResult<K> {
         let body_name = new.meta().name.clone().unwrap_or_default();
         if body_name != name {
@@ -310,6 +420,9 @@ impl Registry {
             if !new.same_spec(old_obj) {
                 let meta = new.meta_mut();
                 meta.generation = Some(meta.generation.unwrap_or(1) + 1);
+            }
+            if let Some(fm) = manager.filter(|m| m.operation == Operation::Update) {
+                record_update_fields(&mut new, old_obj, fm, sub)?;
             }
             let mut errs = Vec::new();
             meta::validate_object_meta(new.meta(), K::NAMESPACED, &mut errs);
@@ -427,6 +540,36 @@ impl Registry {
             continue_token: None,
         })
     }
+}
+
+/// managedFields after an Update of `old` to `new` by `fm`. The stored managedFields are the
+/// base unless the client sent others on purpose (`[{}]` clears them, as in Kubernetes).
+fn record_update_fields<K: Kind>(
+    new: &mut K,
+    old: &K,
+    fm: &FieldManager,
+    sub: Subresource,
+) -> ApiResult<()> {
+    let scope = match sub {
+        Subresource::Main => Scope::Main,
+        Subresource::Status => Scope::Status,
+    };
+    let base = match new.meta().managed_fields.clone() {
+        Some(sent) if Some(&sent) != old.meta().managed_fields.as_ref() => sent,
+        _ => old.meta().managed_fields.clone().unwrap_or_default(),
+    };
+    let old_value = codec::to_value(old)?;
+    let new_value = codec::to_value(new)?;
+    let entries = managed_fields::record_update(
+        base,
+        Some(&old_value),
+        &new_value,
+        fm,
+        scope,
+        &K::api_version(&()),
+    );
+    new.meta_mut().managed_fields = Some(entries).filter(|e| !e.is_empty());
+    Ok(())
 }
 
 /// Final removal of `obj` (no finalizers left): the kind releases what it holds in the same

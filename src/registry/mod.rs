@@ -6,6 +6,7 @@ mod claim;
 pub mod codec;
 mod generic;
 pub mod kind;
+pub mod managed_fields;
 pub mod meta;
 mod prefix;
 pub mod selector;
@@ -20,6 +21,7 @@ pub use generic::{
     DeleteOptions, ListOptions, ObjectList, Preconditions, PropagationPolicy, Registry, Subresource,
 };
 pub use kind::Kind;
+pub use managed_fields::{FieldManager, Operation};
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]

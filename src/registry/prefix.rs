@@ -216,7 +216,10 @@ impl Kind for IPPrefix {
                 format!("ipprefix \"{name}\" has {children} child prefixes; delete them first"),
             ));
         }
-        release_prefix(tx, self)?;
+        // Freeing a Released block may be the last child a terminating claim waits for.
+        if let Some(parent) = release_prefix(tx, self)? {
+            super::claim::finish_waiting_claim(tx, parent)?;
+        }
         Ok(Removal::Remove)
     }
 }

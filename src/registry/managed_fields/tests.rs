@@ -1,0 +1,236 @@
+use super::*;
+use serde_json::json;
+
+const AV: &str = "ipam.miloapis.com/v1alpha1";
+
+fn applier(name: &str, force: bool) -> FieldManager {
+    FieldManager::apply(Some(name), force).unwrap()
+}
+
+fn updater(name: &str) -> FieldManager {
+    FieldManager::update(Some(name), None).unwrap()
+}
+
+fn claim(policy: &str) -> Value {
+    json!({
+        "apiVersion": AV, "kind": "IPPrefixClaim",
+        "metadata": {"name": "web-0", "namespace": "p", "labels": {"app": "web"}},
+        "spec": {"prefixLength": 128, "parentRef": {"name": "subnet"}, "reclaimPolicy": policy},
+    })
+}
+
+#[test]
+fn field_sets_use_fieldsv1_elements_and_skip_server_metadata() {
+    let mut obj = claim("Delete");
+    obj["metadata"]["uid"] = json!("u");
+    obj["status"] = json!({"conditions": [{"type": "Bound", "status": "True"}]});
+    let fields = to_fields_v1(&field_set(&obj, Scope::Main));
+    assert_eq!(
+        fields.0,
+        json!({
+            "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+            "f:spec": {"f:parentRef": {"f:name": {}}, "f:prefixLength": {}, "f:reclaimPolicy": {}},
+        })
+    );
+    let status = to_fields_v1(&field_set(&obj, Scope::Status));
+    assert_eq!(
+        status.0,
+        json!({"f:status": {"f:conditions": {"k:{\"type\":\"Bound\"}": {".": {}, "f:status": {}, "f:type": {}}}}})
+    );
+    assert_eq!(from_fields_v1(&fields), field_set(&obj, Scope::Main));
+    let prefix = json!({"spec": {"exclude": ["fd20::/128"]}});
+    assert_eq!(
+        to_fields_v1(&field_set(&prefix, Scope::Main)).0,
+        json!({"f:spec": {"f:exclude": {"v:\"fd20::/128\"": {}}}})
+    );
+}
+
+#[test]
+fn apply_conflicts_with_another_manager_on_a_different_value_unless_forced() {
+    let a = apply(
+        &json!({}),
+        vec![],
+        &claim("Delete"),
+        &applier("a", false),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    let live = a.object.clone();
+    // The same value is shared ownership, not a conflict.
+    let shared = apply(
+        &live,
+        a.managed_fields.clone(),
+        &claim("Delete"),
+        &applier("b", false),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    assert_eq!(shared.managed_fields.len(), 2);
+    let conflicts = apply(
+        &live,
+        a.managed_fields.clone(),
+        &claim("Retain"),
+        &applier("b", false),
+        Scope::Main,
+        AV,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(
+        conflicts,
+        vec![Conflict {
+            manager: "a".into(),
+            field: ".spec.reclaimPolicy".into()
+        }]
+    );
+    let forced = apply(
+        &live,
+        a.managed_fields,
+        &claim("Retain"),
+        &applier("b", true),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    assert_eq!(forced.object["spec"]["reclaimPolicy"], "Retain");
+    let a_set = entry_set(&forced.managed_fields[0]);
+    assert!(!a_set.contains(&vec!["f:spec".to_string(), "f:reclaimPolicy".to_string()]));
+}
+
+#[test]
+fn a_field_dropped_from_the_config_is_removed_only_when_nobody_else_owns_it() {
+    let first = apply(
+        &json!({}),
+        vec![],
+        &claim("Delete"),
+        &applier("a", false),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    let mut smaller = claim("Delete");
+    smaller["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("labels");
+    smaller["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("reclaimPolicy");
+    // Another manager updated the policy to the same value: it co-owns nothing (no change), so
+    // the policy goes with a's config; an updater that changed labels keeps them.
+    let mut live = first.object.clone();
+    live["metadata"]["labels"]["team"] = json!("x");
+    let managed = record_update(
+        first.managed_fields.clone(),
+        Some(&first.object),
+        &live,
+        &updater("u"),
+        Scope::Main,
+        AV,
+    );
+    let out = apply(
+        &live,
+        managed,
+        &smaller,
+        &applier("a", false),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    assert!(out.object["spec"].get("reclaimPolicy").is_none());
+    assert_eq!(out.object["metadata"]["labels"], json!({"team": "x"}));
+}
+
+#[test]
+fn updates_take_changed_fields_from_their_previous_owner() {
+    let a = apply(
+        &json!({}),
+        vec![],
+        &claim("Delete"),
+        &applier("a", false),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    let mut new = a.object.clone();
+    new["spec"]["reclaimPolicy"] = json!("Retain");
+    let managed = record_update(
+        a.managed_fields,
+        Some(&a.object),
+        &new,
+        &updater("kubectl-edit"),
+        Scope::Main,
+        AV,
+    );
+    assert_eq!(managed.len(), 2);
+    assert_eq!(managed[1].manager.as_deref(), Some("kubectl-edit"));
+    assert_eq!(managed[1].operation.as_deref(), Some("Update"));
+    assert_eq!(
+        managed[1].fields_v1.as_ref().unwrap().0,
+        json!({"f:spec": {"f:reclaimPolicy": {}}})
+    );
+    // The next apply of the old value by a conflicts with kubectl-edit.
+    let conflicts = apply(
+        &new,
+        managed,
+        &claim("Delete"),
+        &applier("a", false),
+        Scope::Main,
+        AV,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(conflicts[0].manager, "kubectl-edit");
+}
+
+#[test]
+fn an_unchanged_update_or_apply_keeps_the_entry_and_its_time() {
+    let a = apply(
+        &json!({}),
+        vec![],
+        &claim("Delete"),
+        &applier("a", false),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    let again = apply(
+        &a.object,
+        a.managed_fields.clone(),
+        &claim("Delete"),
+        &applier("a", false),
+        Scope::Main,
+        AV,
+    )
+    .ok()
+    .unwrap();
+    assert_eq!(again.managed_fields, a.managed_fields);
+    assert_eq!(again.object, a.object);
+    let same = record_update(
+        a.managed_fields.clone(),
+        Some(&a.object),
+        &a.object,
+        &updater("u"),
+        Scope::Main,
+        AV,
+    );
+    assert_eq!(same, a.managed_fields);
+}
+
+#[test]
+fn user_agent_gives_the_update_manager() {
+    let m =
+        FieldManager::update(None, Some("kubectl/v1.32.4 (linux/amd64) kubernetes/abc")).unwrap();
+    assert_eq!(m.manager, "kubectl");
+    assert!(FieldManager::apply(None, false).is_err());
+}
