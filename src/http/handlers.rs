@@ -164,34 +164,15 @@ pub async fn create<K: Served>(
     )
 }
 
-pub async fn replace<K: Served>(
+/// PUT on an object (`STATUS = false`) or on its `/status` subresource (`STATUS = true`).
+pub async fn replace<K: Served, const STATUS: bool>(
     State(app): State<AppState>,
     Path(path): PathParams,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
-    replace_sub::<K>(app, path, params, headers, body, Subresource::Main).await
-}
-
-pub async fn replace_status<K: Served>(
-    State(app): State<AppState>,
-    Path(path): PathParams,
-    params: Params,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult<Response> {
-    replace_sub::<K>(app, path, params, headers, body, Subresource::Status).await
-}
-
-async fn replace_sub<K: Served>(
-    app: AppState,
-    path: HashMap<String, String>,
-    params: Params,
-    headers: HeaderMap,
-    body: bytes::Bytes,
-    sub: Subresource,
-) -> ApiResult<Response> {
+    let sub = subresource::<STATUS>();
     let repr = negotiate(&headers)?;
     let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
     let manager = update_manager(&params, &headers)?;
@@ -215,7 +196,8 @@ async fn replace_sub<K: Served>(
     )
 }
 
-pub async fn patch<K: Served>(
+/// PATCH on an object (`STATUS = false`) or on its `/status` subresource (`STATUS = true`).
+pub async fn patch<K: Served, const STATUS: bool>(
     State(app): State<AppState>,
     Path(path): PathParams,
     params: Params,
@@ -232,31 +214,18 @@ pub async fn patch<K: Served>(
         &params,
         &headers,
         &body,
-        Subresource::Main,
+        subresource::<STATUS>(),
     )
     .await?;
     object_response(code, &obj, repr, IncludeObject::Object, &warnings)
 }
 
-pub async fn patch_status<K: Served>(
-    State(app): State<AppState>,
-    Path(path): PathParams,
-    params: Params,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult<Response> {
-    let repr = negotiate(&headers)?;
-    let (obj, code, warnings) = apply_patch::<K>(
-        &app,
-        None,
-        &path,
-        &params,
-        &headers,
-        &body,
-        Subresource::Status,
-    )
-    .await?;
-    object_response(code, &obj, repr, IncludeObject::Object, &warnings)
+fn subresource<const STATUS: bool>() -> Subresource {
+    if STATUS {
+        Subresource::Status
+    } else {
+        Subresource::Main
+    }
 }
 
 /// `DeleteOptions` from the body (optional) and the query, the query winning.

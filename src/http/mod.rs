@@ -106,12 +106,12 @@ fn resource_routes<K: Served>(base: &str) -> Router<AppState> {
         .post(handlers::create::<K>)
         .delete(handlers::delete_collection::<K>);
     let object = get(handlers::get::<K>)
-        .put(handlers::replace::<K>)
-        .patch(handlers::patch::<K>)
+        .put(handlers::replace::<K, false>)
+        .patch(handlers::patch::<K, false>)
         .delete(handlers::delete::<K>);
     let status = get(handlers::get::<K>)
-        .put(handlers::replace_status::<K>)
-        .patch(handlers::patch_status::<K>);
+        .put(handlers::replace::<K, true>)
+        .patch(handlers::patch::<K, true>);
     Router::new()
         .route(base, collection)
         .route(&format!("{base}/{{name}}"), object)
