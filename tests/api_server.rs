@@ -5,7 +5,7 @@ mod common;
 use common::TestServer;
 use futures::{StreamExt, TryStreamExt};
 use http::StatusCode;
-use ipam_apiserver::api::{IPPrefix, IPPrefixSpec};
+use ipam_apiserver::api::IPPrefix;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::Value;
@@ -15,13 +15,7 @@ use std::process::{Command, Stdio};
 const PREFIXES: &str = "/apis/ipam.miloapis.com/v1alpha1/ipprefixes";
 
 fn root(name: &str, prefix: &str) -> IPPrefix {
-    IPPrefix::new(
-        name,
-        IPPrefixSpec {
-            prefix: prefix.into(),
-            ..Default::default()
-        },
-    )
+    IPPrefix::root(name, prefix.parse().expect("a CIDR"))
 }
 
 fn write_manifest(server: &TestServer, name: &str, text: &str) -> String {

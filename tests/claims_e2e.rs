@@ -9,27 +9,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use std::collections::{BTreeMap, HashSet};
 
 fn root(name: &str, prefix: &str) -> IPPrefix {
-    IPPrefix::new(
-        name,
-        IPPrefixSpec {
-            prefix: prefix.into(),
-            ..Default::default()
-        },
-    )
-}
-
-fn with_reserve(mut claim: IPPrefixClaim, leading: i64, trailing: i64) -> IPPrefixClaim {
-    claim.spec.child_prefix_template = Some(ChildPrefixTemplate {
-        spec: Some(TemplateSpec {
-            reserve: Some(ReserveSpec {
-                leading: Some(leading),
-                trailing: Some(trailing),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    claim
+    IPPrefix::root(name, prefix.parse().expect("a CIDR"))
 }
 
 struct Apis {
@@ -130,11 +110,8 @@ async fn address_plan_of_a_cloud_network_gets_exact_addresses() {
         .await,
         "fd20::/56"
     );
-    let subnet = with_reserve(
-        IPPrefixClaim::new_with_length("project-a", "dfw-subnet", "project-a.dfw", 64),
-        1,
-        0,
-    );
+    let subnet = IPPrefixClaim::new_with_length("project-a", "dfw-subnet", "project-a.dfw", 64)
+        .reserve(1, 0);
     assert_eq!(api.claim(subnet).await, "fd20::/64");
     let sub = "project-a.dfw-subnet";
     assert_eq!(
@@ -259,7 +236,7 @@ async fn ipv4_slash28_with_reserve_two_and_one_gives_13_hosts_and_the_14th_is_ex
         .create(&PostParams::default(), &root("v4", "10.128.0.0/16"))
         .await
         .unwrap();
-    let net = with_reserve(IPPrefixClaim::new_with_length("p", "net", "v4", 28), 2, 1);
+    let net = IPPrefixClaim::new_with_length("p", "net", "v4", 28).reserve(2, 1);
     assert_eq!(api.claim(net).await, "10.128.0.0/28");
     let mut hosts = Vec::new();
     for i in 0..13 {

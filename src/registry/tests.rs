@@ -10,13 +10,7 @@ fn open() -> (Registry, tempfile::TempDir) {
 }
 
 fn root(name: &str, prefix: &str) -> IPPrefix {
-    IPPrefix::new(
-        name,
-        IPPrefixSpec {
-            prefix: prefix.into(),
-            ..Default::default()
-        },
-    )
+    IPPrefix::root(name, prefix.parse().expect("a CIDR"))
 }
 
 fn claim(ns: &str, name: &str, parent: &str, len: u8) -> IPPrefixClaim {
