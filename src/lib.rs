@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod options;
 pub mod registry;
 pub mod server;

@@ -114,7 +114,7 @@ impl Registry {
         &self.inner.store
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic inside a transaction runs its undo log on unwind (Txn's Drop), so the state
         // is consistent even if the mutex is poisoned.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())

@@ -10,6 +10,7 @@ pub mod meta;
 mod prefix;
 pub mod selector;
 mod state;
+mod stats;
 mod status;
 mod txn;
 mod validate;
@@ -20,6 +21,7 @@ pub use generic::{
     DeleteOptions, ListOptions, ObjectList, Preconditions, PropagationPolicy, Registry, Subresource,
 };
 pub use kind::Kind;
+pub use stats::RootUsage;
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]
