@@ -79,11 +79,8 @@ impl SledStore {
     /// that is not ours, and a damaged one, each with a message saying which.
     pub fn open(dir: &Path, history_capacity: usize) -> Result<SledStore, StoreError> {
         let path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()
-            .map_err(|e| open_error(&path, e))?;
+        preflight(&path)?;
+        let db = open_sled(&path)?;
         match db.get(KEY_FORMAT).map_err(io)? {
             Some(f) if f.as_ref() == FORMAT => {}
             Some(f) => {
@@ -429,6 +426,61 @@ fn decode_u64(b: &[u8]) -> Option<u64> {
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Refuse, before sled touches it, a database directory sled would not recognise: given a
+/// database file without a readable `conf`, sled silently starts an empty database over it.
+fn preflight(path: &Path) -> Result<(), StoreError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if !path.is_dir() {
+        return Err(StoreError::Corrupt(format!(
+            "{} is not a directory; this is not an ipam-apiserver data directory, refusing to use it",
+            path.display()
+        )));
+    }
+    let data = path.join("db");
+    let has_data = std::fs::metadata(&data).is_ok_and(|m| m.len() > 0);
+    if !has_data {
+        return Ok(());
+    }
+    // sled's conf is text followed by a binary checksum.
+    let conf = std::fs::read(path.join("conf")).unwrap_or_default();
+    let conf = String::from_utf8_lossy(&conf);
+    if !(conf.contains("segment_size:") && conf.contains("version:")) {
+        return Err(StoreError::Corrupt(format!(
+            "{} holds a database file but its conf is missing or damaged: not an ipam-apiserver data directory, or a damaged one; refusing to use it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Open sled, turning a panic during its recovery (it panics on some damaged logs) into an error.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY);
+    // Silence the default panic report for the duration: the error below says it better.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    std::panic::set_hook(hook);
+    match opened {
+        Ok(result) => result.map_err(|e| open_error(path, e)),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(StoreError::Corrupt(format!(
+                "{} is damaged and cannot be opened (recovery failed: {why}); refusing to use it",
+                path.display()
+            )))
+        }
+    }
 }
 
 fn open_error(path: &Path, e: sled::Error) -> StoreError {
