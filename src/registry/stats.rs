@@ -16,7 +16,9 @@ pub struct RootUsage {
 impl Registry {
     /// Every root IPPrefix (no parent) with its utilization, from the in-memory indexes.
     pub fn root_usage(&self) -> Vec<RootUsage> {
-        let roots: Vec<(String, String, Option<(f64, usize)>)> = {
+        // (name, prefix, (utilization, children) when it has a pool)
+        type Row = (String, String, Option<(f64, usize)>);
+        let roots: Vec<Row> = {
             let state = self.lock();
             state
                 .roots
