@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod options;
 pub mod registry;
 pub mod server;

@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 type Fatal = Box<dyn std::error::Error + Send + Sync>;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let Command::Serve(options) = Cli::parse().command;
     init_tracing();

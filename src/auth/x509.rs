@@ -119,23 +119,60 @@ impl ClientCertVerifier for RequestClientCert {
 #[derive(Debug)]
 pub struct ClientCertAuthenticator {
     verifier: Arc<dyn ClientCertVerifier>,
+    /// Recently verified chains (SHA-256 of the DER chain) → user and when the entry lapses.
+    /// Verifying an ECDSA chain costs about as much as serving a whole create, and a client
+    /// sends thousands of requests over one connection; kube-apiserver caches the same way.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (UserInfo, std::time::Instant)>>,
 }
+
+/// How long a verified chain is trusted without verifying it again.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Bound on remembered chains; the cache is emptied when it would grow past this.
+const VERIFIED_MAX: usize = 4096;
 
 impl ClientCertAuthenticator {
     pub fn new(roots: Arc<RootCertStore>) -> Result<Self, rustls::server::VerifierBuilderError> {
         let verifier =
             WebPkiClientVerifier::builder_with_provider(roots, crypto_provider()).build()?;
-        Ok(ClientCertAuthenticator { verifier })
+        Ok(ClientCertAuthenticator {
+            verifier,
+            verified: Default::default(),
+        })
     }
 
     pub(super) fn authenticate(&self, req: &Parts) -> Verdict {
         match req.extensions.get::<PeerCertificates>() {
             None => Verdict::NotApplicable,
-            Some(certs) => match self.verify(&certs.0) {
+            Some(certs) => match self.verify_cached(&certs.0) {
                 Ok(user) => Verdict::Authenticated(user),
                 Err(reason) => Verdict::Rejected(reason),
             },
         }
+    }
+
+    /// [`Self::verify`], remembering a success for [`VERIFIED_TTL`].
+    fn verify_cached(&self, chain: &[CertificateDer<'_>]) -> Result<UserInfo, String> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        for cert in chain {
+            hasher.update((cert.len() as u64).to_be_bytes());
+            hasher.update(cert.as_ref());
+        }
+        let key: [u8; 32] = hasher.finalize().into();
+        let now = std::time::Instant::now();
+        let lock = || self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((user, until)) = lock().get(&key) {
+            if *until > now {
+                return Ok(user.clone());
+            }
+        }
+        let user = self.verify(chain)?;
+        let mut cache = lock();
+        if cache.len() >= VERIFIED_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (user.clone(), now + VERIFIED_TTL));
+        Ok(user)
     }
 
     /// Verify `chain` (leaf first) now and map it to a user.

@@ -3,6 +3,7 @@
 pub mod discovery;
 mod handlers;
 pub mod health;
+pub mod metrics;
 pub mod negotiate;
 pub mod openapi;
 mod patch;
@@ -54,6 +55,7 @@ pub fn router_with(registry: Registry, cluster: Option<Arc<Cluster>>) -> Router 
             GV,
             get(|| async { ok_json(discovery::api_resource_list()) }),
         )
+        .route("/metrics", get(metrics::serve))
         .route("/openapi/v2", get(openapi_v2))
         .route(
             "/openapi/v3",
@@ -98,6 +100,7 @@ pub fn router_with(registry: Registry, cluster: Option<Arc<Cluster>>) -> Router 
             )
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn(metrics::track))
 }
 
 /// Collection, object and status routes of one kind under `base`.

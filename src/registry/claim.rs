@@ -466,6 +466,7 @@ fn exhausted(
             many.iter().map(describe).collect::<Vec<_>>().join(", ")
         ),
     };
+    crate::metrics::global().exhaustions.inc();
     ApiError::Exhausted {
         subject: crate::error::Subject::new(IPPrefixClaim::RESOURCE, name),
         message,

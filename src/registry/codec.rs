@@ -8,6 +8,12 @@ use serde_json::Value;
 /// Serialize for storage. The resourceVersion is not stored: the store's revision is the truth,
 /// stamped in on every read (as etcd's mod revision is).
 pub fn encode<K: Kind>(obj: &K) -> ApiResult<Bytes> {
+    if obj.meta().resource_version.is_none() {
+        // The usual case (writers clear it): serialize once, without a `Value` in between.
+        return serde_json::to_vec(obj)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::Internal(format!("encode: {e}")));
+    }
     let mut v =
         serde_json::to_value(obj).map_err(|e| ApiError::Internal(format!("encode: {e}")))?;
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {

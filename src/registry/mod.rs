@@ -11,6 +11,7 @@ pub mod meta;
 mod prefix;
 pub mod selector;
 mod state;
+mod stats;
 mod status;
 mod txn;
 mod validate;
@@ -22,6 +23,7 @@ pub use generic::{
 };
 pub use kind::Kind;
 pub use managed_fields::{FieldManager, Operation};
+pub use stats::RootUsage;
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]

@@ -261,6 +261,7 @@ pub(super) fn release_prefix(
     let entry = tx.state.pool_mut(&parent.obj)?;
     if entry.pool.release(net).is_ok() {
         entry.holders.remove(&net);
+        tx.releases += 1;
         let (p, n) = (parent_ref.name.clone(), name.clone());
         tx.on_undo(move |s| {
             if let Some(e) = s.pool_entry_mut(&p) {
@@ -320,6 +321,7 @@ pub(super) fn take_block(
         return Ok(Err(e));
     }
     entry.holders.insert(net, holder.to_string());
+    tx.allocations += 1;
     tx.on_undo(move |s| {
         if let Some(e) = s.pool_entry_mut(&parent_name) {
             let _ = e.pool.release(net);

@@ -103,61 +103,120 @@ impl State {
 
     /// Rebuild every index from the stored IPPrefixes, checking that the children of each parent
     /// are consistent (inside, no overlaps, not excluded) instead of trusting storage.
-    pub fn rebuild(prefixes: &[IPPrefix]) -> Result<State, String> {
+    pub fn rebuild(entries: Vec<IndexEntry>) -> Result<State, String> {
         let mut state = State::default();
-        let by_name: HashMap<&str, &IPPrefix> = prefixes
+        // Only parents need their exclusions and reserve; there are few of them.
+        let parent_names: std::collections::HashSet<&str> =
+            entries.iter().filter_map(|e| e.parent.as_deref()).collect();
+        let parents: HashMap<String, (IpNet, Vec<IpNet>, Reserve)> = entries
             .iter()
-            .filter_map(|p| Some((p.metadata.name.as_deref()?, p)))
+            .filter(|e| parent_names.contains(e.name.as_str()))
+            .map(|e| (e.name.clone(), (e.net, e.exclude.clone(), e.reserve)))
             .collect();
-        let mut children: HashMap<&str, Vec<(IpNet, String)>> = HashMap::new();
-        for p in prefixes {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let net: IpNet = p
-                .spec
-                .prefix
-                .parse()
-                .map_err(|_| format!("ipprefix {name:?}: damaged spec.prefix"))?;
-            match &p.spec.parent_ref {
-                Some(parent) => children
-                    .entry(parent.name.as_str())
-                    .or_default()
-                    .push((net, name.clone())),
-                None => {
-                    state.roots.insert(name.clone(), net);
-                }
+        drop(parent_names);
+        let mut children: HashMap<String, Vec<(IpNet, String)>> = HashMap::new();
+        for e in entries {
+            if let Some(claim) = e.released_for {
+                state.released.insert(claim, e.name.clone());
             }
-            if p.phase() == crate::api::prefix_phase::RELEASED {
-                if let Some(c) = &p.spec.claim_ref {
-                    state
-                        .released
-                        .insert((c.namespace.clone(), c.name.clone()), name.clone());
+            match e.parent {
+                Some(parent) => match children.get_mut(&parent) {
+                    Some(kids) => kids.push((e.net, e.name)),
+                    None => {
+                        children.insert(parent, vec![(e.net, e.name)]);
+                    }
+                },
+                None => {
+                    state.roots.insert(e.name, e.net);
                 }
             }
         }
         for (parent_name, kids) in children {
-            let parent = by_name.get(parent_name).ok_or_else(|| {
+            let (net, exclude, reserve) = parents.get(&parent_name).ok_or_else(|| {
                 format!(
                     "ipprefixes {:?} name missing parent {parent_name:?}",
-                    kids.iter().map(|k| &k.1).collect::<Vec<_>>()
+                    kids.iter().take(10).map(|k| &k.1).collect::<Vec<_>>()
                 )
             })?;
-            let net: IpNet = parent
-                .spec
-                .prefix
-                .parse()
-                .map_err(|_| format!("ipprefix {parent_name:?}: damaged spec.prefix"))?;
-            let pool = Pool::rebuild(
-                net,
-                &exclusions_of(parent),
-                reserve_of(parent.spec.reserve.as_ref()),
-                kids.iter().map(|k| k.0),
-            )
-            .map_err(|e| format!("children of ipprefix {parent_name:?} are inconsistent: {e}"))?;
+            let pool =
+                Pool::rebuild(*net, exclude, *reserve, kids.iter().map(|k| k.0)).map_err(|e| {
+                    format!("children of ipprefix {parent_name:?} are inconsistent: {e}")
+                })?;
             let holders = kids.into_iter().collect();
-            state
-                .pools
-                .insert(parent_name.to_string(), PoolEntry { pool, holders });
+            state.pools.insert(parent_name, PoolEntry { pool, holders });
         }
         Ok(state)
     }
+}
+
+/// What the indexes need of one stored IPPrefix.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub name: String,
+    pub net: IpNet,
+    pub parent: Option<String>,
+    pub exclude: Vec<IpNet>,
+    pub reserve: Reserve,
+    /// The claim (namespace, name) a `Released` prefix waits for.
+    pub released_for: Option<(String, String)>,
+}
+
+impl IndexEntry {
+    pub fn of(p: &IPPrefix) -> Result<IndexEntry, String> {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let net = p
+            .spec
+            .prefix
+            .parse()
+            .map_err(|_| format!("ipprefix {name:?}: damaged spec.prefix"))?;
+        let released_for = (p.phase() == crate::api::prefix_phase::RELEASED)
+            .then(|| {
+                p.spec
+                    .claim_ref
+                    .as_ref()
+                    .map(|c| (c.namespace.clone(), c.name.clone()))
+            })
+            .flatten();
+        Ok(IndexEntry {
+            net,
+            parent: p.spec.parent_ref.as_ref().map(|r| r.name.clone()),
+            exclude: exclusions_of(p),
+            reserve: reserve_of(p.spec.reserve.as_ref()),
+            released_for,
+            name,
+        })
+    }
+}
+
+/// Only what [`State::rebuild`] reads from a stored IPPrefix. Decoding the whole object
+/// (ObjectMeta with its timestamps, the status strings) for each of 10^6 prefixes was most of
+/// the restart time; serde skips the rest of the document cheaply.
+#[derive(serde::Deserialize)]
+struct IndexView {
+    metadata: NameView,
+    spec: crate::api::IPPrefixSpec,
+    #[serde(default)]
+    status: Option<PhaseView>,
+}
+
+#[derive(serde::Deserialize)]
+struct NameView {
+    name: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct PhaseView {
+    phase: Option<String>,
+}
+
+/// Decode a stored IPPrefix for the indexes: name, spec and phase only.
+pub fn decode_for_index(bytes: &[u8]) -> Result<IndexEntry, String> {
+    let view: IndexView =
+        serde_json::from_slice(bytes).map_err(|e| format!("stored ipprefix is damaged: {e}"))?;
+    let mut prefix = IPPrefix::new(&view.metadata.name.unwrap_or_default(), view.spec);
+    prefix.status = view.status.map(|s| crate::api::IPPrefixStatus {
+        phase: s.phase,
+        ..Default::default()
+    });
+    IndexEntry::of(&prefix)
 }

@@ -30,6 +30,9 @@ pub struct Txn<'a> {
     applied: bool,
     /// The parents the caller may allocate from (verb `use`), when authorization applies.
     pub allowed_parents: Option<std::collections::HashSet<String>>,
+    /// Blocks taken from / returned to parents, counted in metrics once the commit applies.
+    pub allocations: u64,
+    pub releases: u64,
 }
 
 /// What a successful commit returns: the revision of every written key, and durability.
@@ -49,6 +52,8 @@ impl<'a> Txn<'a> {
             undo: Vec::new(),
             applied: false,
             allowed_parents: None,
+            allocations: 0,
+            releases: 0,
         }
     }
 
@@ -181,6 +186,9 @@ impl<'a> Txn<'a> {
         let keys: Vec<ObjectKey> = ops.iter().map(|o| o.key().clone()).collect();
         let committed = self.store.commit(ops).map_err(store_error)?;
         self.applied = true;
+        let metrics = crate::metrics::global();
+        metrics.allocations.inc_by(self.allocations);
+        metrics.releases.inc_by(self.releases);
         let revisions = keys
             .into_iter()
             .zip(committed.revisions.iter().copied())

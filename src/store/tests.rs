@@ -231,3 +231,22 @@ async fn foreign_data_is_refused_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn foreign_files_are_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("db"), b"someone else's file").unwrap();
+    let err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    assert!(
+        err.to_string()
+            .contains("not an ipam-apiserver data directory"),
+        "{err}"
+    );
+    // sled would have reinitialized it; the preflight check keeps it as it was.
+    assert_eq!(
+        std::fs::read(db.join("db")).unwrap(),
+        b"someone else's file"
+    );
+}

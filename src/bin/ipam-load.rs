@@ -1,0 +1,677 @@
+#![forbid(unsafe_code)]
+//! `ipam-load`: drive a running standalone `ipam-apiserver` over HTTPS and report throughput,
+//! latency percentiles and the server's peak RSS.
+//!
+//! ```text
+//! ipam-load --data-dir DIR --mode create --clients 64 --count 100000
+//! ipam-load --data-dir DIR --mode mixed  --clients 16 --duration 20
+//! ipam-load --data-dir DIR --mode list   --clients 8  --duration 10
+//! ipam-load --data-dir DIR --mode watch  --watchers 100 --clients 16 --count 10000
+//! ```
+//!
+//! Credentials come from the standalone data directory: `DIR/pki/{ca.crt,admin.crt,admin.key}`,
+//! and the address from `DIR/kubeconfig` unless `--server` is given. Each client is one
+//! keep-alive HTTP/1.1 connection with a tiny hand-rolled client, so the load generator spends
+//! as little of the (shared) CPU as possible.
+use clap::{Parser, ValueEnum};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Claim creates of /128 into the parent.
+    Create,
+    /// Each client alternates creating a claim and deleting its oldest one.
+    Mixed,
+    /// Paged lists of claims in the namespace.
+    List,
+    /// `--watchers` watches on all claims while `--clients` create; checks every watcher saw
+    /// every ADDED event in resourceVersion order.
+    Watch,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for ipam-apiserver (standalone mode)")]
+struct Args {
+    /// The server's standalone data directory (pki/ and kubeconfig).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// `https://host:port`; default: the server in DIR/kubeconfig.
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long, value_enum, default_value = "create")]
+    mode: Mode,
+    /// Concurrent keep-alive clients issuing requests.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Stop after this many operations in total.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds (default 10 when --count is not given).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Parent IPPrefix; created as a root if missing.
+    #[arg(long, default_value = "load-root")]
+    parent: String,
+    /// CIDR of the parent when it has to be created.
+    #[arg(long, default_value = "fd00:10ad::/64")]
+    parent_prefix: String,
+    #[arg(long, default_value = "load")]
+    namespace: String,
+    /// Claim length.
+    #[arg(long, default_value_t = 128)]
+    prefix_length: u8,
+    /// Watchers (watch mode).
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Page size (list mode).
+    #[arg(long, default_value_t = 100)]
+    page: usize,
+    /// Print a progress line every this many seconds (0: never).
+    #[arg(long, default_value_t = 5.0)]
+    progress: f64,
+    /// Server pid for RSS; default: found in /proc by its --data-dir.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let target = Arc::new(Target::load(&args)?);
+    let mut setup = target.connect().await?;
+    ensure_parent(&mut setup, &args).await?;
+
+    let stats = Arc::new(Stats::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+            % 0xffff_ffff
+    );
+
+    let mut watch_tasks = Vec::new();
+    if args.mode == Mode::Watch {
+        let (_, _, body) = setup
+            .request(
+                "GET",
+                &format!("{GV}/namespaces/{}/ipprefixclaims?limit=1", args.namespace),
+                None,
+            )
+            .await?;
+        let list: serde_json::Value = serde_json::from_slice(&body)?;
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string();
+        for _ in 0..args.watchers {
+            let conn = target.connect().await?;
+            let path = format!(
+                "{GV}/namespaces/{}/ipprefixclaims?watch=true&resourceVersion={rv}",
+                args.namespace
+            );
+            let expected = args.count.unwrap_or(10_000);
+            watch_tasks.push(tokio::spawn(watcher(conn, path, expected)));
+        }
+        // Let every watch register before the first event.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let limit = args.count.unwrap_or(u64::MAX);
+    let duration = args
+        .duration
+        .or(if args.count.is_none() {
+            Some(10.0)
+        } else {
+            None
+        })
+        .map(Duration::from_secs_f64);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let conn = target.connect().await?;
+        let ctx = ClientCtx {
+            id: c,
+            mode: args.mode,
+            ns: args.namespace.clone(),
+            parent: args.parent.clone(),
+            len: args.prefix_length,
+            page: args.page,
+            run_id: run_id.clone(),
+            limit,
+            issued: issued.clone(),
+            done: done.clone(),
+            stats: stats.clone(),
+        };
+        tasks.push(tokio::spawn(client(conn, ctx)));
+    }
+    let progress = (args.progress > 0.0).then(|| {
+        let stats = stats.clone();
+        let every = Duration::from_secs_f64(args.progress);
+        tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::time::sleep(every).await;
+                let (count, mut window) = stats.take_window();
+                let now = Instant::now();
+                let rate = (count - last.1) as f64 / (now - last.0).as_secs_f64();
+                window.sort_unstable();
+                eprintln!(
+                    "  t={:>6.1}s ok={count:>9} rate={rate:>8.0}/s p50={} p99={}",
+                    (now - start).as_secs_f64(),
+                    fmt_us(pct(&window, 0.50)),
+                    fmt_us(pct(&window, 0.99)),
+                );
+                last = (now, count);
+            }
+        })
+    });
+    if let Some(d) = duration {
+        let done = done.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            done.store(true, Ordering::Relaxed);
+        });
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    if let Some(p) = progress {
+        p.abort();
+    }
+
+    let mut lat = std::mem::take(&mut *stats.all.lock().unwrap_or_else(|p| p.into_inner()));
+    lat.sort_unstable();
+    let ok = lat.len() as u64;
+    let failures = stats.failures.load(Ordering::Relaxed);
+    let pid = args.server_pid.or_else(|| find_server_pid(&args.data_dir));
+    let rss = pid.and_then(read_rss);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "mode={:?} clients={} ok={ok} failed={failures} elapsed={:.2}s",
+        args.mode,
+        args.clients,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "throughput={:.0}/s p50={} p99={} max={}",
+        ok as f64 / elapsed.as_secs_f64(),
+        fmt_us(pct(&lat, 0.50)),
+        fmt_us(pct(&lat, 0.99)),
+        fmt_us(lat.last().copied().unwrap_or(0)),
+    );
+    match (pid, rss) {
+        (Some(pid), Some((hwm, now))) => println!(
+            "server pid={pid} VmHWM={:.1}MiB VmRSS={:.1}MiB",
+            hwm as f64 / 1024.0,
+            now as f64 / 1024.0
+        ),
+        _ => println!("server RSS: unknown (pass --server-pid)"),
+    }
+    println!(
+        "loadavg={}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for e in stats
+        .errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .take(5)
+    {
+        println!("error sample: {e}");
+    }
+
+    if !watch_tasks.is_empty() {
+        let wait_start = Instant::now();
+        let mut complete = 0;
+        let mut min_seen = u64::MAX;
+        for t in watch_tasks {
+            let r = tokio::time::timeout(Duration::from_secs(60), t).await;
+            match r {
+                Ok(Ok(Ok(seen))) => {
+                    min_seen = min_seen.min(seen);
+                    complete += 1;
+                }
+                Ok(Ok(Err(e))) => println!("watcher failed: {e}"),
+                _ => println!("watcher did not finish"),
+            }
+        }
+        println!(
+            "watchers complete={complete}/{} min_events={min_seen} drain_after_creates={:.2}s",
+            args.watchers,
+            wait_start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+struct ClientCtx {
+    id: usize,
+    mode: Mode,
+    ns: String,
+    parent: String,
+    len: u8,
+    page: usize,
+    run_id: String,
+    limit: u64,
+    issued: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+}
+
+async fn client(mut conn: Conn, ctx: ClientCtx) -> Result<(), Error> {
+    let base = format!("{GV}/namespaces/{}/ipprefixclaims", ctx.ns);
+    let mut live: VecDeque<String> = VecDeque::new();
+    let mut seq = 0u64;
+    loop {
+        if ctx.done.load(Ordering::Relaxed)
+            || ctx.issued.fetch_add(1, Ordering::Relaxed) >= ctx.limit
+        {
+            return Ok(());
+        }
+        seq += 1;
+        let delete = ctx.mode == Mode::Mixed && seq % 2 == 0 && !live.is_empty();
+        let t0 = Instant::now();
+        let (result, expect) = if ctx.mode == Mode::List {
+            let r = conn
+                .request("GET", &format!("{base}?limit={}", ctx.page), None)
+                .await;
+            (r, 200)
+        } else if delete {
+            let name = live.pop_front().unwrap_or_default();
+            (
+                conn.request("DELETE", &format!("{base}/{name}"), None)
+                    .await,
+                200,
+            )
+        } else {
+            let name = format!("l{}-{}-{seq}", ctx.run_id, ctx.id);
+            let body = format!(
+                r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefixClaim","metadata":{{"name":"{name}"}},"spec":{{"prefixLength":{},"parentRef":{{"name":"{}"}}}}}}"#,
+                ctx.len, ctx.parent
+            );
+            if ctx.mode == Mode::Mixed {
+                live.push_back(name);
+            }
+            (
+                conn.request("POST", &base, Some(body.as_bytes())).await,
+                201,
+            )
+        };
+        let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+        match result {
+            Ok((status, _, _)) if status == expect => ctx.stats.record(us),
+            Ok((status, _, body)) => ctx.stats.fail(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            )),
+            Err(e) => {
+                ctx.stats.fail(format!("transport: {e}"));
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Follow one watch to its end (or `expected` ADDED events), checking resourceVersions only
+/// ever increase. Returns the number of ADDED events seen.
+async fn watcher(mut conn: Conn, path: String, expected: u64) -> Result<u64, Error> {
+    conn.send("GET", &path, None).await?;
+    let (status, chunked, _) = conn.read_head().await?;
+    if status != 200 || !chunked {
+        return Err(format!("watch answered {status} (chunked: {chunked})").into());
+    }
+    let mut line = Vec::new();
+    let (mut added, mut last_rv) = (0u64, 0u64);
+    while added < expected {
+        let Some(chunk) = conn.read_chunk().await? else {
+            break;
+        };
+        line.extend_from_slice(&chunk);
+        while let Some(nl) = line.iter().position(|b| *b == b'\n') {
+            let event: serde_json::Value = serde_json::from_slice(&line[..nl])?;
+            line.drain(..=nl);
+            let rv: u64 = event["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if event["type"] == "ADDED" {
+                if rv <= last_rv {
+                    return Err(format!("out of order: {rv} after {last_rv}").into());
+                }
+                last_rv = rv;
+                added += 1;
+            }
+        }
+    }
+    Ok(added)
+}
+
+async fn ensure_parent(conn: &mut Conn, args: &Args) -> Result<(), Error> {
+    let body = format!(
+        r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{{"name":"{}"}},"spec":{{"prefix":"{}"}}}}"#,
+        args.parent, args.parent_prefix
+    );
+    let (status, _, resp) = conn
+        .request("POST", &format!("{GV}/ipprefixes"), Some(body.as_bytes()))
+        .await?;
+    match status {
+        201 | 409 => Ok(()),
+        _ => Err(format!(
+            "creating parent {}: HTTP {status}: {}",
+            args.parent,
+            String::from_utf8_lossy(&resp)
+        )
+        .into()),
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    all: Mutex<Vec<u32>>,
+    window: Mutex<Vec<u32>>,
+    ok: AtomicU64,
+    failures: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    fn record(&self, us: u32) {
+        self.all.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+        self.window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(us);
+        self.ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn fail(&self, e: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.len() < 20 {
+            errors.push(e);
+        }
+    }
+
+    fn take_window(&self) -> (u64, Vec<u32>) {
+        let w = std::mem::take(&mut *self.window.lock().unwrap_or_else(|p| p.into_inner()));
+        (self.ok.load(Ordering::Relaxed), w)
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn fmt_us(us: u32) -> String {
+    if us >= 1000 {
+        format!("{:.2}ms", f64::from(us) / 1000.0)
+    } else {
+        format!("{us}µs")
+    }
+}
+
+/// Where and how to connect.
+struct Target {
+    addr: String,
+    server_name: ServerName<'static>,
+    tls: TlsConnector,
+}
+
+impl Target {
+    fn load(args: &Args) -> Result<Target, Error> {
+        let pki = args.data_dir.join("pki");
+        let server = match &args.server {
+            Some(s) => s.clone(),
+            None => server_from_kubeconfig(&args.data_dir.join("kubeconfig"))?,
+        };
+        let addr = server
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("{server}: not an https:// URL"))?
+            .trim_end_matches('/')
+            .to_string();
+        let host = match addr.rsplit_once(':') {
+            Some((h, _)) => h.trim_matches(['[', ']']).to_string(),
+            None => addr.clone(),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(&pki.join("ca.crt"))? {
+            roots.add(cert)?;
+        }
+        let key_pem = std::fs::read(pki.join("admin.key"))?;
+        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())?
+            .ok_or("admin.key holds no private key")?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(read_certs(&pki.join("admin.crt"))?, key)?;
+        Ok(Target {
+            addr,
+            server_name: ServerName::try_from(host)?,
+            tls: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    async fn connect(&self) -> Result<Conn, Error> {
+        let tcp = TcpStream::connect(&self.addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = self.tls.connect(self.server_name.clone(), tcp).await?;
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+            host: self.addr.clone(),
+        })
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?)
+}
+
+fn server_from_kubeconfig(path: &Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let kc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    kc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{}: no clusters[0].cluster.server", path.display()).into())
+}
+
+/// One keep-alive HTTP/1.1 connection over TLS: just enough HTTP for this API.
+struct Conn {
+    stream: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+    host: String,
+}
+
+impl Conn {
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, bool, Vec<u8>), Error> {
+        self.send(method, path, body).await?;
+        let (status, chunked, len) = self.read_head().await?;
+        let mut out = Vec::new();
+        if chunked {
+            while let Some(c) = self.read_chunk().await? {
+                out.extend_from_slice(&c);
+            }
+        } else {
+            self.fill_to(len).await?;
+            out.extend(self.buf.drain(..len));
+        }
+        Ok((status, chunked, out))
+    }
+
+    async fn send(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(), Error> {
+        let body = body.unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n",
+            self.host
+        )
+        .into_bytes();
+        if !body.is_empty() {
+            req.extend_from_slice(
+                format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        self.stream.write_all(&req).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Status, whether the body is chunked, and its length otherwise.
+    async fn read_head(&mut self) -> Result<(u16, bool, usize), Error> {
+        let end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line in {head:?}"))?;
+        let (mut chunked, mut len) = (false, 0);
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                len = value.parse()?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
+                chunked = true;
+            }
+        }
+        Ok((status, chunked, len))
+    }
+
+    /// The next chunk of a chunked body; `None` after the last.
+    async fn read_chunk(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        let eol = loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                break i;
+            }
+            self.fill().await?;
+        };
+        let size_text = String::from_utf8_lossy(&self.buf[..eol]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        self.buf.drain(..eol + 2);
+        self.fill_to(size + 2).await?;
+        let chunk: Vec<u8> = self.buf.drain(..size).collect();
+        self.buf.drain(..2);
+        Ok((size > 0).then_some(chunk))
+    }
+
+    async fn fill_to(&mut self, n: usize) -> Result<(), Error> {
+        while self.buf.len() < n {
+            self.fill().await?;
+        }
+        Ok(())
+    }
+
+    async fn fill(&mut self) -> Result<(), Error> {
+        let mut tmp = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut tmp).await?;
+        if n == 0 {
+            return Err("connection closed by the server".into());
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `ipam-apiserver serve` process whose `--data-dir` is `dir`.
+fn find_server_pid(dir: &Path) -> Option<u32> {
+    let want = std::fs::canonicalize(dir).ok()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !argv.first().is_some_and(|a| a.ends_with("ipam-apiserver")) {
+            continue;
+        }
+        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
+        let dir_arg = argv
+            .iter()
+            .position(|a| a == "--data-dir")
+            .and_then(|i| argv.get(i + 1))
+            .map(|d| cwd.join(d));
+        if dir_arg.and_then(|d| std::fs::canonicalize(d).ok()) == Some(want.clone()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// (VmHWM, VmRSS) in KiB.
+fn read_rss(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}

@@ -1,0 +1,150 @@
+//! Process-wide Prometheus metrics: one registry, created on first use, that the HTTP layer,
+//! the registry and the store record into; `/metrics` encodes it (`crate::http::metrics`).
+//!
+//! A global rather than a handle threaded through every layer: recording is a relaxed atomic
+//! add, and the layers that record (store flusher thread, allocation code) have no other
+//! reason to share state.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Kubernetes verb: get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: &'static str,
+    /// `ipprefixes`, `ipprefixclaims`, or a non-resource group (`discovery`, `openapi`, ...).
+    pub resource: &'static str,
+    /// `status` or empty.
+    pub subresource: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RootLabels {
+    pub name: String,
+    pub prefix: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Blocks handed out (claims bound, static carves), counted when their commit applies.
+    pub allocations: Counter,
+    /// Blocks returned to their parent.
+    pub releases: Counter,
+    /// Claims refused because no parent had room (409 Exhausted).
+    pub exhaustions: Counter,
+    /// Commits made durable by one fsync (group commit).
+    pub commit_batch: Histogram,
+    /// Time one group-commit fsync takes.
+    pub fsync_seconds: Histogram,
+    pub fsync_failures: Counter,
+    /// Per root IPPrefix: (allocated + excluded) / total, refreshed at every scrape.
+    pub root_utilization: Family<RootLabels, Gauge<f64, AtomicU64>>,
+    pub root_children: Family<RootLabels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ipam");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration: Family<RequestLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let allocations = Counter::default();
+        let releases = Counter::default();
+        let exhaustions = Counter::default();
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let fsync_seconds = latency_histogram();
+        let fsync_failures = Counter::default();
+        let root_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
+        let root_children = Family::<RootLabels, Gauge>::default();
+        registry.register(
+            "apiserver_requests",
+            "HTTP requests by verb, resource, subresource and code",
+            requests.clone(),
+        );
+        registry.register(
+            "apiserver_request_duration_seconds",
+            "Request latency by verb, resource, subresource and code (watches excluded)",
+            request_duration.clone(),
+        );
+        registry.register(
+            "allocations",
+            "Blocks handed out from a parent IPPrefix",
+            allocations.clone(),
+        );
+        registry.register(
+            "releases",
+            "Blocks returned to their parent IPPrefix",
+            releases.clone(),
+        );
+        registry.register(
+            "exhaustions",
+            "Claims refused because no parent had room",
+            exhaustions.clone(),
+        );
+        registry.register(
+            "store_commit_batch_size",
+            "Commits made durable by one group-commit fsync",
+            commit_batch.clone(),
+        );
+        registry.register(
+            "store_fsync_duration_seconds",
+            "Duration of one group-commit fsync",
+            fsync_seconds.clone(),
+        );
+        registry.register(
+            "store_fsync_failures",
+            "Failed fsyncs (the store then refuses writes)",
+            fsync_failures.clone(),
+        );
+        registry.register(
+            "root_prefix_utilization_ratio",
+            "(allocated + excluded) / total addresses of each root IPPrefix",
+            root_utilization.clone(),
+        );
+        registry.register(
+            "root_prefix_children",
+            "Direct children of each root IPPrefix",
+            root_children.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            allocations,
+            releases,
+            exhaustions,
+            commit_batch,
+            fsync_seconds,
+            fsync_failures,
+            root_utilization,
+            root_children,
+        }
+    }
+
+    /// The text exposition (OpenMetrics, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
