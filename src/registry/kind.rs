@@ -58,12 +58,3 @@ pub trait Kind:
     /// The object is about to be removed for good: release, refuse (409), or keep it in use.
     fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal>;
 }
-
-/// `namespace/name` for messages; just `name` when cluster-scoped.
-pub fn display_name<K: Kind>(obj: &K) -> String {
-    let meta = obj.meta();
-    match meta.namespace.as_deref() {
-        Some(ns) if K::NAMESPACED => format!("{ns}/{}", meta.name.as_deref().unwrap_or_default()),
-        _ => meta.name.clone().unwrap_or_default(),
-    }
-}

@@ -122,7 +122,7 @@ impl Kind for IPPrefix {
         let net = parse_stored(self)?;
         let name = name_of(self);
         match self.spec.parent_ref.clone() {
-            Some(parent_ref) => carve_static(tx, self, &name, net, &parent_ref.name)?,
+            Some(parent_ref) => carve_static(tx, &name, net, &parent_ref.name)?,
             None => {
                 if let Some((other, other_net)) =
                     tx.state.roots.iter().find(|(_, r)| overlaps(r, &net))
@@ -275,13 +275,7 @@ pub(super) fn release_prefix(
 }
 
 /// A static carve: a user-made IPPrefix with `parentRef` takes exactly its block.
-fn carve_static(
-    tx: &mut Txn<'_>,
-    prefix: &IPPrefix,
-    name: &str,
-    net: IpNet,
-    parent_name: &str,
-) -> ApiResult<()> {
+fn carve_static(tx: &mut Txn<'_>, name: &str, net: IpNet, parent_name: &str) -> ApiResult<()> {
     let Some(parent) = tx.get::<IPPrefix>("", parent_name)? else {
         return Err(ApiError::invalid(
             IPPrefix::KIND,
@@ -293,7 +287,6 @@ fn carve_static(
             )],
         ));
     };
-    let _ = prefix;
     if let Err(e) = take_block(tx, &parent.obj, net, name)? {
         return Err(block_error(
             IPPrefix::RESOURCE,

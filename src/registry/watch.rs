@@ -2,7 +2,7 @@
 use super::codec;
 use super::generic::{matches_list, ListOptions, Registry};
 use super::kind::Kind;
-use super::txn::{store_error, Txn};
+use super::txn::store_error;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventType, KeyRange, Revision, WatchReceiver};
 use std::collections::VecDeque;
@@ -149,10 +149,5 @@ impl<K: Kind> Watch<K> {
     /// The newest revision this watcher has seen all events up to: a safe bookmark.
     pub fn bookmark_revision(&self) -> Revision {
         self.rx.last_revision()
-    }
-
-    pub fn key_of(obj: &K) -> String {
-        let _ = Txn::key::<K>;
-        super::kind::display_name(obj)
     }
 }
