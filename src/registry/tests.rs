@@ -405,3 +405,54 @@ async fn claims_allocate_only_from_parents_the_caller_may_use() {
         .unwrap();
     assert_eq!(ok.status.unwrap().prefix.as_deref(), Some("10.0.0.0/32"));
 }
+
+#[tokio::test]
+async fn a_filtered_watch_sees_objects_leave_and_enter_its_selection() {
+    let (reg, _dir) = open();
+    let opts = WatchOptions {
+        resource_version: Some(reg.store().revision().to_string()),
+        list: ListOptions {
+            label_selector: Some(selector::parse_label_selector("tier=a").unwrap()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut watch = reg.watch::<IPPrefix>(None, opts).unwrap();
+    let labelled = |tier: &str, policy: &str| {
+        let mut p = root("p", "10.0.0.0/8");
+        p.metadata.labels = Some(BTreeMap::from([("tier".to_string(), tier.to_string())]));
+        p.spec.reclaim_policy = Some(policy.into());
+        p
+    };
+    reg.create("", labelled("a", "Delete"), false)
+        .await
+        .unwrap();
+    for (tier, policy) in [
+        ("b", "Delete"),
+        ("b", "Retain"),
+        ("a", "Retain"),
+        ("a", "Delete"),
+    ] {
+        let mut p: IPPrefix = reg.get("", "p").unwrap();
+        p.metadata.labels = labelled(tier, policy).metadata.labels;
+        p.spec.reclaim_policy = Some(policy.into());
+        reg.update("", "p", p, Subresource::Main, false)
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push(match ev {
+            WatchEvent::Added(p) => format!("ADDED {}", p.metadata.labels.unwrap()["tier"]),
+            WatchEvent::Modified(p) => format!("MODIFIED {}", p.metadata.labels.unwrap()["tier"]),
+            WatchEvent::Deleted(p) => format!("DELETED {}", p.metadata.labels.unwrap()["tier"]),
+            other => format!("{other:?}"),
+        });
+    }
+    // The change within tier=b is not this watcher's business.
+    assert_eq!(seen, ["ADDED a", "DELETED b", "ADDED a", "MODIFIED a"]);
+}

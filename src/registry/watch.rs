@@ -135,15 +135,29 @@ impl<K: Kind> Watch<K> {
                     return Some(WatchEvent::Error(e));
                 }
             };
-            if !matches_list(&obj, &self.list) {
-                continue;
-            }
-            return Some(match ev.event_type {
-                EventType::Added => WatchEvent::Added(obj),
-                EventType::Modified => WatchEvent::Modified(obj),
-                EventType::Deleted => WatchEvent::Deleted(obj),
+            let now_matches = matches_list(&obj, &self.list);
+            // Only a filtered watch needs the previous state: an object that moved out of the
+            // selection is DELETED for this watcher, one that moved in is ADDED.
+            let was_matching = match (&ev.previous, self.filtered()) {
+                (Some(prev), true) => codec::decode_stored::<K>(prev, ev.object.revision)
+                    .map(|old| matches_list(&old, &self.list))
+                    .unwrap_or(false),
+                _ => now_matches,
+            };
+            return Some(match (ev.event_type, was_matching, now_matches) {
+                (_, _, false) if ev.event_type != EventType::Modified => continue,
+                (EventType::Modified, false, false) => continue,
+                (EventType::Modified, true, false) => WatchEvent::Deleted(obj),
+                (EventType::Modified, false, true) => WatchEvent::Added(obj),
+                (EventType::Added, ..) => WatchEvent::Added(obj),
+                (EventType::Modified, ..) => WatchEvent::Modified(obj),
+                (EventType::Deleted, ..) => WatchEvent::Deleted(obj),
             });
         }
+    }
+
+    fn filtered(&self) -> bool {
+        self.list.label_selector.is_some() || !self.list.field_selector.is_empty()
     }
 
     /// The newest revision this watcher has seen all events up to: a safe bookmark.

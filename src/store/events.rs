@@ -1,5 +1,6 @@
 //! The retained event history and the live fan-out to watchers.
 use super::{Revision, StoreError, Versioned};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -27,6 +28,9 @@ impl EventType {
 pub struct StoreEvent {
     pub event_type: EventType,
     pub object: Versioned,
+    /// For `Modified`: the value before, so a watch with a selector can tell an object that
+    /// stopped (or started) matching, as Kubernetes reports with DELETED (ADDED).
+    pub previous: Option<Bytes>,
 }
 
 /// The last `capacity` durable events, and a broadcast of new ones. Publishing and subscribing

@@ -315,7 +315,12 @@ impl Store for SledStore {
                         value,
                     };
                     written.insert(key, Some(object.clone()));
-                    events.push(StoreEvent { event_type, object });
+                    let previous = current.map(|c| c.value);
+                    events.push(StoreEvent {
+                        event_type,
+                        object,
+                        previous,
+                    });
                 }
                 Op::Delete { .. } => {
                     let Some(prev) = current else {
@@ -334,6 +339,7 @@ impl Store for SledStore {
                             revision,
                             value: prev.value,
                         },
+                        previous: None,
                     });
                 }
             }
