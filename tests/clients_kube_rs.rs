@@ -156,13 +156,15 @@ async fn watcher_and_reflector_stay_in_sync_with_500_concurrent_claims() {
 
     // One reflector listing then watching, one with a streaming list (sendInitialEvents).
     let mut readers = Vec::new();
+    let mut tasks = Vec::new();
     for config in [
         watcher::Config::default().page_size(50),
         watcher::Config::default().streaming_lists(),
     ] {
         let (reader, writer) = reflector::store();
-        let stream = reflector(writer, watcher(claims.clone(), config)).applied_objects();
-        tokio::spawn(stream.for_each(|_| async {}));
+        let stream =
+            reflector(writer, watcher(claims.clone(), config).default_backoff()).applied_objects();
+        tasks.push(tokio::spawn(stream.for_each(|_| async {})));
         readers.push(reader);
     }
     for r in &readers {
@@ -208,6 +210,10 @@ async fn watcher_and_reflector_stay_in_sync_with_500_concurrent_claims() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    // Stop the watchers before the server goes away, or they would retry against nothing.
+    for t in tasks {
+        t.abort();
     }
 }
 
