@@ -133,7 +133,20 @@ impl Registry {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// 503 once the store has failed: its memory may hold writes that never reached the disk,
+    /// and serving them (a retried create answered AlreadyExists, a GET of a lost object) would
+    /// make clients act on state a restart takes back.
+    pub(super) fn ensure_available(&self) -> ApiResult<()> {
+        match self.inner.store.failure() {
+            Some(why) => Err(ApiError::ServiceUnavailable(format!(
+                "storage is unavailable: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<K> {
+        self.ensure_available()?;
         let key = Txn::key::<K>(namespace, name);
         match self.inner.store.get(&key).map_err(store_error)? {
             Some(v) => codec::decode_stored(&v.value, v.revision),
@@ -146,6 +159,7 @@ impl Registry {
         namespace: Option<&str>,
         opts: &ListOptions,
     ) -> ApiResult<ObjectList<K>> {
+        self.ensure_available()?;
         let range = KeyRange {
             resource: K::RESOURCE,
             namespace: namespace.map(str::to_string),
@@ -302,6 +316,7 @@ impl Registry {
         allowed_parents: Option<std::collections::HashSet<String>>,
         manager: Option<&FieldManager>,
     ) -> ApiResult<K> {
+        self.ensure_available()?;
         let meta = obj.meta_mut();
         if K::NAMESPACED {
             match meta.namespace.as_deref() {
@@ -384,6 +399,7 @@ impl Registry {
         dry_run: bool,
         manager: Option<&FieldManager>,
     ) -> ApiResult<K> {
+        self.ensure_available()?;
         let body_name = new.meta().name.clone().unwrap_or_default();
         if body_name != name {
             return Err(ApiError::BadRequest(format!(
@@ -472,6 +488,7 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<(K, bool)> {
+        self.ensure_available()?;
         let (obj, gone, commit) = {
             let mut state = self.lock();
             let mut tx = Txn::new(&*self.inner.store, &mut state);

@@ -456,3 +456,96 @@ async fn a_filtered_watch_sees_objects_leave_and_enter_its_selection() {
     // The change within tier=b is not this watcher's business.
     assert_eq!(seen, ["ADDED a", "DELETED b", "ADDED a", "MODIFIED a"]);
 }
+
+/// The real sled store, reporting a failed fsync once `fail` is set (the state a full disk or a
+/// broken device leaves it in, with writes applied in memory that never reached the disk).
+struct FailingStore {
+    inner: crate::store::SledStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl crate::store::Store for FailingStore {
+    fn get(
+        &self,
+        key: &crate::store::ObjectKey,
+    ) -> Result<Option<crate::store::Versioned>, crate::store::StoreError> {
+        self.inner.get(key)
+    }
+    fn list(
+        &self,
+        range: &crate::store::KeyRange,
+        start_after: Option<&crate::store::ObjectKey>,
+        limit: Option<usize>,
+        filter: &mut dyn FnMut(&crate::store::Versioned) -> bool,
+    ) -> Result<crate::store::ListPage, crate::store::StoreError> {
+        self.inner.list(range, start_after, limit, filter)
+    }
+    fn commit(
+        &self,
+        ops: Vec<crate::store::Op>,
+    ) -> Result<crate::store::Committed, crate::store::StoreError> {
+        self.inner.commit(ops)
+    }
+    fn revision(&self) -> crate::store::Revision {
+        self.inner.revision()
+    }
+    fn oldest_watchable(&self) -> crate::store::Revision {
+        self.inner.oldest_watchable()
+    }
+    fn watch(
+        &self,
+        after: crate::store::Revision,
+    ) -> Result<crate::store::WatchReceiver, crate::store::StoreError> {
+        self.inner.watch(after)
+    }
+    fn flush(&self) -> Result<(), crate::store::StoreError> {
+        self.inner.flush()
+    }
+    fn failure(&self) -> Option<String> {
+        self.fail
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| "fsync failed: injected".to_string())
+    }
+}
+
+#[tokio::test]
+async fn after_a_failed_fsync_nothing_is_served_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(FailingStore {
+        inner: crate::store::SledStore::open(dir.path(), 100).unwrap(),
+        fail: Default::default(),
+    });
+    let reg = Registry::with_store(store.clone()).unwrap();
+    reg.create("", root("r", "10.0.0.0/24"), false)
+        .await
+        .unwrap();
+    bound(&reg, claim("ns", "c", "r", 32)).await;
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let unavailable = |e: ApiError| {
+        assert_eq!(
+            (e.code().as_u16(), e.reason()),
+            (503, "ServiceUnavailable"),
+            "{e}"
+        )
+    };
+    unavailable(reg.get::<IPPrefixClaim>("ns", "c").unwrap_err());
+    unavailable(
+        reg.list::<IPPrefix>(None, &ListOptions::default())
+            .unwrap_err(),
+    );
+    unavailable(
+        reg.create("ns", claim("ns", "c", "r", 32), false)
+            .await
+            .unwrap_err(),
+    );
+    unavailable(
+        reg.delete::<IPPrefixClaim>("ns", "c", &DeleteOptions::default())
+            .await
+            .unwrap_err(),
+    );
+    unavailable(
+        reg.watch::<IPPrefix>(None, WatchOptions::default())
+            .err()
+            .unwrap(),
+    );
+}

@@ -47,6 +47,7 @@ impl Registry {
         namespace: Option<&str>,
         opts: WatchOptions,
     ) -> ApiResult<Watch<K>> {
+        self.ensure_available()?;
         let range = KeyRange {
             resource: K::RESOURCE,
             namespace: namespace.map(str::to_string),

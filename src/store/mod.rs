@@ -181,6 +181,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flush everything to disk (shutdown).
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Why the store can no longer be trusted (a failed fsync), if it cannot. Its in-memory state
+    /// may then hold writes that never reached the disk, so nothing should be served from it.
+    fn failure(&self) -> Option<String>;
 }
 
 #[cfg(test)]

@@ -379,6 +379,10 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush().map(|_| ()).map_err(io)
     }
+
+    fn failure(&self) -> Option<String> {
+        self.inner.durable.borrow().failed.clone()
+    }
 }
 
 fn check(
