@@ -16,6 +16,15 @@ fn root(name: &str, prefix: &str) -> IPPrefix {
     IPPrefix::root(name, prefix.parse().expect("a CIDR"))
 }
 
+fn resource_version_of(obj: &IPPrefix) -> u64 {
+    obj.metadata
+        .resource_version
+        .as_deref()
+        .expect("resourceVersion")
+        .parse()
+        .expect("a number")
+}
+
 fn write_manifest(server: &TestServer, name: &str, text: &str) -> String {
     let path = server.data_dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -108,13 +117,7 @@ async fn kube_rs_creates_gets_lists_and_a_stale_replace_conflicts() {
         .create(&PostParams::default(), &root("a", "10.0.0.0/8"))
         .await
         .unwrap();
-    let rv1: u64 = created
-        .metadata
-        .resource_version
-        .clone()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rv1 = resource_version_of(&created);
     assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
     assert_eq!(created.metadata.generation, Some(1));
     assert_eq!(created.phase(), "Available");
@@ -139,13 +142,7 @@ async fn kube_rs_creates_gets_lists_and_a_stale_replace_conflicts() {
         .replace("a", &PostParams::default(), &fresh)
         .await
         .unwrap();
-    let rv2: u64 = replaced
-        .metadata
-        .resource_version
-        .clone()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rv2 = resource_version_of(&replaced);
     assert!(rv2 > rv1);
     assert_eq!(replaced.metadata.generation, Some(2));
     // `got` carries the old resourceVersion now.
@@ -465,13 +462,7 @@ async fn restart_keeps_every_object_and_resource_versions_keep_increasing() {
         .create(&PostParams::default(), &root("a", "10.0.0.0/8"))
         .await
         .unwrap();
-    let rv_a: u64 = a
-        .metadata
-        .resource_version
-        .clone()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rv_a = resource_version_of(&a);
     server.restart();
     let api: Api<IPPrefix> = Api::all(server.client().await);
     let again = api.get("a").await.unwrap();
@@ -481,6 +472,6 @@ async fn restart_keeps_every_object_and_resource_versions_keep_increasing() {
         .create(&PostParams::default(), &root("b", "11.0.0.0/8"))
         .await
         .unwrap();
-    let rv_b: u64 = b.metadata.resource_version.unwrap().parse().unwrap();
+    let rv_b = resource_version_of(&b);
     assert!(rv_b > rv_a, "{rv_b} after {rv_a}");
 }

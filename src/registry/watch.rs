@@ -145,14 +145,16 @@ impl<K: Kind> Watch<K> {
                     .unwrap_or(false),
                 _ => now_matches,
             };
-            return Some(match (ev.event_type, was_matching, now_matches) {
-                (_, _, false) if ev.event_type != EventType::Modified => continue,
-                (EventType::Modified, false, false) => continue,
-                (EventType::Modified, true, false) => WatchEvent::Deleted(obj),
-                (EventType::Modified, false, true) => WatchEvent::Added(obj),
-                (EventType::Added, ..) => WatchEvent::Added(obj),
-                (EventType::Modified, ..) => WatchEvent::Modified(obj),
-                (EventType::Deleted, ..) => WatchEvent::Deleted(obj),
+            return Some(match ev.event_type {
+                EventType::Modified => match (was_matching, now_matches) {
+                    (true, true) => WatchEvent::Modified(obj),
+                    (false, true) => WatchEvent::Added(obj),
+                    (true, false) => WatchEvent::Deleted(obj),
+                    (false, false) => continue,
+                },
+                _ if !now_matches => continue,
+                EventType::Added => WatchEvent::Added(obj),
+                EventType::Deleted => WatchEvent::Deleted(obj),
             });
         }
     }
