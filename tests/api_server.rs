@@ -382,6 +382,26 @@ async fn bad_input_gets_a_status_with_the_right_code_and_changes_nothing() {
     let (got, _, resp) = server.send(req).await;
     assert_eq!(got.as_u16(), 406);
     assert_eq!(status_of(&resp)["reason"], "NotAcceptable");
+    // A patch that turns metadata (or the whole object) into something else is a 400, not a panic.
+    for (ct, patch) in [
+        ("application/merge-patch+json", r#"{"metadata":false}"#),
+        (
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"","value":7}]"#,
+        ),
+    ] {
+        let path = format!("{PREFIXES}/keep");
+        let (got, _, resp) = server
+            .raw("PATCH", &path, Some(ct), patch.as_bytes().to_vec())
+            .await;
+        assert_eq!(
+            got.as_u16(),
+            400,
+            "{ct} {patch}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert_eq!(status_of(&resp)["kind"], "Status");
+    }
     assert_eq!(
         revision(&server).await,
         before,

@@ -118,8 +118,7 @@ pub async fn apply_patch<K: Served>(
             None => json_patch::merge(&mut doc, &patch),
         }
         if !pinned_rv {
-            doc["metadata"]["resourceVersion"] =
-                Value::from(current.meta().resource_version.clone().unwrap_or_default());
+            set_resource_version(&mut doc, current.meta().resource_version.as_deref());
         }
         let (obj, warnings) = decode_body::<K>(doc, validation)?;
         match app
@@ -223,8 +222,7 @@ async fn server_side_apply<K: Served>(
             .map_err(|c| managed_fields::conflict_error(K::RESOURCE, name, &api_version, &c))?;
         let mut doc = applied.object;
         if let (Some(obj), false) = (&current, pinned_rv) {
-            doc["metadata"]["resourceVersion"] =
-                Value::from(obj.meta().resource_version.clone().unwrap_or_default());
+            set_resource_version(&mut doc, obj.meta().resource_version.as_deref());
         }
         let (mut obj, _) = decode_body::<K>(doc, FieldValidation::Ignore)?;
         obj.meta_mut().managed_fields = Some(applied.managed_fields).filter(|m| !m.is_empty());
@@ -248,4 +246,16 @@ async fn server_side_apply<K: Served>(
         }
     }
     Err(ApiError::Internal("apply retries exhausted".into()))
+}
+
+/// Pin a patched document to the resourceVersion it was made from (optimistic concurrency).
+/// A patch may have turned the document or its metadata into something that is not an object;
+/// that is left alone for decoding to refuse with a 400, never indexed into (which would panic).
+fn set_resource_version(doc: &mut Value, resource_version: Option<&str>) {
+    if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::from(resource_version.unwrap_or_default()),
+        );
+    }
 }
