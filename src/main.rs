@@ -78,8 +78,9 @@ async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fat
         "Standalone mode: admin kubeconfig written to {kc}\n  export KUBECONFIG={kc}\n  kubectl --kubeconfig {kc} get ipprefixes",
         kc = kubeconfig.display()
     );
+    let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
-    server::run(listener, tls, app, shutdown_signal()).await?;
+    server::run(listener, tls, app, shutdown).await?;
     Ok(())
 }
 
@@ -123,8 +124,9 @@ async fn serve_cluster(
             authn,
             auth::authenticate,
         ));
+    let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
-    server::run(listener, tls, app, shutdown_signal()).await?;
+    server::run(listener, tls, app, shutdown).await?;
     Ok(())
 }
 
@@ -151,30 +153,22 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Fatal> {
     Ok(kube::Client::try_from(config)?)
 }
 
-/// Completes on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers now and returns a future that completes when either
+/// arrives. Registration must happen before "Serving securely on" is logged: a supervisor (or a
+/// test) may send SIGTERM the moment it sees that line, and an unregistered signal kills the
+/// process with the default action instead of a clean shutdown.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Fatal> {
     use tokio::signal::unix::{signal, SignalKind};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
-            }
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot listen for SIGINT: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigint.recv() => tracing::info!("interrupted; shutting down"),
+            _ = sigterm.recv() => tracing::info!("SIGTERM; shutting down"),
         }
-    };
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot listen for ctrl-c: {e}");
-            std::future::pending::<()>().await
-        }
-    };
-    tokio::select! {
-        () = interrupt => tracing::info!("interrupted; shutting down"),
-        () = terminate => tracing::info!("SIGTERM; shutting down"),
-    }
+    })
 }
 
 fn init_tracing() {
