@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Time one group-commit fsync takes.
     pub fsync_seconds: Histogram,
     pub fsync_failures: Counter,
+    /// Kubernetes Events not written because the recorder's queue was full (cluster mode).
+    pub events_dropped: Counter,
     /// Per root IPPrefix: (allocated + excluded) / total, refreshed at every scrape.
     pub root_utilization: Family<RootLabels, Gauge<f64, AtomicU64>>,
     pub root_children: Family<RootLabels, Gauge>,
@@ -67,6 +69,7 @@ impl Metrics {
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let fsync_seconds = latency_histogram();
         let fsync_failures = Counter::default();
+        let events_dropped = Counter::default();
         let root_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
         let root_children = Family::<RootLabels, Gauge>::default();
         registry.register(
@@ -110,6 +113,11 @@ impl Metrics {
             fsync_failures.clone(),
         );
         registry.register(
+            "events_dropped",
+            "Kubernetes Events on claims dropped because the recorder's queue was full",
+            events_dropped.clone(),
+        );
+        registry.register(
             "root_prefix_utilization_ratio",
             "(allocated + excluded) / total addresses of each root IPPrefix",
             root_utilization.clone(),
@@ -129,6 +137,7 @@ impl Metrics {
             commit_batch,
             fsync_seconds,
             fsync_failures,
+            events_dropped,
             root_utilization,
             root_children,
         }

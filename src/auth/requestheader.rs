@@ -32,7 +32,7 @@ impl RequestHeaderAuthenticator {
             return Verdict::NotApplicable;
         };
         // A certificate from another CA is not a front-proxy request; the next method judges it.
-        let Ok(proxy) = self.proxy_ca.verify(&certs.0) else {
+        let Ok(proxy) = self.proxy_ca.verify_cached(&certs.0) else {
             return Verdict::NotApplicable;
         };
         if !self.allowed_names.is_empty() && !self.allowed_names.contains(&proxy.username) {

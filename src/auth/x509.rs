@@ -151,7 +151,7 @@ impl ClientCertAuthenticator {
     }
 
     /// [`Self::verify`], remembering a success for [`VERIFIED_TTL`].
-    fn verify_cached(&self, chain: &[CertificateDer<'_>]) -> Result<UserInfo, String> {
+    pub(super) fn verify_cached(&self, chain: &[CertificateDer<'_>]) -> Result<UserInfo, String> {
         use sha2::Digest;
         let mut hasher = sha2::Sha256::new();
         for cert in chain {
