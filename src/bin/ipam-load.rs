@@ -6,6 +6,7 @@
 //! ipam-load --data-dir DIR --mode create --clients 64 --count 100000
 //! ipam-load --data-dir DIR --mode mixed  --clients 16 --duration 20
 //! ipam-load --data-dir DIR --mode list   --clients 8  --duration 10
+//! ipam-load --data-dir DIR --mode get    --clients 64 --duration 10
 //! ipam-load --data-dir DIR --mode watch  --watchers 100 --clients 16 --count 10000
 //! ```
 //!
@@ -36,6 +37,9 @@ enum Mode {
     Mixed,
     /// Paged lists of claims in the namespace.
     List,
+    /// GETs of the parent IPPrefix: the cost of a request without a write (HTTPS, auth,
+    /// routing, encoding), the floor under every create.
+    Get,
     /// `--watchers` watches on all claims while `--clients` create; checks every watcher saw
     /// every ADDED event in resourceVersion order.
     Watch,
@@ -297,7 +301,12 @@ async fn client(mut conn: Conn, ctx: ClientCtx) -> Result<(), Error> {
         seq += 1;
         let delete = ctx.mode == Mode::Mixed && seq % 2 == 0 && !live.is_empty();
         let t0 = Instant::now();
-        let (result, expect) = if ctx.mode == Mode::List {
+        let (result, expect) = if ctx.mode == Mode::Get {
+            let r = conn
+                .request("GET", &format!("{GV}/ipprefixes/{}", ctx.parent), None)
+                .await;
+            (r, 200)
+        } else if ctx.mode == Mode::List {
             let r = conn
                 .request("GET", &format!("{base}?limit={}", ctx.page), None)
                 .await;
