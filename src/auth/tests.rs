@@ -28,7 +28,20 @@ impl TestCa {
     }
 
     fn client(&self, cn: &str, orgs: &[&str]) -> CertificateDer<'static> {
+        self.client_until(cn, orgs, None)
+    }
+
+    /// A client certificate, valid until `not_after` when given.
+    fn client_until(
+        &self,
+        cn: &str,
+        orgs: &[&str],
+        not_after: Option<std::time::SystemTime>,
+    ) -> CertificateDer<'static> {
         let mut p = CertificateParams::default();
+        if let Some(t) = not_after {
+            p.not_after = t.into();
+        }
         p.distinguished_name = rcgen::DistinguishedName::new();
         if !cn.is_empty() {
             p.distinguished_name.push(DnType::CommonName, cn);
@@ -100,6 +113,20 @@ async fn cert_from_our_ca_names_user_and_groups_plus_authenticated() {
     let (status, body) = call(ca.authenticator(), "/whoami", Some(cert)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "alice|devs,system:authenticated");
+}
+
+#[tokio::test]
+async fn a_verified_certificate_is_not_remembered_past_its_expiry() {
+    let ca = TestCa::new("ca");
+    let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    let cert = ca.client_until("alice", &[], Some(expires));
+    let authn = ca.authenticator();
+    let (status, body) = call(authn.clone(), "/whoami", Some(cert.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Verified chains are remembered for seconds; never past the certificate's own expiry.
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let (status, body) = call(authn, "/whoami", Some(cert)).await;
+    assert_unauthorized_status(status, &body);
 }
 
 #[tokio::test]

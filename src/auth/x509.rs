@@ -167,11 +167,13 @@ impl ClientCertAuthenticator {
             }
         }
         let user = self.verify(chain)?;
+        // Never remember a chain past the moment one of its certificates expires.
+        let ttl = time_to_expiry(chain).map_or(VERIFIED_TTL, |left| left.min(VERIFIED_TTL));
         let mut cache = lock();
         if cache.len() >= VERIFIED_MAX {
             cache.clear();
         }
-        cache.insert(key, (user.clone(), now + VERIFIED_TTL));
+        cache.insert(key, (user.clone(), now + ttl));
         Ok(user)
     }
 
@@ -185,6 +187,27 @@ impl ClientCertAuthenticator {
             .map_err(|e| format!("client certificate not accepted: {e}"))?;
         user_from_certificate(leaf)
     }
+}
+
+/// How long until the first certificate of `chain` expires (zero if one already has); `None`
+/// when a certificate cannot be parsed (verification has then failed anyway).
+fn time_to_expiry(chain: &[CertificateDer<'_>]) -> Option<std::time::Duration> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    chain
+        .iter()
+        .map(|der| {
+            let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+            let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+            Some(std::time::Duration::from_secs(
+                not_after.saturating_sub(now),
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()
 }
 
 /// The user a certificate names: CommonName → username, each Organization → a group.
