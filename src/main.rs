@@ -110,6 +110,7 @@ async fn serve_cluster(
         namespaces: NamespaceLifecycle::start(client.clone()),
         events: EventRecorder::start(client),
     });
+    hooks.spawn_release_events(registry.clone());
 
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;

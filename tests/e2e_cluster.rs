@@ -53,6 +53,10 @@ fn cluster_e2e() {
             deleting_a_namespace_releases_nested_claims,
         ),
         (
+            "every_claim_that_goes_gets_a_released_event",
+            every_claim_that_goes_gets_a_released_event,
+        ),
+        (
             "deploy_kustomization_is_accepted_by_kube_apiserver",
             deploy_kustomization_is_accepted_by_kube_apiserver,
         ),
@@ -389,6 +393,72 @@ fn deleting_a_namespace_releases_nested_claims(env: &Envtest) {
         "claim created in a missing namespace"
     );
     assert!(stderr_of(&out).contains("not found"), "{}", stderr_of(&out));
+}
+
+/// A claim can go by a DELETE, by the release of its last child (the `prefix-in-use`
+/// finalizer) and by a deletecollection (what namespace deletion sends); each gets its Released
+/// event with the prefix it held.
+fn every_claim_that_goes_gets_a_released_event(env: &Envtest) {
+    env.apply(&root("root-e", "fd50::/16"));
+    env.apply(&namespace("team-e"));
+    env.apply(&claim("team-e", "pool", "root-e", 48));
+    env.apply(&claim("team-e", "subnet", "team-e.pool", 64));
+    env.apply(&claim("team-e", "solo", "root-e", 48));
+    env.apply(&claim("team-e", "bulk", "root-e", 48));
+
+    // The pool waits for its subnet; deleting the subnet releases both in one commit.
+    env.kubectl_ok(&["delete", "ippc", "pool", "-n", "team-e", "--wait=false"]);
+    env.kubectl_ok(&["delete", "ippc", "subnet", "-n", "team-e"]);
+    env.kubectl_ok(&["delete", "ippc", "solo", "-n", "team-e"]);
+    // DELETE on the collection: a deletecollection, as the namespace controller sends.
+    env.kubectl_ok(&[
+        "delete",
+        "--raw",
+        "/apis/ipam.miloapis.com/v1alpha1/namespaces/team-e/ipprefixclaims",
+    ]);
+    let left = env.kubectl_ok(&["get", "ippc", "-n", "team-e", "-o", "name"]);
+    assert!(left.trim().is_empty(), "claims left: {left}");
+
+    let expected = [
+        ("pool", "fd50::/48"),
+        ("subnet", "fd50::/64"),
+        ("solo", "fd50:0:1::/48"),
+        ("bulk", "fd50:0:2::/48"),
+    ];
+    let released = || -> Vec<(String, String)> {
+        json(env, &["get", "events", "-n", "team-e"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["reason"] == "Released")
+            .map(|e| {
+                (
+                    e["involvedObject"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    env.wait_for("a Released event for each of the four claims", || {
+        expected
+            .iter()
+            .all(|(name, _)| released().iter().any(|(n, _)| n == name))
+    });
+    for (name, prefix) in expected {
+        let events = released();
+        let (_, message) = events
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("released event");
+        assert!(
+            message.contains(&format!("released {prefix}")),
+            "{name}: {message}"
+        );
+    }
+    assert_eq!(allocated(env, "root-e"), "0");
 }
 
 fn deploy_kustomization_is_accepted_by_kube_apiserver(env: &Envtest) {

@@ -9,7 +9,7 @@ use crate::api::{IPPrefix, IPPrefixClaim};
 use crate::auth::authz::{Attributes, Authorizer, Decision};
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{ListOptions, Registry};
+use crate::registry::{ListOptions, Registry, WatchEvent, WatchOptions};
 use events::{EventRecorder, EventType};
 use kube::core::Selector;
 use namespaces::NamespaceLifecycle;
@@ -135,23 +135,53 @@ impl Cluster {
         }
     }
 
-    /// The Released event when a claim is removed (not when it only gains a deletionTimestamp).
-    pub fn deleted<K: Any>(&self, obj: &K, gone: bool, dry_run: bool) {
-        if !gone || dry_run {
-            return;
-        }
-        let Some(claim) = (obj as &dyn Any).downcast_ref::<IPPrefixClaim>() else {
-            return;
-        };
-        let status = claim.status.clone().unwrap_or_default();
-        let prefix = status.prefix.unwrap_or_default();
-        let retained = claim.spec.reclaim_policy.as_deref() == Some("Retain");
-        let message = if retained {
-            format!("released {prefix}; its ipprefix is retained (reclaimPolicy Retain)")
-        } else {
-            format!("released {prefix}; the block is free again")
-        };
-        self.events
-            .record(claim, EventType::Normal, "Released", message);
+    /// Start writing the Released event of every claim that leaves the store, however it
+    /// left: a DELETE, a deletecollection (namespace deletion), the release of its last child
+    /// (the `prefix-in-use` finalizer) or the removal of a user's finalizer. Driven by the
+    /// store's durable event stream, like a controller, so no delete path can skip it.
+    pub fn spawn_release_events(&self, registry: Registry) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                let opts = WatchOptions {
+                    resource_version: Some(registry.store().revision().to_string()),
+                    ..Default::default()
+                };
+                let mut watch = match registry.watch::<IPPrefixClaim>(None, opts) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!("cannot watch claims for Released events: {e}");
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    match watch.next().await {
+                        // The store closed: the server is shutting down.
+                        None => return,
+                        Some(WatchEvent::Deleted(claim)) => record_released(&events, &claim),
+                        Some(WatchEvent::Error(e)) => {
+                            // Fell behind the retained history: some Released events are lost
+                            // (Events are best-effort); carry on from now.
+                            tracing::warn!("Released events skipped: {e}");
+                            break;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        });
     }
+}
+
+fn record_released(events: &EventRecorder, claim: &IPPrefixClaim) {
+    let status = claim.status.clone().unwrap_or_default();
+    let prefix = status.prefix.unwrap_or_default();
+    let retained = claim.spec.reclaim_policy.as_deref() == Some("Retain");
+    let message = if retained {
+        format!("released {prefix}; its ipprefix is retained (reclaimPolicy Retain)")
+    } else {
+        format!("released {prefix}; the block is free again")
+    };
+    events.record(claim, EventType::Normal, "Released", message);
 }

@@ -293,9 +293,6 @@ pub async fn delete<K: Served>(
         .registry
         .delete::<K>(namespace_of(&path), name_of(&path), &opts)
         .await?;
-    if let Some(cluster) = &app.cluster {
-        cluster.deleted(&obj, gone, opts.dry_run);
-    }
     // 200 when removed, 202 when it waits for finalizers, as kube-apiserver answers.
     let code = if gone || opts.dry_run {
         StatusCode::OK
