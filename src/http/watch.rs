@@ -104,16 +104,40 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
             }
             (
                 "BOOKMARK",
-                json!({ "apiVersion": K::api_version(&()), "kind": K::KIND, "metadata": metadata }),
+                to_bytes(
+                    &json!({ "apiVersion": K::api_version(&()), "kind": K::KIND, "metadata": metadata }),
+                ),
             )
         }
-        WatchEvent::Error(e) => ("ERROR", status_json(&e.to_status())),
+        WatchEvent::Error(e) => ("ERROR", to_bytes(&status_json(&e.to_status()))),
     };
-    let mut line = json!({ "type": kind, "object": object }).to_string();
-    line.push('\n');
+    // {"type":"ADDED","object":{...}}\n, assembled from the (possibly shared) object bytes.
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(&object);
+    line.extend_from_slice(b"}\n");
     Some(Bytes::from(line))
 }
 
-fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Value {
-    object_value(obj, s.repr, s.include).unwrap_or_else(|e: ApiError| status_json(&e.to_status()))
+/// The object in the watcher's representation. A full object in JSON is the same for every
+/// watcher of the event, so it is encoded once and shared through the store event.
+fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
+    let fresh = || {
+        to_bytes(
+            &object_value(obj, s.repr, s.include)
+                .unwrap_or_else(|e: ApiError| status_json(&e.to_status())),
+        )
+    };
+    match (s.repr, s.watch.current_event()) {
+        (Representation::Object { yaml: false }, Some(event)) => {
+            event.encoded.get_or_init(fresh).clone()
+        }
+        _ => fresh(),
+    }
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    Bytes::from(v.to_string())
 }

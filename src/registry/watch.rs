@@ -33,6 +33,8 @@ pub enum WatchEvent<K> {
 }
 
 pub struct Watch<K> {
+    /// The store event behind the object `next` returned last (`None` for the initial objects).
+    current: Option<std::sync::Arc<crate::store::StoreEvent>>,
     initial: VecDeque<K>,
     initial_end_bookmark: Option<Revision>,
     rx: WatchReceiver,
@@ -82,6 +84,7 @@ impl Registry {
         let initial_end_bookmark =
             (opts.send_initial_events && opts.allow_bookmarks).then_some(start);
         Ok(Watch {
+            current: None,
             initial,
             initial_end_bookmark,
             rx,
@@ -103,6 +106,7 @@ fn parse_rv(rv: &str) -> ApiResult<Revision> {
 impl<K: Kind> Watch<K> {
     /// The next event for this watcher; `None` when the stream ended.
     pub async fn next(&mut self) -> Option<WatchEvent<K>> {
+        self.current = None;
         if self.done {
             return None;
         }
@@ -137,6 +141,7 @@ impl<K: Kind> Watch<K> {
                 }
             };
             let now_matches = matches_list(&obj, &self.list);
+            self.current = Some(ev.clone());
             // Only a filtered watch needs the previous state: an object that moved out of the
             // selection is DELETED for this watcher, one that moved in is ADDED.
             let was_matching = match (&ev.previous, self.filtered()) {
@@ -157,6 +162,12 @@ impl<K: Kind> Watch<K> {
                 EventType::Deleted => WatchEvent::Deleted(obj),
             });
         }
+    }
+
+    /// The store event behind the object `next` returned last, for sharing its encoding with
+    /// other watchers; `None` for the initial objects and non-object events.
+    pub fn current_event(&self) -> Option<&crate::store::StoreEvent> {
+        self.current.as_deref()
     }
 
     fn filtered(&self) -> bool {

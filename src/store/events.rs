@@ -31,6 +31,21 @@ pub struct StoreEvent {
     /// For `Modified`: the value before, so a watch with a selector can tell an object that
     /// stopped (or started) matching, as Kubernetes reports with DELETED (ADDED).
     pub previous: Option<Bytes>,
+    /// The object as the API serves it in JSON, encoded by the first watcher that sends it and
+    /// shared by every other (kube-apiserver's watch cache keeps the same per-event
+    /// serialization): with N watchers an event is encoded once, not N times. Opaque here.
+    pub encoded: std::sync::OnceLock<Bytes>,
+}
+
+impl StoreEvent {
+    pub fn new(event_type: EventType, object: Versioned, previous: Option<Bytes>) -> Self {
+        StoreEvent {
+            event_type,
+            object,
+            previous,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// The last `capacity` durable events, and a broadcast of new ones. Publishing and subscribing

@@ -316,11 +316,7 @@ impl Store for SledStore {
                     };
                     written.insert(key, Some(object.clone()));
                     let previous = current.map(|c| c.value);
-                    events.push(StoreEvent {
-                        event_type,
-                        object,
-                        previous,
-                    });
+                    events.push(StoreEvent::new(event_type, object, previous));
                 }
                 Op::Delete { .. } => {
                     let Some(prev) = current else {
@@ -332,15 +328,15 @@ impl Store for SledStore {
                     };
                     batch.remove(object_key(&key));
                     written.insert(key.clone(), None);
-                    events.push(StoreEvent {
-                        event_type: EventType::Deleted,
-                        object: Versioned {
+                    events.push(StoreEvent::new(
+                        EventType::Deleted,
+                        Versioned {
                             key,
                             revision,
                             value: prev.value,
                         },
-                        previous: None,
-                    });
+                        None,
+                    ));
                 }
             }
         }
