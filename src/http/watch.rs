@@ -47,7 +47,10 @@ pub fn watch_response<K: Served>(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let watch = app.registry.watch::<K>(namespace, opts)?;
+    let mut watch = app.registry.watch::<K>(namespace, opts)?;
+    if repr == (Representation::Object { yaml: false }) {
+        watch.share_encoded();
+    }
     let state = WatchStream {
         watch,
         repr,
@@ -110,6 +113,13 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
             )
         }
         WatchEvent::Error(e) => ("ERROR", to_bytes(&status_json(&e.to_status()))),
+        WatchEvent::Encoded(event_type) => (
+            event_type.as_str(),
+            s.watch
+                .current_event()
+                .and_then(|e| e.encoded.get().cloned())
+                .unwrap_or_default(),
+        ),
     };
     // {"type":"ADDED","object":{...}}\n, assembled from the (possibly shared) object bytes.
     let mut line = Vec::with_capacity(object.len() + 32);

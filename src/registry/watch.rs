@@ -30,11 +30,17 @@ pub enum WatchEvent<K> {
     },
     /// The watch cannot go on (the client fell behind the retained history): 410 Expired.
     Error(ApiError),
+    /// The object is the shared JSON encoding of [`Watch::current_event`], already made by
+    /// another watcher; only for watches that asked with [`Watch::share_encoded`].
+    Encoded(EventType),
 }
 
 pub struct Watch<K> {
     /// The store event behind the object `next` returned last (`None` for the initial objects).
     current: Option<std::sync::Arc<crate::store::StoreEvent>>,
+    /// The consumer sends full objects in JSON: an event another watcher already encoded need
+    /// not be decoded again (when no selector has to look at it).
+    share_encoded: bool,
     initial: VecDeque<K>,
     initial_end_bookmark: Option<Revision>,
     rx: WatchReceiver,
@@ -85,6 +91,7 @@ impl Registry {
             (opts.send_initial_events && opts.allow_bookmarks).then_some(start);
         Ok(Watch {
             current: None,
+            share_encoded: false,
             initial,
             initial_end_bookmark,
             rx,
@@ -133,6 +140,11 @@ impl<K: Kind> Watch<K> {
             if !self.range.contains(&ev.object.key) {
                 continue;
             }
+            if self.share_encoded && !self.filtered() && ev.encoded.get().is_some() {
+                let event_type = ev.event_type;
+                self.current = Some(ev);
+                return Some(WatchEvent::Encoded(event_type));
+            }
             let obj: K = match codec::decode_stored(&ev.object.value, ev.object.revision) {
                 Ok(o) => o,
                 Err(e) => {
@@ -162,6 +174,13 @@ impl<K: Kind> Watch<K> {
                 EventType::Deleted => WatchEvent::Deleted(obj),
             });
         }
+    }
+
+    /// The consumer sends full objects in JSON and reads them from
+    /// [`StoreEvent::encoded`](crate::store::StoreEvent) when set: `next` may then answer
+    /// [`WatchEvent::Encoded`] instead of decoding.
+    pub fn share_encoded(&mut self) {
+        self.share_encoded = true;
     }
 
     /// The store event behind the object `next` returned last, for sharing its encoding with
