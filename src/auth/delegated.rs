@@ -4,7 +4,8 @@
 //!
 //! The CAs, allowed names and header names come from the flags when given, else from the
 //! ConfigMap `kube-system/extension-apiserver-authentication` that kube-apiserver maintains;
-//! the ConfigMap is watched and the settings replaced as it changes (CA rotation).
+//! the ConfigMap is watched and the CA files given by flags are re-read every
+//! [`CA_FILE_RELOAD_INTERVAL`], and the settings replaced as either changes (CA rotation).
 use super::requestheader::RequestHeaderAuthenticator;
 use super::tokenreview::TokenReviewAuthenticator;
 use super::x509::ClientCertAuthenticator;
@@ -23,6 +24,8 @@ use std::sync::Arc;
 
 pub const AUTH_CONFIGMAP_NAMESPACE: &str = "kube-system";
 pub const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
+/// How often CA files given by flags are compared with what is in use.
+pub const CA_FILE_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The settings as the flags give them, files already read.
 #[derive(Debug, Clone, Default)]
@@ -46,10 +49,19 @@ impl Flags {
     }
 }
 
+/// The CA files named by flags, re-read while the server runs.
+#[derive(Debug, Clone, Default)]
+struct CaFiles {
+    client_ca: Option<std::path::PathBuf>,
+    requestheader_ca: Option<std::path::PathBuf>,
+}
+
 /// What the authenticator's reloadable parts are built from.
 #[derive(Clone)]
-struct Sources {
-    flags: Flags,
+pub(super) struct Sources {
+    files: CaFiles,
+    /// The flags (CA files as last read) and the ConfigMap data last applied: either may change.
+    inputs: Arc<std::sync::Mutex<(Flags, BTreeMap<String, String>)>>,
     client_ca: Reloadable<ClientCertAuthenticator>,
     requestheader: Reloadable<RequestHeaderAuthenticator>,
 }
@@ -62,21 +74,11 @@ pub async fn authenticator(
     config: &ClusterConfig,
     authn_client: kube::Client,
 ) -> Result<Arc<Authenticator>, String> {
-    let rh = &config.requestheader;
-    let flags = Flags {
-        client_ca_pem: config.client_ca_file.as_deref().map(read).transpose()?,
-        requestheader_ca_pem: rh.client_ca_file.as_deref().map(read).transpose()?,
-        allowed_names: rh.allowed_names.clone(),
-        username_headers: rh.username_headers.clone(),
-        group_headers: rh.group_headers.clone(),
-        extra_headers_prefix: rh.extra_headers_prefix.clone(),
-    };
-    let sources = Sources {
-        flags,
-        client_ca: Reloadable::default(),
-        requestheader: Reloadable::default(),
-    };
-    if sources.flags.complete() {
+    let sources = Sources::from_flags(config)?;
+    if sources.files.client_ca.is_some() || sources.files.requestheader_ca.is_some() {
+        tokio::spawn(sources.clone().follow_ca_files());
+    }
+    if sources.flags_complete() {
         sources.apply(&BTreeMap::new())?;
     } else {
         let api: Api<ConfigMap> = Api::namespaced(authn_client.clone(), AUTH_CONFIGMAP_NAMESPACE);
@@ -99,9 +101,95 @@ pub async fn authenticator(
 }
 
 impl Sources {
+    /// The sources as the flags give them, CA files read now.
+    pub(super) fn from_flags(config: &ClusterConfig) -> Result<Sources, String> {
+        let rh = &config.requestheader;
+        let files = CaFiles {
+            client_ca: config.client_ca_file.clone(),
+            requestheader_ca: rh.client_ca_file.clone(),
+        };
+        let flags = Flags {
+            client_ca_pem: files.client_ca.as_deref().map(read).transpose()?,
+            requestheader_ca_pem: files.requestheader_ca.as_deref().map(read).transpose()?,
+            allowed_names: rh.allowed_names.clone(),
+            username_headers: rh.username_headers.clone(),
+            group_headers: rh.group_headers.clone(),
+            extra_headers_prefix: rh.extra_headers_prefix.clone(),
+        };
+        Ok(Sources {
+            files,
+            inputs: Arc::new(std::sync::Mutex::new((flags, BTreeMap::new()))),
+            client_ca: Reloadable::default(),
+            requestheader: Reloadable::default(),
+        })
+    }
+
+    fn inputs(&self) -> std::sync::MutexGuard<'_, (Flags, BTreeMap<String, String>)> {
+        self.inputs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flags_complete(&self) -> bool {
+        self.inputs().0.complete()
+    }
+
+    /// The client-CA authenticator in use (`None` until one is known).
+    #[cfg(test)]
+    pub(super) fn client_ca(&self) -> Option<Arc<ClientCertAuthenticator>> {
+        self.client_ca.get()
+    }
+
+    /// Re-read the CA files; when one changed, rebuild the settings with it and the last
+    /// ConfigMap data. `Ok(true)` when something changed. A file that does not read or parse
+    /// (half-written during rotation) is an error and the settings in use stay.
+    pub(super) fn reload_ca_files(&self) -> Result<bool, String> {
+        let client_ca_pem = self.files.client_ca.as_deref().map(read).transpose()?;
+        let requestheader_ca_pem = self
+            .files
+            .requestheader_ca
+            .as_deref()
+            .map(read)
+            .transpose()?;
+        // Held while building, so a ConfigMap update cannot interleave with a file change.
+        let mut inputs = self.inputs();
+        if inputs.0.client_ca_pem == client_ca_pem
+            && inputs.0.requestheader_ca_pem == requestheader_ca_pem
+        {
+            return Ok(false);
+        }
+        let flags = Flags {
+            client_ca_pem,
+            requestheader_ca_pem,
+            ..inputs.0.clone()
+        };
+        self.build(&flags, &inputs.1)?;
+        inputs.0 = flags;
+        Ok(true)
+    }
+
+    /// Follow the CA files for the life of the process.
+    async fn follow_ca_files(self) {
+        let mut tick = tokio::time::interval(CA_FILE_RELOAD_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.reload_ca_files() {
+                Ok(true) => tracing::info!("client CA files reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("client CA files not reloaded: {e}"),
+            }
+        }
+    }
+
     /// Replace the settings from the ConfigMap's `data` (flags win).
-    fn apply(&self, data: &BTreeMap<String, String>) -> Result<(), String> {
-        let f = &self.flags;
+    pub(super) fn apply(&self, data: &BTreeMap<String, String>) -> Result<(), String> {
+        let mut inputs = self.inputs();
+        self.build(&inputs.0, data)?;
+        inputs.1 = data.clone();
+        Ok(())
+    }
+
+    /// Build and install the authenticators from `f` and `data`; nothing changes on an error.
+    fn build(&self, f: &Flags, data: &BTreeMap<String, String>) -> Result<(), String> {
         let client_ca_pem = f
             .client_ca_pem
             .clone()

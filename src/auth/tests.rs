@@ -274,3 +274,37 @@ async fn nothing_is_accepted_until_settings_are_loaded() {
         assert_unauthorized_status(status, &body);
     }
 }
+
+#[test]
+fn a_rotated_client_ca_file_is_picked_up_and_the_old_ca_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("client-ca.crt");
+    let (old_ca, new_ca) = (TestCa::new("old-ca"), TestCa::new("new-ca"));
+    std::fs::write(&ca_file, old_ca.cert.pem()).unwrap();
+    let config = crate::options::ClusterConfig {
+        tls_cert_file: "unused.crt".into(),
+        tls_private_key_file: "unused.key".into(),
+        client_ca_file: Some(ca_file.clone()),
+        requestheader: Default::default(),
+        kubeconfig: None,
+        authentication_kubeconfig: None,
+        authorization_kubeconfig: None,
+    };
+    let sources = delegated::Sources::from_flags(&config).unwrap();
+    sources.apply(&Default::default()).unwrap();
+    let verifies = |ca: &TestCa| {
+        let cert = ca.client("alice", &[]);
+        sources.client_ca().unwrap().verify(&[cert]).is_ok()
+    };
+    assert!(verifies(&old_ca) && !verifies(&new_ca));
+    assert!(!sources.reload_ca_files().unwrap(), "nothing changed yet");
+
+    // Half-written during rotation: an error, and the CA in use stays.
+    std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    assert!(sources.reload_ca_files().is_err());
+    assert!(verifies(&old_ca));
+
+    std::fs::write(&ca_file, new_ca.cert.pem()).unwrap();
+    assert!(sources.reload_ca_files().unwrap());
+    assert!(verifies(&new_ca) && !verifies(&old_ca));
+}
