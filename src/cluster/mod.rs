@@ -1,6 +1,7 @@
 //! What cluster mode adds to the request path, beyond authentication: the `use` check on claim
 //! parents, NamespaceLifecycle, and Events on claims. The HTTP layer holds an
-//! `Option<Arc<Cluster>>` (`None` in standalone mode) and calls the hooks here.
+//! `Option<Arc<Cluster>>` (`None` in standalone mode) and calls the hooks here; `Released`
+//! events come from a background task following the store's event stream instead.
 pub mod events;
 pub mod namespaces;
 pub mod tls;
