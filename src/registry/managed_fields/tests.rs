@@ -11,6 +11,55 @@ fn updater(name: &str) -> FieldManager {
     FieldManager::update(Some(name), None).unwrap()
 }
 
+/// Server-side apply of `config` to the main resource by `manager`, expected to succeed.
+fn applied(
+    live: &Value,
+    managed: Vec<ManagedFieldsEntry>,
+    config: &Value,
+    manager: &str,
+) -> Applied {
+    match apply(
+        live,
+        managed,
+        config,
+        &applier(manager, false),
+        Scope::Main,
+        AV,
+    ) {
+        Ok(a) => a,
+        Err(conflicts) => panic!("apply by {manager} conflicted: {conflicts:?}"),
+    }
+}
+
+/// Server-side apply expected to conflict; the conflicts.
+fn conflicts_of(
+    live: &Value,
+    managed: Vec<ManagedFieldsEntry>,
+    config: &Value,
+    manager: &str,
+) -> Vec<Conflict> {
+    apply(
+        live,
+        managed,
+        config,
+        &applier(manager, false),
+        Scope::Main,
+        AV,
+    )
+    .err()
+    .expect("apply should conflict")
+}
+
+/// An update of the main resource from `old` to `new` by `manager`: the managedFields after it.
+fn updated(
+    managed: Vec<ManagedFieldsEntry>,
+    old: &Value,
+    new: &Value,
+    manager: &str,
+) -> Vec<ManagedFieldsEntry> {
+    record_update(managed, Some(old), new, &updater(manager), Scope::Main, AV)
+}
+
 fn claim(policy: &str) -> Value {
     json!({
         "apiVersion": AV, "kind": "IPPrefixClaim",
@@ -47,39 +96,12 @@ fn field_sets_use_fieldsv1_elements_and_skip_server_metadata() {
 
 #[test]
 fn apply_conflicts_with_another_manager_on_a_different_value_unless_forced() {
-    let a = apply(
-        &json!({}),
-        vec![],
-        &claim("Delete"),
-        &applier("a", false),
-        Scope::Main,
-        AV,
-    )
-    .ok()
-    .unwrap();
+    let a = applied(&json!({}), vec![], &claim("Delete"), "a");
     let live = a.object.clone();
     // The same value is shared ownership, not a conflict.
-    let shared = apply(
-        &live,
-        a.managed_fields.clone(),
-        &claim("Delete"),
-        &applier("b", false),
-        Scope::Main,
-        AV,
-    )
-    .ok()
-    .unwrap();
+    let shared = applied(&live, a.managed_fields.clone(), &claim("Delete"), "b");
     assert_eq!(shared.managed_fields.len(), 2);
-    let conflicts = apply(
-        &live,
-        a.managed_fields.clone(),
-        &claim("Retain"),
-        &applier("b", false),
-        Scope::Main,
-        AV,
-    )
-    .err()
-    .unwrap();
+    let conflicts = conflicts_of(&live, a.managed_fields.clone(), &claim("Retain"), "b");
     assert_eq!(
         conflicts,
         vec![Conflict {
@@ -87,16 +109,16 @@ fn apply_conflicts_with_another_manager_on_a_different_value_unless_forced() {
             field: ".spec.reclaimPolicy".into()
         }]
     );
-    let forced = apply(
+    let Ok(forced) = apply(
         &live,
         a.managed_fields,
         &claim("Retain"),
         &applier("b", true),
         Scope::Main,
         AV,
-    )
-    .ok()
-    .unwrap();
+    ) else {
+        panic!("a forced apply takes the field over");
+    };
     assert_eq!(forced.object["spec"]["reclaimPolicy"], "Retain");
     let a_set = entry_set(&forced.managed_fields[0]);
     assert!(!a_set.contains(&vec!["f:spec".to_string(), "f:reclaimPolicy".to_string()]));
@@ -104,16 +126,7 @@ fn apply_conflicts_with_another_manager_on_a_different_value_unless_forced() {
 
 #[test]
 fn a_field_dropped_from_the_config_is_removed_only_when_nobody_else_owns_it() {
-    let first = apply(
-        &json!({}),
-        vec![],
-        &claim("Delete"),
-        &applier("a", false),
-        Scope::Main,
-        AV,
-    )
-    .ok()
-    .unwrap();
+    let first = applied(&json!({}), vec![], &claim("Delete"), "a");
     let mut smaller = claim("Delete");
     smaller["metadata"]
         .as_object_mut()
@@ -127,50 +140,18 @@ fn a_field_dropped_from_the_config_is_removed_only_when_nobody_else_owns_it() {
     // the policy goes with a's config; an updater that changed labels keeps them.
     let mut live = first.object.clone();
     live["metadata"]["labels"]["team"] = json!("x");
-    let managed = record_update(
-        first.managed_fields.clone(),
-        Some(&first.object),
-        &live,
-        &updater("u"),
-        Scope::Main,
-        AV,
-    );
-    let out = apply(
-        &live,
-        managed,
-        &smaller,
-        &applier("a", false),
-        Scope::Main,
-        AV,
-    )
-    .ok()
-    .unwrap();
+    let managed = updated(first.managed_fields.clone(), &first.object, &live, "u");
+    let out = applied(&live, managed, &smaller, "a");
     assert!(out.object["spec"].get("reclaimPolicy").is_none());
     assert_eq!(out.object["metadata"]["labels"], json!({"team": "x"}));
 }
 
 #[test]
 fn updates_take_changed_fields_from_their_previous_owner() {
-    let a = apply(
-        &json!({}),
-        vec![],
-        &claim("Delete"),
-        &applier("a", false),
-        Scope::Main,
-        AV,
-    )
-    .ok()
-    .unwrap();
+    let a = applied(&json!({}), vec![], &claim("Delete"), "a");
     let mut new = a.object.clone();
     new["spec"]["reclaimPolicy"] = json!("Retain");
-    let managed = record_update(
-        a.managed_fields,
-        Some(&a.object),
-        &new,
-        &updater("kubectl-edit"),
-        Scope::Main,
-        AV,
-    );
+    let managed = updated(a.managed_fields, &a.object, &new, "kubectl-edit");
     assert_eq!(managed.len(), 2);
     assert_eq!(managed[1].manager.as_deref(), Some("kubectl-edit"));
     assert_eq!(managed[1].operation.as_deref(), Some("Update"));
@@ -179,51 +160,17 @@ fn updates_take_changed_fields_from_their_previous_owner() {
         json!({"f:spec": {"f:reclaimPolicy": {}}})
     );
     // The next apply of the old value by a conflicts with kubectl-edit.
-    let conflicts = apply(
-        &new,
-        managed,
-        &claim("Delete"),
-        &applier("a", false),
-        Scope::Main,
-        AV,
-    )
-    .err()
-    .unwrap();
+    let conflicts = conflicts_of(&new, managed, &claim("Delete"), "a");
     assert_eq!(conflicts[0].manager, "kubectl-edit");
 }
 
 #[test]
 fn an_unchanged_update_or_apply_keeps_the_entry_and_its_time() {
-    let a = apply(
-        &json!({}),
-        vec![],
-        &claim("Delete"),
-        &applier("a", false),
-        Scope::Main,
-        AV,
-    )
-    .ok()
-    .unwrap();
-    let again = apply(
-        &a.object,
-        a.managed_fields.clone(),
-        &claim("Delete"),
-        &applier("a", false),
-        Scope::Main,
-        AV,
-    )
-    .ok()
-    .unwrap();
+    let a = applied(&json!({}), vec![], &claim("Delete"), "a");
+    let again = applied(&a.object, a.managed_fields.clone(), &claim("Delete"), "a");
     assert_eq!(again.managed_fields, a.managed_fields);
     assert_eq!(again.object, a.object);
-    let same = record_update(
-        a.managed_fields.clone(),
-        Some(&a.object),
-        &a.object,
-        &updater("u"),
-        Scope::Main,
-        AV,
-    );
+    let same = updated(a.managed_fields.clone(), &a.object, &a.object, "u");
     assert_eq!(same, a.managed_fields);
 }
 
