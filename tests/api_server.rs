@@ -451,7 +451,19 @@ async fn lists_page_with_limit_and_continue_and_filter_by_selectors() {
         .list(&ListParams::default().fields("metadata.name=p2"))
         .await
         .unwrap();
-    assert_eq!(one.items.len(), 1);
+    assert_eq!(
+        one.items
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect::<Vec<_>>(),
+        ["p2"]
+    );
+    // Cluster-scoped objects have an empty namespace, as in Kubernetes.
+    let all = api
+        .list(&ListParams::default().fields("metadata.namespace="))
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 5);
     let err = api
         .list(&ListParams::default().fields("spec.bogus=1"))
         .await
@@ -460,6 +472,10 @@ async fn lists_page_with_limit_and_continue_and_filter_by_selectors() {
         panic!()
     };
     assert_eq!(status.code, 400);
+    assert_eq!(
+        status.message,
+        "field label not supported: \"spec.bogus\"; supported fields: \"metadata.name\", \"metadata.namespace\", \"spec.parentRef.name\", \"spec.prefix\", \"status.phase\""
+    );
 }
 
 #[tokio::test]

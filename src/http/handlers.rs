@@ -41,7 +41,7 @@ fn list_options<K: Served>(params: &Params) -> ApiResult<ListOptions> {
             .transpose()?,
         field_selector: params
             .get("fieldSelector")
-            .map(|s| parse_field_selector(s, K::FIELD_SELECTORS))
+            .map(|s| parse_field_selector(s, &K::selectable_fields()))
             .transpose()?
             .unwrap_or_default(),
         limit: params

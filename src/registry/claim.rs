@@ -27,18 +27,11 @@ impl Kind for IPPrefixClaim {
     const RESOURCE: &'static str = "ipprefixclaims";
     const KIND: &'static str = "IPPrefixClaim";
     const NAMESPACED: bool = true;
-    const FIELD_SELECTORS: &'static [&'static str] = &[
-        "metadata.name",
-        "metadata.namespace",
-        "spec.parentRef.name",
-        "spec.prefixLength",
-        "status.phase",
-    ];
+    const FIELD_SELECTORS: &'static [&'static str] =
+        &["spec.parentRef.name", "spec.prefixLength", "status.phase"];
 
     fn field_value(&self, field: &str) -> String {
         match field {
-            "metadata.name" => self.metadata.name.clone().unwrap_or_default(),
-            "metadata.namespace" => self.metadata.namespace.clone().unwrap_or_default(),
             "spec.parentRef.name" => self
                 .spec
                 .parent_ref

@@ -706,7 +706,7 @@ pub(super) fn matches_list<K: Kind>(obj: &K, opts: &ListOptions) -> bool {
     opts.label_selector
         .as_ref()
         .is_none_or(|s| selector::matches(s, obj.meta().labels.as_ref()))
-        && selector::fields_match(&opts.field_selector, |f| obj.field_value(f))
+        && selector::fields_match(&opts.field_selector, |f| obj.selectable_field(f))
 }
 
 fn encode_continue(t: &ContinueToken) -> String {

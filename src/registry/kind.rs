@@ -17,6 +17,9 @@ pub enum Removal {
     KeepInUse,
 }
 
+/// Fields every kind can be selected by, as k8s.io/apiserver's generic registry adds them.
+pub const METADATA_FIELD_SELECTORS: [&str; 2] = ["metadata.name", "metadata.namespace"];
+
 pub trait Kind:
     Resource<DynamicType = ()>
     + Serialize
@@ -31,11 +34,29 @@ pub trait Kind:
     const RESOURCE: &'static str;
     const KIND: &'static str;
     const NAMESPACED: bool;
-    /// Fields `fieldSelector` may name.
+    /// Fields `fieldSelector` may name besides [`METADATA_FIELD_SELECTORS`].
     const FIELD_SELECTORS: &'static [&'static str];
 
     /// The value of a field named in `FIELD_SELECTORS`.
     fn field_value(&self, field: &str) -> String;
+
+    /// Every field `fieldSelector` may name: the metadata ones, then the kind's own.
+    fn selectable_fields() -> Vec<&'static str> {
+        METADATA_FIELD_SELECTORS
+            .iter()
+            .chain(Self::FIELD_SELECTORS)
+            .copied()
+            .collect()
+    }
+
+    /// The value of any field in [`Kind::selectable_fields`].
+    fn selectable_field(&self, field: &str) -> String {
+        match field {
+            "metadata.name" => self.meta().name.clone().unwrap_or_default(),
+            "metadata.namespace" => self.meta().namespace.clone().unwrap_or_default(),
+            other => self.field_value(other),
+        }
+    }
 
     fn same_spec(&self, other: &Self) -> bool;
     /// Updates of the main resource keep the stored status.

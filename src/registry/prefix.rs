@@ -14,17 +14,11 @@ impl Kind for IPPrefix {
     const RESOURCE: &'static str = "ipprefixes";
     const KIND: &'static str = "IPPrefix";
     const NAMESPACED: bool = false;
-    const FIELD_SELECTORS: &'static [&'static str] = &[
-        "metadata.name",
-        "metadata.namespace",
-        "spec.parentRef.name",
-        "spec.prefix",
-        "status.phase",
-    ];
+    const FIELD_SELECTORS: &'static [&'static str] =
+        &["spec.parentRef.name", "spec.prefix", "status.phase"];
 
     fn field_value(&self, field: &str) -> String {
         match field {
-            "metadata.name" => self.metadata.name.clone().unwrap_or_default(),
             "spec.parentRef.name" => self
                 .spec
                 .parent_ref
