@@ -132,10 +132,10 @@ impl Sources {
         self.inputs().0.complete()
     }
 
-    /// The client-CA authenticator in use (`None` until one is known).
+    /// The client-CA authenticator, as the request path holds it.
     #[cfg(test)]
-    pub(super) fn client_ca(&self) -> Option<Arc<ClientCertAuthenticator>> {
-        self.client_ca.get()
+    pub(super) fn client_ca(&self) -> Reloadable<ClientCertAuthenticator> {
+        self.client_ca.clone()
     }
 
     /// Re-read the CA files; when one changed, rebuild the settings with it and the last

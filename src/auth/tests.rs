@@ -275,8 +275,8 @@ async fn nothing_is_accepted_until_settings_are_loaded() {
     }
 }
 
-#[test]
-fn a_rotated_client_ca_file_is_picked_up_and_the_old_ca_dropped() {
+#[tokio::test]
+async fn a_rotated_client_ca_file_is_picked_up_and_the_old_ca_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("client-ca.crt");
     let (old_ca, new_ca) = (TestCa::new("old-ca"), TestCa::new("new-ca"));
@@ -292,19 +292,33 @@ fn a_rotated_client_ca_file_is_picked_up_and_the_old_ca_dropped() {
     };
     let sources = delegated::Sources::from_flags(&config).unwrap();
     sources.apply(&Default::default()).unwrap();
-    let verifies = |ca: &TestCa| {
-        let cert = ca.client("alice", &[]);
-        sources.client_ca().unwrap().verify(&[cert]).is_ok()
+    let authn = Arc::new(Authenticator::new(vec![Method::DynamicClientCert(
+        sources.client_ca(),
+    )]));
+    // What a client of each CA gets from the server.
+    let whoami = |ca: &TestCa, user: &str| {
+        let (authn, cert) = (authn.clone(), ca.client(user, &[]));
+        async move { call(authn, "/whoami", Some(cert)).await }
     };
-    assert!(verifies(&old_ca) && !verifies(&new_ca));
+    assert_eq!(
+        whoami(&old_ca, "alice").await,
+        (StatusCode::OK, "alice|system:authenticated".to_string())
+    );
+    let (status, body) = whoami(&new_ca, "bob").await;
+    assert_unauthorized_status(status, &body);
     assert!(!sources.reload_ca_files().unwrap(), "nothing changed yet");
 
     // Half-written during rotation: an error, and the CA in use stays.
     std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\n").unwrap();
     assert!(sources.reload_ca_files().is_err());
-    assert!(verifies(&old_ca));
+    assert_eq!(whoami(&old_ca, "carol").await.0, StatusCode::OK);
 
     std::fs::write(&ca_file, new_ca.cert.pem()).unwrap();
     assert!(sources.reload_ca_files().unwrap());
-    assert!(verifies(&new_ca) && !verifies(&old_ca));
+    assert_eq!(
+        whoami(&new_ca, "dave").await,
+        (StatusCode::OK, "dave|system:authenticated".to_string())
+    );
+    let (status, body) = whoami(&old_ca, "erin").await;
+    assert_unauthorized_status(status, &body);
 }
