@@ -201,13 +201,7 @@ async fn reopen_keeps_objects_and_revision_counter() {
         .await;
         store.close();
     }
-    // sled releases its file lock when the last handle drops; give the flusher a moment.
-    let store = loop {
-        match SledStore::open(dir.path(), 100) {
-            Ok(s) => break s,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    };
+    let store = reopen(dir.path()).await;
     assert_eq!(store.revision(), 2);
     assert_eq!(store.get(&key("b")).unwrap().unwrap().revision, 2);
     assert_eq!(
@@ -249,4 +243,88 @@ async fn foreign_files_are_refused_and_left_untouched() {
         std::fs::read(db.join("db")).unwrap(),
         b"someone else's file"
     );
+}
+
+/// Open a store again once the previous handle's flusher has released the directory (sled
+/// releases its file lock when the last handle drops).
+async fn reopen(dir: &std::path::Path) -> SledStore {
+    loop {
+        match SledStore::open(dir, 100) {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_commit_cut_short_by_a_crash_is_finished_at_open() {
+    use super::sled_store::{encode_commit, encode_value, object_key, KEY_COMMIT};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        commit(
+            &store,
+            vec![
+                put("a", "1", Precondition::Absent),
+                put("gone", "1", Precondition::Absent),
+            ],
+        )
+        .await;
+        store.close();
+    }
+    {
+        // What a crash leaves after commit 3..=5 wrote its record and only its first key.
+        let db = loop {
+            match sled::open(dir.path().join("db")) {
+                Ok(db) => break db,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        let writes = vec![
+            (object_key(&key("b")), Some(encode_value(3, b"new"))),
+            (object_key(&key("a")), Some(encode_value(4, b"2"))),
+            (object_key(&key("gone")), None),
+        ];
+        db.insert(KEY_COMMIT, encode_commit(5, &writes)).unwrap();
+        db.insert(writes[0].0.as_slice(), writes[0].1.clone().unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = reopen(dir.path()).await;
+    assert_eq!(store.revision(), 5);
+    let b = store.get(&key("b")).unwrap().unwrap();
+    assert_eq!((b.revision, b.value.as_ref()), (3, b"new".as_ref()));
+    let a = store.get(&key("a")).unwrap().unwrap();
+    assert_eq!((a.revision, a.value.as_ref()), (4, b"2".as_ref()));
+    assert!(store.get(&key("gone")).unwrap().is_none());
+    assert_eq!(
+        commit(&store, vec![put("c", "1", Precondition::Absent)]).await,
+        vec![6]
+    );
+}
+
+#[tokio::test]
+async fn a_format_1_directory_is_upgraded_in_place() {
+    use super::sled_store::{encode_value, object_key, KEY_FORMAT};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        db.insert(KEY_FORMAT, "ipam-apiserver/1").unwrap();
+        db.insert("m/revision", &7u64.to_be_bytes()).unwrap();
+        db.insert(object_key(&key("a")), encode_value(7, b"old"))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.revision(), 7);
+    let a = store.get(&key("a")).unwrap().unwrap();
+    assert_eq!((a.revision, a.value.as_ref()), (7, b"old".as_ref()));
+    assert_eq!(
+        commit(&store, vec![put("a", "new", Precondition::Revision(7))]).await,
+        vec![8]
+    );
+    store.close();
+    drop(store);
+    let store = reopen(dir.path()).await;
+    assert_eq!(store.revision(), 8);
 }
