@@ -38,7 +38,7 @@ pub async fn serve(State(app): State<AppState>) -> Response {
     let m = global();
     m.root_utilization.clear();
     m.root_children.clear();
-    for root in app.registry.root_usage() {
+    for root in app.registry.root_usage().await {
         let labels = RootLabels {
             name: root.name,
             prefix: root.prefix,

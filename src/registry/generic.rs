@@ -14,7 +14,7 @@ use crate::store::{KeyRange, ObjectKey, Precondition, SledStore, Store, StoreErr
 use base64::Engine;
 use kube::core::Selector;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// A cheap-to-clone handle to the API semantics over one store.
 #[derive(Clone)]
@@ -27,7 +27,7 @@ struct Inner {
     /// Serializes every read-decide-write step (allocation decisions and the commit recording
     /// them). A std mutex: held for microseconds and never across an await; the fsync wait
     /// happens after it is released, so concurrent creates share one flush.
-    state: Mutex<State>,
+    state: tokio::sync::Mutex<State>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl Registry {
         Ok(Registry {
             inner: Arc::new(Inner {
                 store,
-                state: Mutex::new(state),
+                state: tokio::sync::Mutex::new(state),
             }),
         })
     }
@@ -147,10 +147,12 @@ impl Registry {
         &self.inner.store
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic inside a transaction runs its undo log on unwind (Txn's Drop), so the state
-        // is consistent even if the mutex is poisoned.
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// One writer at a time (allocation decisions and their commit are one step). An async
+    /// lock: a request waiting for it yields its worker thread to other requests' parsing,
+    /// encoding and TLS instead of putting the thread to sleep. A panic inside a transaction
+    /// runs its undo log on unwind (Txn's Drop), so the state stays consistent.
+    pub(super) async fn lock(&self) -> tokio::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().await
     }
 
     /// 503 once the store has failed: its memory may hold writes that never reached the disk,
@@ -381,7 +383,7 @@ impl Registry {
         }
         let name = obj.meta().name.clone().unwrap_or_default();
         let commit = {
-            let mut state = self.lock();
+            let mut state = self.lock().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             tx.allowed_parents = allowed_parents;
             if tx.get::<K>(namespace, &name)?.is_some() {
@@ -438,7 +440,7 @@ impl Registry {
             }
         }
         let commit = {
-            let mut state = self.lock();
+            let mut state = self.lock().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             let Some(old) = tx.get::<K>(namespace, name)? else {
                 return Err(ApiError::not_found(K::RESOURCE, name));
@@ -510,7 +512,7 @@ impl Registry {
     ) -> ApiResult<(K, bool)> {
         self.ensure_available()?;
         let (obj, gone, commit) = {
-            let mut state = self.lock();
+            let mut state = self.lock().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             let Some(old) = tx.get::<K>(namespace, name)? else {
                 return Err(ApiError::not_found(K::RESOURCE, name));

@@ -15,11 +15,11 @@ pub struct RootUsage {
 
 impl Registry {
     /// Every root IPPrefix (no parent) with its utilization, from the in-memory indexes.
-    pub fn root_usage(&self) -> Vec<RootUsage> {
+    pub async fn root_usage(&self) -> Vec<RootUsage> {
         // (name, prefix, (utilization, children) when it has a pool)
         type Row = (String, String, Option<(f64, usize)>);
         let roots: Vec<Row> = {
-            let state = self.lock();
+            let state = self.lock().await;
             state
                 .roots
                 .iter()
