@@ -219,6 +219,69 @@ async fn kube_rs_watcher_receives_events() {
     );
 }
 
+/// A metadata informer (the garbage collector's, the quota controller's) watches with
+/// `as=PartialObjectMetadata`: every event's object, bookmarks included, must be one, or client-go
+/// cannot decode it, ends the watch and relists everything.
+#[tokio::test]
+async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_bookmarks() {
+    let server = TestServer::start();
+    let api: Api<IPPrefix> = Api::all(server.client().await);
+    api.create(&PostParams::default(), &root("watched", "10.0.0.0/16"))
+        .await
+        .unwrap();
+    let watch = |accept: &'static str| {
+        let req = http::Request::builder()
+            .uri(format!(
+                "{PREFIXES}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"
+            ))
+            .header(http::header::ACCEPT, accept)
+            .body(Vec::new())
+            .unwrap();
+        let server = &server;
+        async move {
+            let (code, _, body) = server.send(req).await;
+            assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            String::from_utf8(body)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("one JSON event per line"))
+                .map(|e| {
+                    (
+                        e["type"].as_str().unwrap_or_default().to_string(),
+                        e["object"]["kind"].as_str().unwrap_or_default().to_string(),
+                        e["object"]["apiVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let meta = |t: &str| {
+        (
+            t.to_string(),
+            "PartialObjectMetadata".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        )
+    };
+    assert_eq!(
+        watch("application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json").await,
+        vec![meta("ADDED"), meta("BOOKMARK")]
+    );
+    let full = |t: &str| {
+        (
+            t.to_string(),
+            "IPPrefix".to_string(),
+            "ipam.miloapis.com/v1alpha1".to_string(),
+        )
+    };
+    assert_eq!(
+        watch("application/json").await,
+        vec![full("ADDED"), full("BOOKMARK")]
+    );
+}
+
 fn status_of(body: &[u8]) -> Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|_| panic!("not a Status: {}", String::from_utf8_lossy(body)))

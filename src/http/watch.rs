@@ -100,18 +100,10 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
         WatchEvent::Bookmark {
             resource_version,
             initial_events_end,
-        } => {
-            let mut metadata = json!({ "resourceVersion": resource_version });
-            if initial_events_end {
-                metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
-            }
-            (
-                "BOOKMARK",
-                to_bytes(
-                    &json!({ "apiVersion": K::api_version(&()), "kind": K::KIND, "metadata": metadata }),
-                ),
-            )
-        }
+        } => (
+            "BOOKMARK",
+            to_bytes(&bookmark::<K>(s.repr, resource_version, initial_events_end)),
+        ),
         WatchEvent::Error(e) => ("ERROR", to_bytes(&status_json(&e.to_status()))),
         WatchEvent::Encoded(event_type) => (
             event_type.as_str(),
@@ -145,6 +137,39 @@ fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
             event.encoded.get_or_init(fresh).clone()
         }
         _ => fresh(),
+    }
+}
+
+/// A bookmark's object, in the watcher's representation like every other event's: a metadata
+/// informer (the garbage collector's, the quota controller's) cannot decode an object of the
+/// resource's own kind and would end its watch and relist at every bookmark.
+fn bookmark<K: Served>(
+    repr: Representation,
+    resource_version: String,
+    initial_events_end: bool,
+) -> Value {
+    let mut metadata = json!({ "resourceVersion": resource_version });
+    if initial_events_end {
+        metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
+    }
+    let meta_version = |beta| {
+        if beta {
+            "meta.k8s.io/v1beta1"
+        } else {
+            "meta.k8s.io/v1"
+        }
+    };
+    match repr {
+        Representation::PartialObjectMetadata { beta } => json!({
+            "apiVersion": meta_version(beta), "kind": "PartialObjectMetadata", "metadata": metadata,
+        }),
+        Representation::Table { beta } => json!({
+            "apiVersion": meta_version(beta), "kind": "Table", "metadata": metadata,
+            "columnDefinitions": [], "rows": [],
+        }),
+        Representation::Object { .. } | Representation::Discovery { .. } => json!({
+            "apiVersion": K::api_version(&()), "kind": K::KIND, "metadata": metadata,
+        }),
     }
 }
 
