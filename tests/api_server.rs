@@ -280,6 +280,70 @@ async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_
         watch("application/json").await,
         vec![full("ADDED"), full("BOOKMARK")]
     );
+
+    // Live events are encoded once per representation and shared: watchers of each kind
+    // running at once must each get their own representation of the same change.
+    let live = |accept: &'static str| {
+        let req = http::Request::builder()
+            .uri(format!("{PREFIXES}?watch=true&timeoutSeconds=2"))
+            .header(http::header::ACCEPT, accept)
+            .body(Vec::new())
+            .unwrap();
+        let server = &server;
+        async move {
+            let (_, _, body) = server.send(req).await;
+            String::from_utf8(body)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .map(|e| {
+                    (
+                        e["type"].as_str().unwrap_or_default().to_string(),
+                        e["object"]["kind"].as_str().unwrap_or_default().to_string(),
+                        e["object"]["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        e["object"]["spec"]["prefix"].as_str().map(str::to_string),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let metadata = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let create = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        api.create(&PostParams::default(), &root("later", "10.1.0.0/16"))
+            .await
+            .unwrap();
+    };
+    let (m1, f1, m2, f2, ()) = tokio::join!(
+        live(metadata),
+        live("application/json"),
+        live(metadata),
+        live("application/json"),
+        create
+    );
+    // Without a resourceVersion a watch starts with the existing objects, then the change.
+    let meta_event: Vec<_> = ["watched", "later"]
+        .map(|name| {
+            let kind = "PartialObjectMetadata".to_string();
+            ("ADDED".to_string(), kind, name.to_string(), None)
+        })
+        .into();
+    let full_event: Vec<_> = [("watched", "10.0.0.0/16"), ("later", "10.1.0.0/16")]
+        .map(|(name, prefix)| {
+            let kind = "IPPrefix".to_string();
+            (
+                "ADDED".to_string(),
+                kind,
+                name.to_string(),
+                Some(prefix.to_string()),
+            )
+        })
+        .into();
+    assert_eq!((m1, m2), (meta_event.clone(), meta_event));
+    assert_eq!((f1, f2), (full_event.clone(), full_event));
 }
 
 fn status_of(body: &[u8]) -> Value {

@@ -48,8 +48,8 @@ pub fn watch_response<K: Served>(
         i
     });
     let mut watch = app.registry.watch::<K>(namespace, opts)?;
-    if repr == (Representation::Object { yaml: false }) {
-        watch.share_encoded();
+    if let Some(slot) = shared_slot(repr) {
+        watch.share_encoded(slot);
     }
     let state = WatchStream {
         watch,
@@ -109,7 +109,8 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
             event_type.as_str(),
             s.watch
                 .current_event()
-                .and_then(|e| e.encoded.get().cloned())
+                .zip(shared_slot(s.repr))
+                .and_then(|(e, slot)| e.encoded.get(slot)?.get().cloned())
                 .unwrap_or_default(),
         ),
     };
@@ -123,8 +124,8 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
     Some(Bytes::from(line))
 }
 
-/// The object in the watcher's representation. A full object in JSON is the same for every
-/// watcher of the event, so it is encoded once and shared through the store event.
+/// The object in the watcher's representation. Representations every such watcher sends
+/// alike are encoded once per event and shared through the store event.
 fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
     let fresh = || {
         to_bytes(
@@ -132,11 +133,23 @@ fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
                 .unwrap_or_else(|e: ApiError| status_json(&e.to_status())),
         )
     };
-    match (s.repr, s.watch.current_event()) {
-        (Representation::Object { yaml: false }, Some(event)) => {
-            event.encoded.get_or_init(fresh).clone()
-        }
-        _ => fresh(),
+    let shared = shared_slot(s.repr)
+        .zip(s.watch.current_event())
+        .and_then(|(slot, event)| event.encoded.get(slot));
+    match shared {
+        Some(cell) => cell.get_or_init(fresh).clone(),
+        None => fresh(),
+    }
+}
+
+/// Which shared encoding of a store event a watcher in `repr` sends: the full object in JSON
+/// (kubectl, informers) or its `meta.k8s.io/v1` PartialObjectMetadata (the garbage collector's
+/// and quota controller's metadata informers). Others are encoded per watcher.
+fn shared_slot(repr: Representation) -> Option<usize> {
+    match repr {
+        Representation::Object { yaml: false } => Some(0),
+        Representation::PartialObjectMetadata { beta: false } => Some(1),
+        _ => None,
     }
 }
 

@@ -30,17 +30,18 @@ pub enum WatchEvent<K> {
     },
     /// The watch cannot go on (the client fell behind the retained history): 410 Expired.
     Error(ApiError),
-    /// The object is the shared JSON encoding of [`Watch::current_event`], already made by
-    /// another watcher; only for watches that asked with [`Watch::share_encoded`].
+    /// The object is in [`Watch::current_event`]'s shared encodings, already made by another
+    /// watcher; only for watches that asked with [`Watch::share_encoded`].
     Encoded(EventType),
 }
 
 pub struct Watch<K> {
     /// The store event behind the object `next` returned last (`None` for the initial objects).
     current: Option<std::sync::Arc<crate::store::StoreEvent>>,
-    /// The consumer sends full objects in JSON: an event another watcher already encoded need
-    /// not be decoded again (when no selector has to look at it).
-    share_encoded: bool,
+    /// The slot of [`StoreEvent::encoded`](crate::store::StoreEvent) this consumer sends: an
+    /// event another watcher already encoded need not be decoded again (when no selector has
+    /// to look at it).
+    share_encoded: Option<usize>,
     initial: VecDeque<K>,
     initial_end_bookmark: Option<Revision>,
     rx: WatchReceiver,
@@ -91,7 +92,7 @@ impl Registry {
             (opts.send_initial_events && opts.allow_bookmarks).then_some(start);
         Ok(Watch {
             current: None,
-            share_encoded: false,
+            share_encoded: None,
             initial,
             initial_end_bookmark,
             rx,
@@ -140,7 +141,8 @@ impl<K: Kind> Watch<K> {
             if !self.range.contains(&ev.object.key) {
                 continue;
             }
-            if self.share_encoded && !self.filtered() && ev.encoded.get().is_some() {
+            let shared = self.share_encoded.and_then(|slot| ev.encoded.get(slot));
+            if shared.is_some_and(|e| e.get().is_some()) && !self.filtered() {
                 let event_type = ev.event_type;
                 self.current = Some(ev);
                 return Some(WatchEvent::Encoded(event_type));
@@ -176,11 +178,11 @@ impl<K: Kind> Watch<K> {
         }
     }
 
-    /// The consumer sends full objects in JSON and reads them from
+    /// The consumer sends what it finds in slot `slot` of
     /// [`StoreEvent::encoded`](crate::store::StoreEvent) when set: `next` may then answer
     /// [`WatchEvent::Encoded`] instead of decoding.
-    pub fn share_encoded(&mut self) {
-        self.share_encoded = true;
+    pub fn share_encoded(&mut self, slot: usize) {
+        self.share_encoded = Some(slot);
     }
 
     /// The store event behind the object `next` returned last, for sharing its encoding with

@@ -22,6 +22,9 @@ impl EventType {
     }
 }
 
+/// How many representations of an event's object can be shared between watchers.
+pub const SHARED_ENCODINGS: usize = 2;
+
 /// One change. For `Deleted`, `object.value` is the last stored state and `object.revision` the
 /// revision of the delete, as Kubernetes reports it.
 #[derive(Clone, Debug)]
@@ -31,10 +34,12 @@ pub struct StoreEvent {
     /// For `Modified`: the value before, so a watch with a selector can tell an object that
     /// stopped (or started) matching, as Kubernetes reports with DELETED (ADDED).
     pub previous: Option<Bytes>,
-    /// The object as the API serves it in JSON, encoded by the first watcher that sends it and
-    /// shared by every other (kube-apiserver's watch cache keeps the same per-event
-    /// serialization): with N watchers an event is encoded once, not N times. Opaque here.
-    pub encoded: std::sync::OnceLock<Bytes>,
+    /// The object as the API serves it, one slot per representation (the full object in JSON,
+    /// its PartialObjectMetadata, ...; the slots are the HTTP layer's to assign), encoded by
+    /// the first watcher that sends it and shared by every other (kube-apiserver's watch cache
+    /// keeps the same per-event serialization): with N watchers an event is encoded once, not N
+    /// times. Opaque here.
+    pub encoded: [std::sync::OnceLock<Bytes>; SHARED_ENCODINGS],
 }
 
 impl StoreEvent {
@@ -43,7 +48,7 @@ impl StoreEvent {
             event_type,
             object,
             previous,
-            encoded: std::sync::OnceLock::new(),
+            encoded: Default::default(),
         }
     }
 }
