@@ -30,6 +30,12 @@ const OBJECT_PREFIX: &[u8] = b"o/";
 /// sled's page cache. Its default (1 GiB) alone would break the memory budget with 10^6 claims
 /// resident; the hot pages (parents, recent writes) fit easily in this.
 const CACHE_CAPACITY: u64 = 256 * 1024 * 1024;
+/// How often sled's own background thread runs (default 500 ms). Besides a flush, each run
+/// spends up to half the interval moving live data out of mostly-dead log segments so they can
+/// be reused; at the default it fell behind the create rate: 8.1 GB of log for 1.2 M claims and
+/// 15 s for the first open after the load. At 20 ms, 10^6 claims left 5.5 GB and opened in
+/// 4.8 s, at the same create rate.
+const SLED_BACKGROUND_EVERY_MS: u64 = 20;
 /// Group commit. Each sled flush has a fixed cost (sealing and writing a log buffer on sled's
 /// threads, ~1 ms of CPU on a VM), so flushing every single commit under load spends the CPU
 /// the commits need. When the previous flush began less than `GROUP_COMMIT_MAX_DELAY` ago, the
@@ -577,7 +583,8 @@ fn preflight(path: &Path) -> Result<(), StoreError> {
 fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
-        .cache_capacity(CACHE_CAPACITY);
+        .cache_capacity(CACHE_CAPACITY)
+        .flush_every_ms(Some(SLED_BACKGROUND_EVERY_MS));
     // Silence the default panic report for the duration: the error below says it better.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
