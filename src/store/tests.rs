@@ -189,18 +189,7 @@ async fn watch_from_before_retained_history_is_expired() {
 #[tokio::test]
 async fn reopen_keeps_objects_and_revision_counter() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path());
-        commit(
-            &store,
-            vec![
-                put("a", "1", Precondition::Absent),
-                put("b", "1", Precondition::Absent),
-            ],
-        )
-        .await;
-        store.close();
-    }
+    commit_and_close(dir.path(), &["a", "b"]).await;
     let store = reopen(dir.path()).await;
     assert_eq!(store.revision(), 2);
     assert_eq!(store.get(&key("b")).unwrap().unwrap().revision, 2);
@@ -245,6 +234,17 @@ async fn foreign_files_are_refused_and_left_untouched() {
     );
 }
 
+/// One commit creating each of `names` (value "1"), then close the store.
+async fn commit_and_close(dir: &std::path::Path, names: &[&str]) {
+    let store = open(dir);
+    let puts = names
+        .iter()
+        .map(|n| put(n, "1", Precondition::Absent))
+        .collect();
+    commit(&store, puts).await;
+    store.close();
+}
+
 /// Open a store again once the previous handle's flusher has released the directory (sled
 /// releases its file lock when the last handle drops).
 async fn reopen(dir: &std::path::Path) -> SledStore {
@@ -260,18 +260,7 @@ async fn reopen(dir: &std::path::Path) -> SledStore {
 async fn a_commit_cut_short_by_a_crash_is_finished_at_open() {
     use super::sled_store::{encode_commit, encode_value, object_key, KEY_COMMIT};
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path());
-        commit(
-            &store,
-            vec![
-                put("a", "1", Precondition::Absent),
-                put("gone", "1", Precondition::Absent),
-            ],
-        )
-        .await;
-        store.close();
-    }
+    commit_and_close(dir.path(), &["a", "gone"]).await;
     {
         // What a crash leaves after commit 3..=5 wrote its record and only its first key.
         let db = loop {
