@@ -219,6 +219,38 @@ async fn kube_rs_watcher_receives_events() {
     );
 }
 
+/// Every event of a watch of IPPrefixes (`query` after `watch=true`) that ends by its
+/// `timeoutSeconds`, as (type, object kind, object apiVersion, object name, spec.prefix).
+async fn watch_events(
+    server: &TestServer,
+    query: &str,
+    accept: &str,
+) -> Vec<(String, String, String, String, Option<String>)> {
+    let req = http::Request::builder()
+        .uri(format!("{PREFIXES}?watch=true&{query}"))
+        .header(http::header::ACCEPT, accept)
+        .body(Vec::new())
+        .unwrap();
+    let (code, _, body) = server.send(req).await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("one JSON event per line"))
+        .map(|e| {
+            let o = &e["object"];
+            (
+                text(&e["type"]),
+                text(&o["kind"]),
+                text(&o["apiVersion"]),
+                text(&o["metadata"]["name"]),
+                o["spec"]["prefix"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
 /// A metadata informer (the garbage collector's, the quota controller's) watches with
 /// `as=PartialObjectMetadata`: every event's object, bookmarks included, must be one, or client-go
 /// cannot decode it, ends the watch and relists everything.
@@ -229,88 +261,45 @@ async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_
     api.create(&PostParams::default(), &root("watched", "10.0.0.0/16"))
         .await
         .unwrap();
-    let watch = |accept: &'static str| {
-        let req = http::Request::builder()
-            .uri(format!(
-                "{PREFIXES}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"
-            ))
-            .header(http::header::ACCEPT, accept)
-            .body(Vec::new())
-            .unwrap();
-        let server = &server;
-        async move {
-            let (code, _, body) = server.send(req).await;
-            assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-            String::from_utf8(body)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).expect("one JSON event per line"))
-                .map(|e| {
-                    (
-                        e["type"].as_str().unwrap_or_default().to_string(),
-                        e["object"]["kind"].as_str().unwrap_or_default().to_string(),
-                        e["object"]["apiVersion"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        }
-    };
-    let meta = |t: &str| {
-        (
-            t.to_string(),
+    // (type, name) as a metadata watcher / a full-object watcher must see it.
+    let meta = |t: &str, name: &str| {
+        let kind = (
             "PartialObjectMetadata".to_string(),
             "meta.k8s.io/v1".to_string(),
-        )
+        );
+        (t.to_string(), kind.0, kind.1, name.to_string(), None)
     };
-    assert_eq!(
-        watch("application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json").await,
-        vec![meta("ADDED"), meta("BOOKMARK")]
-    );
-    let full = |t: &str| {
-        (
-            t.to_string(),
+    let full = |t: &str, name: &str, prefix: Option<&str>| {
+        let kind = (
             "IPPrefix".to_string(),
             "ipam.miloapis.com/v1alpha1".to_string(),
+        );
+        (
+            t.to_string(),
+            kind.0,
+            kind.1,
+            name.to_string(),
+            prefix.map(str::to_string),
         )
     };
+    let streaming =
+        "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1";
     assert_eq!(
-        watch("application/json").await,
-        vec![full("ADDED"), full("BOOKMARK")]
+        watch_events(&server, streaming, "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json").await,
+        vec![meta("ADDED", "watched"), meta("BOOKMARK", "")]
+    );
+    assert_eq!(
+        watch_events(&server, streaming, "application/json").await,
+        vec![
+            full("ADDED", "watched", Some("10.0.0.0/16")),
+            full("BOOKMARK", "", None)
+        ]
     );
 
     // Live events are encoded once per representation and shared: watchers of each kind
     // running at once must each get their own representation of the same change.
-    let live = |accept: &'static str| {
-        let req = http::Request::builder()
-            .uri(format!("{PREFIXES}?watch=true&timeoutSeconds=2"))
-            .header(http::header::ACCEPT, accept)
-            .body(Vec::new())
-            .unwrap();
-        let server = &server;
-        async move {
-            let (_, _, body) = server.send(req).await;
-            String::from_utf8(body)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .map(|e| {
-                    (
-                        e["type"].as_str().unwrap_or_default().to_string(),
-                        e["object"]["kind"].as_str().unwrap_or_default().to_string(),
-                        e["object"]["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                        e["object"]["spec"]["prefix"].as_str().map(str::to_string),
-                    )
-                })
-                .collect::<Vec<_>>()
-        }
-    };
     let metadata = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let live = "timeoutSeconds=2";
     let create = async {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         api.create(&PostParams::default(), &root("later", "10.1.0.0/16"))
@@ -318,32 +307,20 @@ async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_
             .unwrap();
     };
     let (m1, f1, m2, f2, ()) = tokio::join!(
-        live(metadata),
-        live("application/json"),
-        live(metadata),
-        live("application/json"),
+        watch_events(&server, live, metadata),
+        watch_events(&server, live, "application/json"),
+        watch_events(&server, live, metadata),
+        watch_events(&server, live, "application/json"),
         create
     );
     // Without a resourceVersion a watch starts with the existing objects, then the change.
-    let meta_event: Vec<_> = ["watched", "later"]
-        .map(|name| {
-            let kind = "PartialObjectMetadata".to_string();
-            ("ADDED".to_string(), kind, name.to_string(), None)
-        })
-        .into();
-    let full_event: Vec<_> = [("watched", "10.0.0.0/16"), ("later", "10.1.0.0/16")]
-        .map(|(name, prefix)| {
-            let kind = "IPPrefix".to_string();
-            (
-                "ADDED".to_string(),
-                kind,
-                name.to_string(),
-                Some(prefix.to_string()),
-            )
-        })
-        .into();
-    assert_eq!((m1, m2), (meta_event.clone(), meta_event));
-    assert_eq!((f1, f2), (full_event.clone(), full_event));
+    let meta_events = vec![meta("ADDED", "watched"), meta("ADDED", "later")];
+    let full_events = vec![
+        full("ADDED", "watched", Some("10.0.0.0/16")),
+        full("ADDED", "later", Some("10.1.0.0/16")),
+    ];
+    assert_eq!((m1, m2), (meta_events.clone(), meta_events));
+    assert_eq!((f1, f2), (full_events.clone(), full_events));
 }
 
 fn status_of(body: &[u8]) -> Value {

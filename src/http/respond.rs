@@ -42,7 +42,7 @@ pub fn to_value<K: Kind>(obj: &K) -> ApiResult<Value> {
     serde_json::to_value(obj).map_err(|e| ApiError::Internal(format!("encode: {e}")))
 }
 
-fn meta_api_version(beta: bool) -> &'static str {
+pub(super) fn meta_api_version(beta: bool) -> &'static str {
     if beta {
         "meta.k8s.io/v1beta1"
     } else {

@@ -2,7 +2,7 @@
 //! client going away, or server shutdown.
 use super::handlers::watch_options;
 use super::negotiate::{Params, Representation};
-use super::respond::{object_value, Served};
+use super::respond::{meta_api_version, object_value, Served};
 use super::table::IncludeObject;
 use super::AppState;
 use crate::error::{status_json, ApiError, ApiResult};
@@ -108,9 +108,8 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
         WatchEvent::Encoded(event_type) => (
             event_type.as_str(),
             s.watch
-                .current_event()
-                .zip(shared_slot(s.repr))
-                .and_then(|(e, slot)| e.encoded.get(slot)?.get().cloned())
+                .shared_encoding()
+                .and_then(|e| e.get().cloned())
                 .unwrap_or_default(),
         ),
     };
@@ -133,10 +132,7 @@ fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
                 .unwrap_or_else(|e: ApiError| status_json(&e.to_status())),
         )
     };
-    let shared = shared_slot(s.repr)
-        .zip(s.watch.current_event())
-        .and_then(|(slot, event)| event.encoded.get(slot));
-    match shared {
+    match s.watch.shared_encoding() {
         Some(cell) => cell.get_or_init(fresh).clone(),
         None => fresh(),
     }
@@ -165,19 +161,12 @@ fn bookmark<K: Served>(
     if initial_events_end {
         metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
-    let meta_version = |beta| {
-        if beta {
-            "meta.k8s.io/v1beta1"
-        } else {
-            "meta.k8s.io/v1"
-        }
-    };
     match repr {
         Representation::PartialObjectMetadata { beta } => json!({
-            "apiVersion": meta_version(beta), "kind": "PartialObjectMetadata", "metadata": metadata,
+            "apiVersion": meta_api_version(beta), "kind": "PartialObjectMetadata", "metadata": metadata,
         }),
         Representation::Table { beta } => json!({
-            "apiVersion": meta_version(beta), "kind": "Table", "metadata": metadata,
+            "apiVersion": meta_api_version(beta), "kind": "Table", "metadata": metadata,
             "columnDefinitions": [], "rows": [],
         }),
         Representation::Object { .. } | Representation::Discovery { .. } => json!({

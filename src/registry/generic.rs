@@ -25,8 +25,8 @@ pub struct Registry {
 struct Inner {
     store: Arc<dyn Store>,
     /// Serializes every read-decide-write step (allocation decisions and the commit recording
-    /// them). A std mutex: held for microseconds and never across an await; the fsync wait
-    /// happens after it is released, so concurrent creates share one flush.
+    /// them); see [`Registry::lock`]. Never held across the fsync wait, so concurrent creates
+    /// share one flush.
     state: tokio::sync::Mutex<State>,
 }
 

@@ -30,8 +30,8 @@ pub enum WatchEvent<K> {
     },
     /// The watch cannot go on (the client fell behind the retained history): 410 Expired.
     Error(ApiError),
-    /// The object is in [`Watch::current_event`]'s shared encodings, already made by another
-    /// watcher; only for watches that asked with [`Watch::share_encoded`].
+    /// The object is [`Watch::shared_encoding`], already made by another watcher; only for
+    /// watches that asked with [`Watch::share_encoded`].
     Encoded(EventType),
 }
 
@@ -185,10 +185,11 @@ impl<K: Kind> Watch<K> {
         self.share_encoded = Some(slot);
     }
 
-    /// The store event behind the object `next` returned last, for sharing its encoding with
-    /// other watchers; `None` for the initial objects and non-object events.
-    pub fn current_event(&self) -> Option<&crate::store::StoreEvent> {
-        self.current.as_deref()
+    /// This watcher's shared encoding (see [`Watch::share_encoded`]) of the object `next`
+    /// returned last, to fill or to send; `None` for the initial objects, non-object events and
+    /// watchers that share none.
+    pub fn shared_encoding(&self) -> Option<&std::sync::OnceLock<bytes::Bytes>> {
+        self.current.as_deref()?.encoded.get(self.share_encoded?)
     }
 
     fn filtered(&self) -> bool {

@@ -297,7 +297,7 @@ impl Store for SledStore {
             return Err(StoreError::Unavailable(err));
         }
         let mut state = lock(&self.inner.commit);
-        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(ops.len());
+        let mut writes: Vec<Write> = Vec::with_capacity(ops.len());
         let mut events = Vec::with_capacity(ops.len());
         let mut revisions = Vec::with_capacity(ops.len());
         let mut revision = state.revision;
@@ -404,12 +404,11 @@ impl Store for SledStore {
     }
 }
 
+/// One key of a commit as sled stores it, and its new value (`None`: removed).
+pub(super) type Write = (Vec<u8>, Option<Vec<u8>>);
+
 /// Write one commit: its roll-forward record first, then each key (see the module doc).
-fn apply_commit(
-    db: &sled::Db,
-    revision: Revision,
-    writes: &[(Vec<u8>, Option<Vec<u8>>)],
-) -> sled::Result<()> {
+fn apply_commit(db: &sled::Db, revision: Revision, writes: &[Write]) -> sled::Result<()> {
     db.insert(KEY_COMMIT, encode_commit(revision, writes))?;
     for (key, value) in writes {
         match value {
@@ -422,7 +421,7 @@ fn apply_commit(
 
 /// `m/commit`: revision (u64), then per key: key length (u32), key, and the value's length + 1
 /// (u32; 0 for a removal) and value. Big-endian.
-pub(super) fn encode_commit(revision: Revision, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
+pub(super) fn encode_commit(revision: Revision, writes: &[Write]) -> Vec<u8> {
     let size: usize = writes
         .iter()
         .map(|(k, v)| 8 + k.len() + v.as_ref().map_or(0, Vec::len))
@@ -443,9 +442,7 @@ pub(super) fn encode_commit(revision: Revision, writes: &[(Vec<u8>, Option<Vec<u
     out
 }
 
-type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-fn decode_commit(mut raw: &[u8]) -> Option<(Revision, Writes)> {
+fn decode_commit(mut raw: &[u8]) -> Option<(Revision, Vec<Write>)> {
     fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = (raw.get(..n)?, raw.get(n..)?);
         *raw = rest;

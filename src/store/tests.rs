@@ -245,15 +245,20 @@ async fn commit_and_close(dir: &std::path::Path, names: &[&str]) {
     store.close();
 }
 
-/// Open a store again once the previous handle's flusher has released the directory (sled
-/// releases its file lock when the last handle drops).
-async fn reopen(dir: &std::path::Path) -> SledStore {
+/// `open` once the previous handle's flusher has released the directory (sled releases its
+/// file lock when the last handle drops).
+async fn once_free<T, E>(open: impl Fn() -> Result<T, E>) -> T {
     loop {
-        match SledStore::open(dir, 100) {
-            Ok(s) => break s,
+        match open() {
+            Ok(opened) => break opened,
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
     }
+}
+
+/// Open the store again once the directory is free.
+async fn reopen(dir: &std::path::Path) -> SledStore {
+    once_free(|| SledStore::open(dir, 100)).await
 }
 
 #[tokio::test]
@@ -263,12 +268,7 @@ async fn a_commit_cut_short_by_a_crash_is_finished_at_open() {
     commit_and_close(dir.path(), &["a", "gone"]).await;
     {
         // What a crash leaves after commit 3..=5 wrote its record and only its first key.
-        let db = loop {
-            match sled::open(dir.path().join("db")) {
-                Ok(db) => break db,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
+        let db = once_free(|| sled::open(dir.path().join("db"))).await;
         let writes = vec![
             (object_key(&key("b")), Some(encode_value(3, b"new"))),
             (object_key(&key("a")), Some(encode_value(4, b"2"))),

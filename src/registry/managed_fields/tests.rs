@@ -11,33 +11,13 @@ fn updater(name: &str) -> FieldManager {
     FieldManager::update(Some(name), None).unwrap()
 }
 
-/// Server-side apply of `config` to the main resource by `manager`, expected to succeed.
-fn applied(
+/// Server-side apply (not forced) of `config` to the main resource by `manager`.
+fn apply_main(
     live: &Value,
     managed: Vec<ManagedFieldsEntry>,
     config: &Value,
     manager: &str,
-) -> Applied {
-    match apply(
-        live,
-        managed,
-        config,
-        &applier(manager, false),
-        Scope::Main,
-        AV,
-    ) {
-        Ok(a) => a,
-        Err(conflicts) => panic!("apply by {manager} conflicted: {conflicts:?}"),
-    }
-}
-
-/// Server-side apply expected to conflict; the conflicts.
-fn conflicts_of(
-    live: &Value,
-    managed: Vec<ManagedFieldsEntry>,
-    config: &Value,
-    manager: &str,
-) -> Vec<Conflict> {
+) -> Result<Applied, Vec<Conflict>> {
     apply(
         live,
         managed,
@@ -46,8 +26,29 @@ fn conflicts_of(
         Scope::Main,
         AV,
     )
-    .err()
-    .expect("apply should conflict")
+}
+
+/// [`apply_main`], expected to succeed.
+fn applied(
+    live: &Value,
+    managed: Vec<ManagedFieldsEntry>,
+    config: &Value,
+    manager: &str,
+) -> Applied {
+    apply_main(live, managed, config, manager)
+        .unwrap_or_else(|conflicts| panic!("apply by {manager} conflicted: {conflicts:?}"))
+}
+
+/// [`apply_main`], expected to conflict; the conflicts.
+fn conflicts_of(
+    live: &Value,
+    managed: Vec<ManagedFieldsEntry>,
+    config: &Value,
+    manager: &str,
+) -> Vec<Conflict> {
+    apply_main(live, managed, config, manager)
+        .err()
+        .expect("apply should conflict")
 }
 
 /// An update of the main resource from `old` to `new` by `manager`: the managedFields after it.
