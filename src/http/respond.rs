@@ -12,7 +12,11 @@ pub trait Served: Kind + TableRow {}
 impl<K: Kind + TableRow> Served for K {}
 
 pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
-    let mut resp = (code, body.to_string()).into_response();
+    json_bytes_response(code, body.to_string().into_bytes(), warnings)
+}
+
+fn json_bytes_response(code: StatusCode, body: Vec<u8>, warnings: &[String]) -> Response {
+    let mut resp = (code, body).into_response();
     let headers = resp.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -79,6 +83,12 @@ pub fn object_response<K: Served>(
     include: IncludeObject,
     warnings: &[String],
 ) -> ApiResult<Response> {
+    if let Representation::Object { yaml: false } = repr {
+        // The common case, written straight from the object: no `Value` tree in between.
+        let body =
+            serde_json::to_vec(obj).map_err(|e| ApiError::Internal(format!("encode: {e}")))?;
+        return Ok(json_bytes_response(code, body, warnings));
+    }
     let v = object_value(obj, repr, include)?;
     match repr {
         Representation::Object { yaml: true } => yaml_response(code, &v),

@@ -190,9 +190,12 @@ impl Inner {
                     }
                     seen = q.commits;
                 }
+                // The next batch is likely as large as this one: give it room now, on this
+                // thread, so commits (under the registry's lock) do not grow the queue.
+                let room = q.events.len();
                 (
                     q.applied,
-                    std::mem::take(&mut q.events),
+                    std::mem::replace(&mut q.events, Vec::with_capacity(room)),
                     std::mem::take(&mut q.commits),
                 )
             };
