@@ -13,8 +13,15 @@
 //! its record again. A `sled::Batch` gives the same guarantee at about three times the CPU per
 //! commit (it reserves and seals a manifest in the log and switches every sled read in the
 //! process to a shared lock), and the store's CPU is most of a create's.
+//!
+//! Write-behind: a commit is checked, given its revisions and made visible to reads in memory
+//! (`unapplied`, consulted before sled), then handed to the flusher thread, which writes it
+//! into sled and fsyncs; it is acknowledged (`durable`) after that. The caller (the registry,
+//! under its writer lock) thus pays for the checks only, not for sled's inserts, and sled has
+//! one writer thread, which the prefix argument above needs anyway.
 use super::events::History;
 use super::*;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::watch;
@@ -37,7 +44,7 @@ const CACHE_CAPACITY: u64 = 256 * 1024 * 1024;
 /// 4.8 s, at the same create rate.
 const SLED_BACKGROUND_EVERY_MS: u64 = 20;
 /// Group commit. Each sled flush has a fixed cost (sealing and writing a log buffer on sled's
-/// threads, ~1 ms of CPU on a VM), so flushing every single commit under load spends the CPU
+/// threads, ~0.5 ms of CPU on a VM), so flushing every single commit under load spends the CPU
 /// the commits need. When the previous flush began less than `GROUP_COMMIT_MAX_DELAY` ago, the
 /// flusher waits for more commits, in steps of `GROUP_COMMIT_QUIET`, and flushes as soon as a
 /// step brings none (everyone about to commit has) or the delay is reached. An idle server
@@ -64,12 +71,20 @@ impl Drop for CloseOnDrop {
 
 struct Inner {
     db: sled::Db,
-    /// Serializes commits: precondition checks, revision assignment and the batch must be one
-    /// step. Held for microseconds (in-memory sled apply); never across an fsync.
+    /// Serializes commits: precondition checks and revision assignment must be one step. Held
+    /// for microseconds (in-memory checks); never across a sled write or an fsync.
     commit: Mutex<CommitState>,
-    /// Hands applied-but-not-durable commits to the flusher thread.
+    /// Values of commits not yet written into sled, by sled key: reads look here first. An
+    /// entry goes once the flusher has written its commit (unless a later commit replaced it).
+    unapplied: Mutex<HashMap<Vec<u8>, Unapplied>>,
+    /// Hands commits to the writer thread.
     flush: Mutex<FlushQueue>,
     flush_wanted: Condvar,
+    /// Hands what the writer has put into sled to the flusher thread.
+    written: Mutex<Written>,
+    written_wanted: Condvar,
+    /// Signalled (on `written`) each time the durable revision advances, for `Store::flush`.
+    durable_advanced: Condvar,
     durable: watch::Sender<Durable>,
     history: History,
 }
@@ -78,12 +93,38 @@ struct CommitState {
     revision: Revision,
 }
 
+struct Unapplied {
+    /// The last revision of the commit that wrote this value.
+    commit: Revision,
+    /// The value as sled stores it (`None`: removed).
+    value: Option<Bytes>,
+}
+
+/// A commit on its way into sled.
+struct Pending {
+    revision: Revision,
+    writes: Vec<Write>,
+    events: Vec<StoreEvent>,
+}
+
 struct FlushQueue {
-    applied: Revision,
-    /// Commits applied since the last flush (the group-commit batch size).
+    /// Commits not yet taken by the writer, oldest first.
+    pending: Vec<Pending>,
+    shutdown: bool,
+}
+
+struct Written {
+    batch: Batch,
+    /// The writer has exited (shutdown or failure): nothing more will come.
+    writer_done: bool,
+}
+
+/// What the writer has put into sled since the flusher's last fsync.
+#[derive(Default)]
+struct Batch {
+    revision: Revision,
     commits: u64,
     events: Vec<StoreEvent>,
-    shutdown: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -130,21 +171,31 @@ impl SledStore {
         let inner = Arc::new(Inner {
             db,
             commit: Mutex::new(CommitState { revision }),
+            unapplied: Mutex::new(HashMap::new()),
             flush: Mutex::new(FlushQueue {
-                applied: revision,
-                commits: 0,
-                events: Vec::new(),
+                pending: Vec::new(),
                 shutdown: false,
             }),
             flush_wanted: Condvar::new(),
+            written: Mutex::new(Written {
+                batch: Batch::default(),
+                writer_done: false,
+            }),
+            written_wanted: Condvar::new(),
+            durable_advanced: Condvar::new(),
             durable,
             history: History::new(history_capacity, revision),
         });
-        let flusher = inner.clone();
-        std::thread::Builder::new()
-            .name("store-flusher".into())
-            .spawn(move || flusher.run_flusher())
-            .map_err(|e| StoreError::Unavailable(format!("cannot start flusher thread: {e}")))?;
+        let (writer, flusher) = (inner.clone(), inner.clone());
+        let spawned = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run_writer())
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("store-flusher".into())
+                    .spawn(move || flusher.run_flusher())
+            });
+        spawned.map_err(|e| StoreError::Unavailable(format!("cannot start store thread: {e}")))?;
         Ok(SledStore {
             _close_on_drop: Arc::new(CloseOnDrop(inner.clone())),
             inner,
@@ -163,42 +214,103 @@ impl Inner {
         self.flush_wanted.notify_all();
     }
 
-    /// Group commit: one fsync covers every commit applied since the previous one. Events are
-    /// published only after their fsync, so a watcher never sees a change a crash could undo.
+    /// The writer thread: put handed-over commits into sled, in order, while the flusher
+    /// fsyncs what came before (a pipeline: neither waits for the other).
+    fn run_writer(&self) {
+        loop {
+            let mut commits = {
+                let mut q = lock(&self.flush);
+                while q.pending.is_empty() && !q.shutdown {
+                    q = self.flush_wanted.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                if q.pending.is_empty() {
+                    break; // shut down, everything handed over is written
+                }
+                std::mem::take(&mut q.pending)
+            };
+            if !self.write_into_sled(&mut commits) {
+                break;
+            }
+        }
+        lock(&self.written).writer_done = true;
+        self.written_wanted.notify_one();
+    }
+
+    /// Write commits into sled, oldest first; drop their entries from `unapplied` and hand
+    /// each to the flusher. False (and the store failed) if sled refused a write.
+    fn write_into_sled(&self, commits: &mut Vec<Pending>) -> bool {
+        for commit in commits.drain(..) {
+            if let Err(e) = apply_commit(&self.db, commit.revision, &commit.writes) {
+                // Part of the commit may be in sled's memory; only a restart (which finishes
+                // it from `m/commit`) brings the store back to a known state.
+                tracing::error!(error = %e, "store write failed; refusing further writes");
+                self.fail(format!("store write failed: {e}"));
+                return false;
+            }
+            // sled splits (or merges) a node that an insert (or removal) left too large (or
+            // small) on the next traversal that meets it, and that was a request's read under
+            // the registry's writer lock (the next claim's name lands in the same leaf): 7 % of
+            // the server's CPU. Meet them here, on this thread.
+            for (key, _) in &commit.writes {
+                let _ = self.db.get(key);
+            }
+            let mut unapplied = lock(&self.unapplied);
+            for (key, _) in &commit.writes {
+                if unapplied
+                    .get(key)
+                    .is_some_and(|u| u.commit == commit.revision)
+                {
+                    unapplied.remove(key);
+                }
+            }
+            drop(unapplied);
+            let mut w = lock(&self.written);
+            w.batch.revision = commit.revision;
+            w.batch.commits += 1;
+            w.batch.events.extend(commit.events);
+            drop(w);
+            self.written_wanted.notify_one();
+        }
+        true
+    }
+
+    /// The flusher thread, group commit: one fsync covers every commit the writer has put into
+    /// sled since the previous one. Events are published only after their fsync, so a watcher
+    /// never sees a change a crash could undo.
     fn run_flusher(&self) {
         let mut last_flush = std::time::Instant::now();
         loop {
-            let (target, events, commits) = {
-                let mut q = lock(&self.flush);
-                while q.applied == self.durable.borrow().revision && !q.shutdown {
-                    q = self.flush_wanted.wait(q).unwrap_or_else(|p| p.into_inner());
+            let mut seen = {
+                let mut w = lock(&self.written);
+                while w.batch.commits == 0 && !w.writer_done {
+                    w = self
+                        .written_wanted
+                        .wait(w)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
-                if q.shutdown && q.applied == self.durable.borrow().revision {
-                    return;
+                if w.batch.commits == 0 {
+                    return; // the writer is done and everything it wrote is flushed
                 }
-                let mut seen = q.commits;
-                while !q.shutdown {
-                    let since = last_flush.elapsed();
-                    if since >= GROUP_COMMIT_MAX_DELAY {
-                        break;
-                    }
-                    drop(q);
-                    std::thread::sleep(GROUP_COMMIT_QUIET.min(GROUP_COMMIT_MAX_DELAY - since));
-                    q = lock(&self.flush);
-                    if q.commits == seen {
-                        break;
-                    }
-                    seen = q.commits;
-                }
-                // The next batch is likely as large as this one: give it room now, on this
-                // thread, so commits (under the registry's lock) do not grow the queue.
-                let room = q.events.len();
-                (
-                    q.applied,
-                    std::mem::replace(&mut q.events, Vec::with_capacity(room)),
-                    std::mem::take(&mut q.commits),
-                )
+                w.batch.commits
             };
+            // While the previous flush is recent, let more commits arrive, in short steps;
+            // flush when a step brings none or the delay is up.
+            loop {
+                let since = last_flush.elapsed();
+                if since >= GROUP_COMMIT_MAX_DELAY {
+                    break;
+                }
+                std::thread::sleep(GROUP_COMMIT_QUIET.min(GROUP_COMMIT_MAX_DELAY - since));
+                let w = lock(&self.written);
+                if w.batch.commits == seen || w.writer_done {
+                    break;
+                }
+                seen = w.batch.commits;
+            }
+            let batch = std::mem::take(&mut lock(&self.written).batch);
+            if self.durable.borrow().failed.is_some() {
+                return;
+            }
             let metrics = crate::metrics::global();
             let started = std::time::Instant::now();
             last_flush = started;
@@ -208,19 +320,27 @@ impl Inner {
                 .observe(started.elapsed().as_secs_f64());
             match flushed {
                 Ok(_) => {
-                    metrics.commit_batch.observe(commits as f64);
-                    self.history.publish(events);
-                    self.durable.send_modify(|d| d.revision = target);
+                    metrics.commit_batch.observe(batch.commits as f64);
+                    self.history.publish(batch.events);
+                    self.durable.send_modify(|d| d.revision = batch.revision);
+                    let _w = lock(&self.written);
+                    self.durable_advanced.notify_all();
                 }
                 Err(e) => {
                     metrics.fsync_failures.inc();
                     tracing::error!(error = %e, "fsync failed; refusing further writes");
-                    self.durable
-                        .send_modify(|d| d.failed = Some(format!("fsync failed: {e}")));
+                    self.fail(format!("fsync failed: {e}"));
                     return;
                 }
             }
         }
+    }
+
+    /// From now on every commit is refused and every waiter told why.
+    fn fail(&self, message: String) {
+        self.durable.send_modify(|d| d.failed = Some(message));
+        let _w = lock(&self.written);
+        self.durable_advanced.notify_all();
     }
 
     fn wait_durable(&self, revision: Revision) -> BoxFuture<'static, Result<(), StoreError>> {
@@ -243,8 +363,19 @@ impl Inner {
 
 impl Store for SledStore {
     fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
-        let raw = self.inner.db.get(object_key(key)).map_err(io)?;
-        raw.map(|v| decode_value(key.clone(), &v)).transpose()
+        let sled_key = object_key(key);
+        // Before sled: a value the flusher has not written yet is newer than sled's. (Entries
+        // leave only after sled has the value, so a miss here and a read of sled cannot skip it.)
+        if let Some(u) = lock(&self.inner.unapplied).get(&sled_key) {
+            return u
+                .value
+                .clone()
+                .map(|v| decode_value(key.clone(), v))
+                .transpose();
+        }
+        let raw = self.inner.db.get(&sled_key).map_err(io)?;
+        raw.map(|v| decode_value(key.clone(), Bytes::copy_from_slice(&v)))
+            .transpose()
     }
 
     fn list(
@@ -267,18 +398,15 @@ impl Store for SledStore {
         };
         let mut items = Vec::new();
         let mut more = false;
-        for entry in self.inner.db.range(start..) {
-            let (k, v) = entry.map_err(io)?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
+        for entry in self.inner.range(start, prefix) {
+            let (k, v) = entry?;
             let Some(key) = ObjectKey::decode(range.resource, &k[OBJECT_PREFIX.len()..]) else {
                 continue;
             };
             if !range.contains(&key) {
                 continue;
             }
-            let item = decode_value(key, &v)?;
+            let item = decode_value(key, v)?;
             if !filter(&item) {
                 continue;
             }
@@ -326,7 +454,10 @@ impl Store for SledStore {
                     } else {
                         EventType::Added
                     };
-                    writes.push((object_key(&key), Some(encode_value(revision, &value))));
+                    writes.push((
+                        object_key(&key),
+                        Some(encode_value(revision, &value).into()),
+                    ));
                     let object = Versioned {
                         key: key.clone(),
                         revision,
@@ -358,26 +489,27 @@ impl Store for SledStore {
                 }
             }
         }
-        if let Err(e) = apply_commit(&self.inner.db, revision, &writes) {
-            // Part of the commit may be in sled's memory; only a restart (which finishes it from
-            // `m/commit`) brings the store back to a known state.
-            let message = format!("store write failed: {e}");
-            tracing::error!(error = %e, "store write failed; refusing further writes");
-            self.inner
-                .durable
-                .send_modify(|d| d.failed = Some(message.clone()));
-            return Err(StoreError::Unavailable(message));
-        }
-        state.revision = revision;
         {
             let mut q = lock(&self.inner.flush);
             if q.shutdown {
                 return Err(StoreError::Unavailable("store is shutting down".into()));
             }
-            q.applied = revision;
-            q.commits += 1;
-            q.events.extend(events);
+            let mut unapplied = lock(&self.inner.unapplied);
+            for (key, value) in &writes {
+                let entry = Unapplied {
+                    commit: revision,
+                    value: value.clone(),
+                };
+                unapplied.insert(key.clone(), entry);
+            }
+            drop(unapplied);
+            q.pending.push(Pending {
+                revision,
+                writes,
+                events,
+            });
         }
+        state.revision = revision;
         drop(state);
         self.inner.flush_wanted.notify_one();
         Ok(Committed {
@@ -399,6 +531,24 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Everything handed to the flusher must be in sled first; it writes and fsyncs it.
+        let target = self.revision();
+        let mut w = lock(&self.inner.written);
+        loop {
+            let durable = self.inner.durable.borrow().clone();
+            if let Some(failed) = durable.failed {
+                return Err(StoreError::Unavailable(failed));
+            }
+            if durable.revision >= target {
+                break;
+            }
+            w = self
+                .inner
+                .durable_advanced
+                .wait(w)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        drop(w);
         self.inner.db.flush().map(|_| ()).map_err(io)
     }
 
@@ -408,14 +558,97 @@ impl Store for SledStore {
 }
 
 /// One key of a commit as sled stores it, and its new value (`None`: removed).
-pub(super) type Write = (Vec<u8>, Option<Vec<u8>>);
+pub(super) type Write = (Vec<u8>, Option<Bytes>);
+
+impl Inner {
+    /// sled's keys from `start` on that begin with `prefix`, with `unapplied` laid over them.
+    fn range(&self, start: Vec<u8>, prefix: Vec<u8>) -> Overlaid {
+        let unapplied = lock(&self.unapplied);
+        let over = unapplied.iter().map(|(k, u)| (k, &u.value));
+        Overlaid::new(&self.db, over, start, prefix)
+    }
+}
+
+/// A merge of a sled range with the not-yet-written values over it, in key order.
+pub(super) struct Overlaid {
+    base: sled::Iter,
+    base_head: Option<(sled::IVec, sled::IVec)>,
+    base_done: bool,
+    over: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<Bytes>)>>,
+    prefix: Vec<u8>,
+}
+
+impl Overlaid {
+    pub(super) fn new<'a>(
+        db: &sled::Db,
+        over: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Bytes>)>,
+        start: Vec<u8>,
+        prefix: Vec<u8>,
+    ) -> Overlaid {
+        let mut over: Vec<(Vec<u8>, Option<Bytes>)> = over
+            .filter(|(k, _)| k.starts_with(&prefix) && **k >= start)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        over.sort_by(|a, b| a.0.cmp(&b.0));
+        Overlaid {
+            base: db.range(start..),
+            base_head: None,
+            base_done: false,
+            over: over.into_iter().peekable(),
+            prefix,
+        }
+    }
+}
+
+impl Iterator for Overlaid {
+    type Item = Result<(Vec<u8>, Bytes), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.base_head.is_none() && !self.base_done {
+                match self.base.next() {
+                    Some(Ok((k, v))) if k.starts_with(&self.prefix) => {
+                        self.base_head = Some((k, v))
+                    }
+                    Some(Err(e)) => {
+                        self.base_done = true;
+                        return Some(Err(io(e)));
+                    }
+                    _ => self.base_done = true,
+                }
+            }
+            let over_first = match (&self.base_head, self.over.peek()) {
+                (None, None) => return None,
+                (Some((base, _)), Some((over, _))) => over.as_slice() <= base.as_ref(),
+                (base, _) => base.is_none(),
+            };
+            if over_first {
+                let (key, value) = self.over.next()?;
+                // The newer value replaces sled's for the same key.
+                if self
+                    .base_head
+                    .as_ref()
+                    .is_some_and(|(base, _)| base.as_ref() == key.as_slice())
+                {
+                    self.base_head = None;
+                }
+                match value {
+                    Some(v) => return Some(Ok((key, v))),
+                    None => continue, // removed
+                }
+            }
+            let (key, value) = self.base_head.take()?;
+            return Some(Ok((key.to_vec(), Bytes::copy_from_slice(&value))));
+        }
+    }
+}
 
 /// Write one commit: its roll-forward record first, then each key (see the module doc).
 fn apply_commit(db: &sled::Db, revision: Revision, writes: &[Write]) -> sled::Result<()> {
     db.insert(KEY_COMMIT, encode_commit(revision, writes))?;
     for (key, value) in writes {
         match value {
-            Some(v) => db.insert(key.as_slice(), v.as_slice())?,
+            Some(v) => db.insert(key.as_slice(), v.as_ref())?,
             None => db.remove(key.as_slice())?,
         };
     }
@@ -427,7 +660,7 @@ fn apply_commit(db: &sled::Db, revision: Revision, writes: &[Write]) -> sled::Re
 pub(super) fn encode_commit(revision: Revision, writes: &[Write]) -> Vec<u8> {
     let size: usize = writes
         .iter()
-        .map(|(k, v)| 8 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .map(|(k, v)| 8 + k.len() + v.as_ref().map_or(0, Bytes::len))
         .sum();
     let mut out = Vec::with_capacity(8 + size);
     out.extend_from_slice(&revision.to_be_bytes());
@@ -461,7 +694,7 @@ fn decode_commit(mut raw: &[u8]) -> Option<(Revision, Vec<Write>)> {
         let key = take(&mut raw, key_len)?.to_vec();
         let value = match take_u32(&mut raw)? {
             0 => None,
-            n => Some(take(&mut raw, n - 1)?.to_vec()),
+            n => Some(Bytes::copy_from_slice(take(&mut raw, n - 1)?)),
         };
         writes.push((key, value));
     }
@@ -532,13 +765,13 @@ pub(super) fn encode_value(revision: Revision, value: &[u8]) -> Vec<u8> {
     v
 }
 
-fn decode_value(key: ObjectKey, raw: &[u8]) -> Result<Versioned, StoreError> {
+fn decode_value(key: ObjectKey, raw: Bytes) -> Result<Versioned, StoreError> {
     let revision = decode_u64(raw.get(..8).unwrap_or_default())
         .ok_or_else(|| StoreError::Corrupt(format!("damaged value for {key:?}")))?;
     Ok(Versioned {
         key,
         revision,
-        value: Bytes::copy_from_slice(&raw[8..]),
+        value: raw.slice(8..),
     })
 }
 

@@ -270,12 +270,12 @@ async fn a_commit_cut_short_by_a_crash_is_finished_at_open() {
         // What a crash leaves after commit 3..=5 wrote its record and only its first key.
         let db = once_free(|| sled::open(dir.path().join("db"))).await;
         let writes = vec![
-            (object_key(&key("b")), Some(encode_value(3, b"new"))),
-            (object_key(&key("a")), Some(encode_value(4, b"2"))),
+            (object_key(&key("b")), Some(encode_value(3, b"new").into())),
+            (object_key(&key("a")), Some(encode_value(4, b"2").into())),
             (object_key(&key("gone")), None),
         ];
         db.insert(KEY_COMMIT, encode_commit(5, &writes)).unwrap();
-        db.insert(writes[0].0.as_slice(), writes[0].1.clone().unwrap())
+        db.insert(writes[0].0.as_slice(), writes[0].1.as_deref().unwrap())
             .unwrap();
         db.flush().unwrap();
     }
@@ -316,4 +316,49 @@ async fn a_format_1_directory_is_upgraded_in_place() {
     drop(store);
     let store = reopen(dir.path()).await;
     assert_eq!(store.revision(), 8);
+}
+
+#[test]
+fn a_range_lays_unwritten_values_over_sleds_in_key_order() {
+    use super::sled_store::Overlaid;
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path().join("db")).unwrap();
+    for k in ["p/a", "p/b", "p/d", "p/f", "q/a"] {
+        db.insert(k, "old").unwrap();
+    }
+    let over: Vec<(Vec<u8>, Option<Bytes>)> = [
+        ("p/b", Some("new")), // replaces sled's value
+        ("p/c", Some("new")), // between two of sled's keys
+        ("p/d", None),        // removed, not yet from sled
+        ("p/g", Some("new")), // after sled's last key
+        ("q/b", Some("new")), // outside the prefix
+        ("o/z", Some("new")), // before the prefix
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        (
+            k.as_bytes().to_vec(),
+            v.map(|v| Bytes::from_static(v.as_bytes())),
+        )
+    })
+    .collect();
+    let read = |start: &str| -> Vec<String> {
+        let pairs = over.iter().map(|(k, v)| (k, v));
+        Overlaid::new(&db, pairs, start.into(), b"p/".to_vec())
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                format!(
+                    "{}={}",
+                    String::from_utf8(k).unwrap(),
+                    std::str::from_utf8(&v).unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        read("p/"),
+        ["p/a=old", "p/b=new", "p/c=new", "p/f=old", "p/g=new"]
+    );
+    assert_eq!(read("p/b\0"), ["p/c=new", "p/f=old", "p/g=new"]);
+    assert_eq!(read("p/f"), ["p/f=old", "p/g=new"]);
 }
