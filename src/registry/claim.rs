@@ -7,7 +7,7 @@ use super::kind::{Kind, Removal};
 use super::meta;
 use super::prefix::{block_error, name_of, release_prefix, take_block};
 use super::state::{parse_stored, reserve_of};
-use super::status::{refresh_prefix_status, write_parent_status};
+use super::status::{fill_prefix_status, write_parent_status};
 use super::txn::{Stored, Txn};
 use super::validate::{
     validate_cidr, validate_ip_family, validate_reclaim_policy, validate_reserve,
@@ -495,17 +495,20 @@ fn bind(
         .iter()
         .filter_map(|e| e.parse().ok())
         .collect();
-    if let Err(e) = Pool::new(block, &exclusions, reserve_of(tspec.reserve.as_ref())) {
-        return Err(ApiError::invalid(
-            IPPrefixClaim::KIND,
-            &name,
-            vec![FieldError::invalid(
-                "spec.childPrefixTemplate.spec.exclude",
-                "",
-                format!("does not fit the allocated block {block}: {e}"),
-            )],
-        ));
-    }
+    let child_pool = match Pool::new(block, &exclusions, reserve_of(tspec.reserve.as_ref())) {
+        Ok(pool) => pool,
+        Err(e) => {
+            return Err(ApiError::invalid(
+                IPPrefixClaim::KIND,
+                &name,
+                vec![FieldError::invalid(
+                    "spec.childPrefixTemplate.spec.exclude",
+                    "",
+                    format!("does not fit the allocated block {block}: {e}"),
+                )],
+            ))
+        }
+    };
     if let Err(e) = take_block(tx, &parent.obj, block, &child_name)? {
         return Err(block_error(
             IPPrefixClaim::RESOURCE,
@@ -539,7 +542,8 @@ fn bind(
         phase: Some(prefix_phase::BOUND.into()),
         ..Default::default()
     });
-    refresh_prefix_status(&mut child, tx.state)?;
+    // The new prefix has no children yet: its status is its own pool's, built just above.
+    fill_prefix_status(&mut child, &child_pool);
     tx.put(&child, Precondition::Absent)?;
     write_parent_status(tx, parent)?;
     claim.status = Some(bound_status(

@@ -9,14 +9,15 @@ use crate::store::Precondition;
 /// Recompute the derived status fields of `prefix` (phase is kept: transitions set it).
 pub fn refresh_prefix_status(prefix: &mut IPPrefix, state: &State) -> ApiResult<()> {
     let name = prefix.metadata.name.clone().unwrap_or_default();
-    let fresh;
-    let pool: &Pool = match state.pool(&name) {
-        Some(entry) => &entry.pool,
-        None => {
-            fresh = new_pool(prefix)?;
-            &fresh
-        }
-    };
+    match state.pool(&name) {
+        Some(entry) => fill_prefix_status(prefix, &entry.pool),
+        None => fill_prefix_status(prefix, &new_pool(prefix)?),
+    }
+    Ok(())
+}
+
+/// Set `prefix`'s derived status from `pool`, its allocator.
+pub fn fill_prefix_status(prefix: &mut IPPrefix, pool: &Pool) {
     let cap = pool.capacity();
     let status = prefix.status.get_or_insert_with(IPPrefixStatus::default);
     status.ip_family = Some(IpFamily::of(&pool.prefix()).as_str().to_string());
@@ -32,7 +33,6 @@ pub fn refresh_prefix_status(prefix: &mut IPPrefix, state: &State) -> ApiResult<
     if status.phase.is_none() {
         status.phase = Some(crate::api::prefix_phase::AVAILABLE.to_string());
     }
-    Ok(())
 }
 
 /// Write `parent` back with its status recomputed (its children changed in this transaction).
