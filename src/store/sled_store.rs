@@ -48,8 +48,10 @@ const SLED_BACKGROUND_EVERY_MS: u64 = 20;
 /// the commits need. When the previous flush began less than `GROUP_COMMIT_MAX_DELAY` ago, the
 /// flusher waits for more commits, in steps of `GROUP_COMMIT_QUIET`, and flushes as soon as a
 /// step brings none (everyone about to commit has) or the delay is reached. An idle server
-/// flushes at once.
-const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+/// flushes at once. Since the writer fills sled while a flush runs, a short delay is enough:
+/// at 64 clients, 1 ms gave 9.0-10.1k creates/s against 8.1k with 5 ms (the flush itself takes
+/// ~1 ms, so batches still hold ~25 commits).
+const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 const GROUP_COMMIT_QUIET: std::time::Duration = std::time::Duration::from_micros(400);
 
 /// A cheap-to-clone handle; all state lives behind one `Arc`. When the last handle is dropped
