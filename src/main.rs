@@ -8,6 +8,7 @@ use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
 use ipam_apiserver::cluster::tls::ReloadingCert;
 use ipam_apiserver::cluster::Cluster;
 use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
+use ipam_apiserver::store::SledStore;
 use ipam_apiserver::{http, registry::Registry, server};
 use std::path::Path;
 use std::process::ExitCode;
@@ -40,8 +41,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let data_dir = config.data_dir.clone();
+    let served = runtime.block_on(serve(config));
+    // Ends every task, and with them the store's last handles: its threads flush and exit.
+    drop(runtime);
+    match served {
+        Ok(()) => {
+            let started = std::time::Instant::now();
+            match SledStore::checkpoint(&data_dir, std::time::Duration::from_secs(10)) {
+                Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "store checkpointed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no checkpoint; the next start replays the store's log")
+                }
+            }
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -59,7 +74,6 @@ async fn serve(config: Config) -> Result<(), Fatal> {
         Mode::Cluster(cluster) => serve_cluster(&config, cluster, registry).await?,
     }
     store.flush()?;
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -206,6 +206,13 @@ async fn sigterm_exits_zero_promptly_even_with_an_open_connection() {
     let took = started.elapsed();
     assert!(status.success(), "exit status {status}");
     assert!(took < Duration::from_secs(5), "took {took:?} to exit");
+    // A clean shutdown checkpoints the store, so the next start need not replay its log.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr().contains("store checkpointed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = server.stderr();
+    assert!(stderr.contains("store checkpointed"), "{stderr}");
     drop(client);
 }
 

@@ -362,3 +362,26 @@ fn a_range_lays_unwritten_values_over_sleds_in_key_order() {
     assert_eq!(read("p/b\0"), ["p/c=new", "p/f=old", "p/g=new"]);
     assert_eq!(read("p/f"), ["p/f=old", "p/g=new"]);
 }
+
+#[tokio::test]
+async fn a_checkpoint_of_a_closed_store_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    commit_and_close(dir.path(), &["a", "b"]).await;
+    SledStore::checkpoint(dir.path(), std::time::Duration::from_secs(10)).expect("checkpoint");
+    let store = reopen(dir.path()).await;
+    assert_eq!(store.revision(), 2);
+    assert_eq!(store.get(&key("b")).unwrap().unwrap().revision, 2);
+}
+
+#[tokio::test]
+async fn a_checkpoint_waits_for_the_closing_store_and_gives_up_on_a_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let err = SledStore::checkpoint(dir.path(), std::time::Duration::from_millis(100))
+        .expect_err("the store is open");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
+    drop(store); // closes in the background; the checkpoint waits for it
+    SledStore::checkpoint(dir.path(), std::time::Duration::from_secs(10)).expect("checkpoint");
+    assert_eq!(reopen(dir.path()).await.revision(), 1);
+}
