@@ -149,7 +149,10 @@ impl Cluster {
                     ..Default::default()
                 };
                 let mut watch = match registry.watch::<IPPrefixClaim>(None, opts) {
-                    Ok(w) => w,
+                    Ok(mut w) => {
+                        w.deletions_only();
+                        w
+                    }
                     Err(e) => {
                         tracing::warn!("cannot watch claims for Released events: {e}");
                         tokio::time::sleep(std::time::Duration::from_secs(5)).await;

@@ -457,6 +457,48 @@ async fn a_filtered_watch_sees_objects_leave_and_enter_its_selection() {
     assert_eq!(seen, ["ADDED a", "DELETED b", "ADDED a", "MODIFIED a"]);
 }
 
+#[tokio::test]
+async fn a_deletions_only_watch_gets_just_the_deletions_in_order() {
+    let (reg, _dir) = open();
+    let opts = |reg: &Registry| WatchOptions {
+        resource_version: Some(reg.store().revision().to_string()),
+        ..Default::default()
+    };
+    let mut deletions = reg.watch::<IPPrefix>(None, opts(&reg)).unwrap();
+    deletions.deletions_only();
+    let mut everything = reg.watch::<IPPrefix>(None, opts(&reg)).unwrap();
+    for (name, net) in [
+        ("a", "10.0.0.0/8"),
+        ("b", "11.0.0.0/8"),
+        ("c", "12.0.0.0/8"),
+    ] {
+        reg.create("", root(name, net), false).await.unwrap();
+    }
+    let mut b: IPPrefix = reg.get("", "b").unwrap();
+    b.spec.reclaim_policy = Some("Retain".into());
+    reg.update("", "b", b, Subresource::Main, false)
+        .await
+        .unwrap();
+    for name in ["c", "a"] {
+        reg.delete::<IPPrefix>("", name, &Default::default())
+            .await
+            .unwrap();
+    }
+    let next = |w: &mut crate::registry::Watch<IPPrefix>| {
+        let ev = futures::FutureExt::now_or_never(w.next()).flatten();
+        ev.map(|ev| match ev {
+            WatchEvent::Added(p) => format!("ADDED {}", p.metadata.name.unwrap()),
+            WatchEvent::Modified(p) => format!("MODIFIED {}", p.metadata.name.unwrap()),
+            WatchEvent::Deleted(p) => format!("DELETED {}", p.metadata.name.unwrap()),
+            other => format!("{other:?}"),
+        })
+    };
+    let all: Vec<String> = std::iter::from_fn(|| next(&mut everything)).collect();
+    assert_eq!(all.len(), 6, "{all:?}");
+    let deleted: Vec<String> = std::iter::from_fn(|| next(&mut deletions)).collect();
+    assert_eq!(deleted, ["DELETED c", "DELETED a"]);
+}
+
 /// The real sled store, reporting a failed fsync once `fail` is set (the state a full disk or a
 /// broken device leaves it in, with writes applied in memory that never reached the disk).
 struct FailingStore {

@@ -42,6 +42,9 @@ pub struct Watch<K> {
     /// event another watcher already encoded need not be decoded again (when no selector has
     /// to look at it).
     share_encoded: Option<usize>,
+    /// Skip ADDED and MODIFIED store events without decoding them (see
+    /// [`Watch::deletions_only`]).
+    deletions_only: bool,
     initial: VecDeque<K>,
     initial_end_bookmark: Option<Revision>,
     rx: WatchReceiver,
@@ -93,6 +96,7 @@ impl Registry {
         Ok(Watch {
             current: None,
             share_encoded: None,
+            deletions_only: false,
             initial,
             initial_end_bookmark,
             rx,
@@ -139,6 +143,10 @@ impl<K: Kind> Watch<K> {
                 }
             };
             if !self.range.contains(&ev.object.key) {
+                continue;
+            }
+            // (A selector can turn a MODIFIED into a DELETED; such a watch decodes them all.)
+            if self.deletions_only && ev.event_type != EventType::Deleted && !self.filtered() {
                 continue;
             }
             let shared = self.share_encoded.and_then(|slot| ev.encoded.get(slot));
@@ -190,6 +198,13 @@ impl<K: Kind> Watch<K> {
     /// watchers that share none.
     pub fn shared_encoding(&self) -> Option<&std::sync::OnceLock<bytes::Bytes>> {
         self.current.as_deref()?.encoded.get(self.share_encoded?)
+    }
+
+    /// Only DELETED events are wanted: the others are skipped before their object is decoded
+    /// (a consumer that acts on deletions, like the Released-event writer, would otherwise
+    /// decode every create).
+    pub fn deletions_only(&mut self) {
+        self.deletions_only = true;
     }
 
     fn filtered(&self) -> bool {
