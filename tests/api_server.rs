@@ -262,25 +262,14 @@ async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_
         .await
         .unwrap();
     // (type, name) as a metadata watcher / a full-object watcher must see it.
-    let meta = |t: &str, name: &str| {
-        let kind = (
-            "PartialObjectMetadata".to_string(),
-            "meta.k8s.io/v1".to_string(),
-        );
-        (t.to_string(), kind.0, kind.1, name.to_string(), None)
+    let event = |t: &str, kind: &str, api_version: &str, name: &str, prefix: Option<&str>| {
+        let s = str::to_string;
+        (s(t), s(kind), s(api_version), s(name), prefix.map(s))
     };
+    let meta =
+        |t: &str, name: &str| event(t, "PartialObjectMetadata", "meta.k8s.io/v1", name, None);
     let full = |t: &str, name: &str, prefix: Option<&str>| {
-        let kind = (
-            "IPPrefix".to_string(),
-            "ipam.miloapis.com/v1alpha1".to_string(),
-        );
-        (
-            t.to_string(),
-            kind.0,
-            kind.1,
-            name.to_string(),
-            prefix.map(str::to_string),
-        )
+        event(t, "IPPrefix", "ipam.miloapis.com/v1alpha1", name, prefix)
     };
     let streaming =
         "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1";

@@ -55,7 +55,7 @@ pub(super) fn meta_api_version(beta: bool) -> &'static str {
 }
 
 /// One object in the representation asked for.
-pub fn object_value<K: Served>(
+fn object_value<K: Served>(
     obj: &K,
     repr: Representation,
     include: IncludeObject,
@@ -76,6 +76,20 @@ pub fn object_value<K: Served>(
     }
 }
 
+/// One object in the representation asked for, as JSON. The full object, the common case, is
+/// written straight from the typed object: no `Value` tree in between.
+pub fn object_json<K: Served>(
+    obj: &K,
+    repr: Representation,
+    include: IncludeObject,
+) -> ApiResult<Vec<u8>> {
+    let encoded = match repr {
+        Representation::Object { .. } => serde_json::to_vec(obj),
+        _ => serde_json::to_vec(&object_value(obj, repr, include)?),
+    };
+    encoded.map_err(|e| ApiError::Internal(format!("encode: {e}")))
+}
+
 pub fn object_response<K: Served>(
     code: StatusCode,
     obj: &K,
@@ -83,16 +97,15 @@ pub fn object_response<K: Served>(
     include: IncludeObject,
     warnings: &[String],
 ) -> ApiResult<Response> {
-    if let Representation::Object { yaml: false } = repr {
-        // The common case, written straight from the object: no `Value` tree in between.
-        let body =
-            serde_json::to_vec(obj).map_err(|e| ApiError::Internal(format!("encode: {e}")))?;
-        return Ok(json_bytes_response(code, body, warnings));
-    }
-    let v = object_value(obj, repr, include)?;
     match repr {
-        Representation::Object { yaml: true } => yaml_response(code, &v),
-        _ => Ok(json_response(code, &v, warnings)),
+        Representation::Object { yaml: true } => {
+            yaml_response(code, &object_value(obj, repr, include)?)
+        }
+        _ => Ok(json_bytes_response(
+            code,
+            object_json(obj, repr, include)?,
+            warnings,
+        )),
     }
 }
 

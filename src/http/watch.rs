@@ -2,10 +2,10 @@
 //! client going away, or server shutdown.
 use super::handlers::watch_options;
 use super::negotiate::{Params, Representation};
-use super::respond::{meta_api_version, object_value, Served};
+use super::respond::{meta_api_version, object_json, Served};
 use super::table::IncludeObject;
 use super::AppState;
-use crate::error::{status_json, ApiError, ApiResult};
+use crate::error::{status_json, ApiResult};
 use crate::registry::{Watch, WatchEvent};
 use crate::server::Shutdown;
 use axum::body::Body;
@@ -126,11 +126,9 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
 /// The object in the watcher's representation. Representations every such watcher sends
 /// alike are encoded once per event and shared through the store event.
 fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
-    let fresh = || {
-        to_bytes(
-            &object_value(obj, s.repr, s.include)
-                .unwrap_or_else(|e: ApiError| status_json(&e.to_status())),
-        )
+    let fresh = || match object_json(obj, s.repr, s.include) {
+        Ok(json) => Bytes::from(json),
+        Err(e) => to_bytes(&status_json(&e.to_status())),
     };
     match s.watch.shared_encoding() {
         Some(cell) => cell.get_or_init(fresh).clone(),
