@@ -69,9 +69,23 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     // before touching the PKI, the kubeconfig or the cluster.
     let registry = Registry::open(&config.data_dir, config.watch_history)?;
     let store = registry.store().clone();
+    // A previous run may have stopped between a change of children and the status write.
+    let updated = registry.write_stale_statuses().await?;
+    if updated > 0 {
+        tracing::info!(prefixes = updated, "IPPrefix status brought up to date");
+    }
+    tokio::spawn(
+        registry
+            .clone()
+            .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
+    );
     match &config.mode {
-        Mode::Standalone => serve_standalone(&config, registry).await?,
-        Mode::Cluster(cluster) => serve_cluster(&config, cluster, registry).await?,
+        Mode::Standalone => serve_standalone(&config, registry.clone()).await?,
+        Mode::Cluster(cluster) => serve_cluster(&config, cluster, registry.clone()).await?,
+    }
+    // Requests are drained: store what the status writer has not yet.
+    if let Err(e) = registry.write_stale_statuses().await {
+        tracing::warn!(error = %e, "IPPrefix status not brought up to date before stopping");
     }
     store.flush()?;
     Ok(())

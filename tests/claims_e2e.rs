@@ -56,15 +56,36 @@ impl Apis {
         }
     }
 
+    /// The IPPrefix `name` once its status counts the child prefixes that exist: the server
+    /// writes a parent's status right after its children change, not inside each claim's
+    /// transaction.
+    async fn settled(&self, name: &str) -> IPPrefix {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let prefix = self.prefixes.get(name).await.unwrap();
+            let children = self
+                .prefixes
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|p| p.spec.parent_ref.as_ref().is_some_and(|r| r.name == name))
+                .count();
+            let counted = prefix.status.as_ref().and_then(|s| s.children);
+            if counted == Some(children as i64) {
+                return prefix;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ipprefix {name} still counts {counted:?} children, {children} exist"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     async fn capacity(&self, name: &str) -> PrefixCapacity {
-        self.prefixes
-            .get(name)
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .capacity
-            .unwrap()
+        self.settled(name).await.status.unwrap().capacity.unwrap()
     }
 }
 
@@ -274,7 +295,7 @@ async fn ipv4_slash28_with_reserve_two_and_one_gives_13_hosts_and_the_14th_is_ex
         ),
         ("16", "13", "3", "0")
     );
-    let p = api.prefixes.get("p.net").await.unwrap();
+    let p = api.settled("p.net").await;
     assert_eq!(p.status.unwrap().utilization.as_deref(), Some("100.00%"));
 }
 
@@ -424,13 +445,13 @@ async fn utilization_of_a_pool_full_of_hosts_is_100_percent() {
     for i in 0..8 {
         api.claim(host("ns", &format!("h{i}"), "tiny")).await;
     }
-    let st = api.prefixes.get("tiny").await.unwrap().status.unwrap();
+    let st = api.settled("tiny").await.status.unwrap();
     assert_eq!(st.utilization.as_deref(), Some("50.00%"));
     assert_eq!(st.largest_free_prefix_length, Some(125));
     for i in 8..16 {
         api.claim(host("ns", &format!("h{i}"), "tiny")).await;
     }
-    let st = api.prefixes.get("tiny").await.unwrap().status.unwrap();
+    let st = api.settled("tiny").await.status.unwrap();
     assert_eq!(st.utilization.as_deref(), Some("100.00%"));
     assert_eq!(st.largest_free_prefix_length, None);
     assert_eq!(st.children, Some(16));
@@ -519,14 +540,16 @@ spec: {prefixLength: 24, parentRef: {name: team.pool}}
             .trim(),
         ""
     );
-    let root_allocated = server.kubectl_ok(&[
-        "get",
-        "ipp",
-        "root",
-        "-o",
-        "jsonpath={.status.capacity.allocated}",
-    ]);
-    assert_eq!(root_allocated, "0");
+    server.kubectl_until(
+        &[
+            "get",
+            "ipp",
+            "root",
+            "-o",
+            "jsonpath={.status.capacity.allocated}",
+        ],
+        "0",
+    );
 }
 
 #[tokio::test]

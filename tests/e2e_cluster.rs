@@ -92,6 +92,15 @@ fn json(env: &Envtest, args: &[&str]) -> Value {
     serde_json::from_str(&env.kubectl_ok(&all)).expect("kubectl -o json")
 }
 
+/// Wait until `prefix`'s status counts `expected` addresses allocated (the server writes a
+/// parent's status right after its children change).
+fn wait_allocated(env: &Envtest, prefix: &str, expected: impl Fn(&str) -> bool) {
+    env.wait_for(
+        &format!("ipprefix {prefix}'s status.capacity.allocated"),
+        || expected(&allocated(env, prefix)),
+    );
+}
+
 fn allocated(env: &Envtest, prefix: &str) -> String {
     json(env, &["get", "ipprefix", prefix])["status"]["capacity"]["allocated"]
         .as_str()
@@ -191,7 +200,7 @@ fn kubectl_works_through_the_aggregation_layer(env: &Envtest) {
 
     // delete releases.
     env.kubectl_ok(&["delete", "ippc", "web-0", "web-1", "-n", "team-a"]);
-    assert_eq!(allocated(env, "root-a"), "0");
+    wait_allocated(env, "root-a", |a| a == "0");
 }
 
 fn claim_needs_use_on_its_parent_and_users_without_rights_cannot_list(env: &Envtest) {
@@ -347,14 +356,14 @@ metadata:
 spec: {{prefixLength: 48, parentRef: {{name: root-c}}}}
 "#
     ));
-    assert_ne!(allocated(env, "root-c"), "0");
+    wait_allocated(env, "root-c", |a| a != "0");
 
     env.kubectl_ok(&["delete", "configmap", "owner", "-n", "team-c"]);
     env.wait_for("the garbage collector to delete the owned claim", || {
         let out = env.kubectl(&["get", "ippc", "owned", "-n", "team-c"]);
         !out.status.success() && stderr_of(&out).contains("NotFound")
     });
-    assert_eq!(allocated(env, "root-c"), "0");
+    wait_allocated(env, "root-c", |a| a == "0");
     // The block is free again: the next claim gets the same one.
     env.apply(&claim("team-c", "again", "root-c", 48));
     let c = json(env, &["get", "ippc", "again", "-n", "team-c"]);
@@ -380,7 +389,7 @@ fn deleting_a_namespace_releases_nested_claims(env: &Envtest) {
         let out = env.kubectl(&["get", "namespace", "team-d"]);
         !out.status.success() && stderr_of(&out).contains("NotFound")
     });
-    assert_eq!(allocated(env, "root-d"), "0");
+    wait_allocated(env, "root-d", |a| a == "0");
     let left = env.kubectl_ok(&["get", "ipprefixes", "-o", "name"]);
     assert!(!left.contains("team-d."), "{left}");
 
@@ -458,7 +467,7 @@ fn every_claim_that_goes_gets_a_released_event(env: &Envtest) {
             "{name}: {message}"
         );
     }
-    assert_eq!(allocated(env, "root-e"), "0");
+    wait_allocated(env, "root-e", |a| a == "0");
 }
 
 fn deploy_kustomization_is_accepted_by_kube_apiserver(env: &Envtest) {

@@ -8,7 +8,7 @@ use super::meta;
 use super::selector::{self, FieldRequirement};
 use super::state::State;
 use super::txn::{store_error, Stored, Txn};
-use crate::api::PREFIX_IN_USE_FINALIZER;
+use crate::api::{IPPrefix, PREFIX_IN_USE_FINALIZER};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{KeyRange, ObjectKey, Precondition, SledStore, Store, StoreError};
 use base64::Engine;
@@ -145,6 +145,58 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Store the status of every IPPrefix whose children changed since the last call (see
+    /// [`super::status::mark_status_stale`]), in one commit, and wait until it is durable.
+    /// Returns how many were written. Marks given up on by a failed commit stay marked.
+    pub async fn write_stale_statuses(&self) -> ApiResult<usize> {
+        self.ensure_available()?;
+        let commit = {
+            let mut state = self.lock().await;
+            let names = state.take_stale_statuses();
+            if names.is_empty() {
+                return Ok(0);
+            }
+            let written = (|| {
+                let mut tx = Txn::new(&*self.inner.store, &mut state);
+                let mut written = 0;
+                for name in &names {
+                    if let Some(prefix) = tx.get::<IPPrefix>("", name)? {
+                        written +=
+                            usize::from(super::status::store_current_status(&mut tx, prefix)?);
+                    }
+                }
+                Ok::<_, ApiError>((written, tx.commit(false)?))
+            })();
+            if written.is_err() {
+                for name in &names {
+                    state.mark_status_stale(name);
+                }
+            }
+            written?
+        };
+        if let Some(c) = commit.1.committed {
+            c.durable.await.map_err(store_error)?;
+        }
+        Ok(commit.0)
+    }
+
+    /// Keep IPPrefix status current for as long as the runtime runs: woken by the first change
+    /// of a parent's children, it writes at once, then waits `batch_period` before it writes
+    /// again, so a burst of claims costs their parent one write (and its watchers one event)
+    /// per period instead of one per claim. Spawn it once per process.
+    pub async fn run_status_writer(self, batch_period: std::time::Duration) {
+        let stale = self.lock().await.status_stale();
+        loop {
+            stale.notified().await;
+            match self.write_stale_statuses().await {
+                Ok(_) => {}
+                Err(ApiError::ServiceUnavailable(_)) => {} // the store's failure is logged once, there
+                Err(e) => tracing::warn!(error = %e, "cannot store IPPrefix status"),
+            }
+            tokio::time::sleep(batch_period).await;
+        }
     }
 
     /// One writer at a time (allocation decisions and their commit are one step). An async

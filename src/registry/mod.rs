@@ -24,6 +24,7 @@ pub use generic::{
 pub use kind::Kind;
 pub use managed_fields::{FieldManager, Operation};
 pub use stats::RootUsage;
+pub use status::STATUS_BATCH_PERIOD;
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! exclusions and reservations that never cover a child, and protected deletes.
 use super::kind::{Kind, Removal};
 use super::state::{exclusions_of, parse_stored, reserve_of, PoolEntry};
-use super::status::{refresh_prefix_status, write_parent_status};
+use super::status::{mark_status_stale, refresh_prefix_status};
 use super::txn::{Stored, Txn};
 use super::validate::{validate_cidr, validate_reclaim_policy, validate_reserve};
 use crate::alloc::{AllocError, Holder};
@@ -219,8 +219,8 @@ impl Kind for IPPrefix {
 }
 
 /// Give `prefix`'s block back to its parent (or drop it from the roots) and forget its indexes,
-/// updating the parent's status in the same transaction. The caller deletes the object.
-/// Returns the parent, re-read, when it has one.
+/// marking the parent's status stale. The caller deletes the object. Returns the parent, when
+/// it has one.
 pub(super) fn release_prefix(
     tx: &mut Txn<'_>,
     prefix: &IPPrefix,
@@ -264,8 +264,8 @@ pub(super) fn release_prefix(
             }
         });
     }
-    write_parent_status(tx, parent.clone())?;
-    tx.get::<IPPrefix>("", &parent_ref.name)
+    mark_status_stale(tx, &parent_ref.name);
+    Ok(Some(parent))
 }
 
 /// A static carve: a user-made IPPrefix with `parentRef` takes exactly its block.
@@ -291,7 +291,8 @@ fn carve_static(tx: &mut Txn<'_>, name: &str, net: IpNet, parent_name: &str) -> 
             e,
         ));
     }
-    write_parent_status(tx, parent)
+    mark_status_stale(tx, parent_name);
+    Ok(())
 }
 
 /// Mark `net` allocated in `parent`'s pool for the child `holder`, with undo. The outer error

@@ -4,7 +4,8 @@ use crate::alloc::{Pool, Reserve};
 use crate::api::{IPPrefix, ReserveSpec};
 use crate::error::{ApiError, ApiResult};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// The allocator of one parent IPPrefix, and who holds each allocated block.
 pub struct PoolEntry {
@@ -21,6 +22,11 @@ pub struct State {
     pub roots: BTreeMap<String, IpNet>,
     /// Released IPPrefixes by the claim (namespace, name) they wait for, for rebinding.
     pub released: HashMap<(String, String), String>,
+    /// IPPrefixes whose stored status no longer counts their children, and a wake-up for the
+    /// task that writes them (see `status::mark_status_stale`). Not undone with a failed
+    /// transaction: a needless refresh finds nothing changed and writes nothing.
+    stale_status: BTreeSet<String>,
+    status_stale: Arc<tokio::sync::Notify>,
 }
 
 pub fn reserve_of(spec: Option<&ReserveSpec>) -> Reserve {
@@ -92,6 +98,23 @@ impl State {
         self.pools.get(name).map_or(0, |p| p.pool.allocated_count())
     }
 
+    pub fn mark_status_stale(&mut self, name: &str) {
+        if !self.stale_status.contains(name) {
+            self.stale_status.insert(name.to_string());
+        }
+        self.status_stale.notify_one();
+    }
+
+    /// The IPPrefixes marked stale since the last call.
+    pub fn take_stale_statuses(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.stale_status)
+    }
+
+    /// Notified whenever a status becomes stale.
+    pub fn status_stale(&self) -> Arc<tokio::sync::Notify> {
+        self.status_stale.clone()
+    }
+
     /// Forget a pool (its IPPrefix is gone).
     pub fn drop_pool(&mut self, name: &str) -> Option<PoolEntry> {
         self.pools.remove(name)
@@ -116,6 +139,11 @@ impl State {
         drop(parent_names);
         let mut children: HashMap<String, Vec<(IpNet, String)>> = HashMap::new();
         for e in entries {
+            // Status is written shortly after the children change (`mark_status_stale`); a
+            // stop in between leaves it behind. Parents are checked again at start.
+            if e.stored_children != 0 {
+                state.mark_status_stale(&e.name);
+            }
             if let Some(claim) = e.released_for {
                 state.released.insert(claim, e.name.clone());
             }
@@ -143,6 +171,7 @@ impl State {
                     format!("children of ipprefix {parent_name:?} are inconsistent: {e}")
                 })?;
             let holders = kids.into_iter().collect();
+            state.mark_status_stale(&parent_name);
             state.pools.insert(parent_name, PoolEntry { pool, holders });
         }
         Ok(state)
@@ -159,6 +188,9 @@ pub struct IndexEntry {
     pub reserve: Reserve,
     /// The claim (namespace, name) a `Released` prefix waits for.
     pub released_for: Option<(String, String)>,
+    /// `status.children` as stored: a prefix that had children when the process stopped may
+    /// have a status to bring up to date.
+    pub stored_children: i64,
 }
 
 impl IndexEntry {
@@ -183,6 +215,7 @@ impl IndexEntry {
             exclude: exclusions_of(p),
             reserve: reserve_of(p.spec.reserve.as_ref()),
             released_for,
+            stored_children: p.status.as_ref().and_then(|s| s.children).unwrap_or(0),
             name,
         })
     }
@@ -207,15 +240,17 @@ struct NameView {
 #[derive(serde::Deserialize)]
 struct PhaseView {
     phase: Option<String>,
+    children: Option<i64>,
 }
 
-/// Decode a stored IPPrefix for the indexes: name, spec and phase only.
+/// Decode a stored IPPrefix for the indexes: name, spec, phase and number of children only.
 pub fn decode_for_index(bytes: &[u8]) -> Result<IndexEntry, String> {
     let view: IndexView =
         serde_json::from_slice(bytes).map_err(|e| format!("stored ipprefix is damaged: {e}"))?;
     let mut prefix = IPPrefix::new(&view.metadata.name.unwrap_or_default(), view.spec);
     prefix.status = view.status.map(|s| crate::api::IPPrefixStatus {
         phase: s.phase,
+        children: s.children,
         ..Default::default()
     });
     IndexEntry::of(&prefix)

@@ -17,6 +17,12 @@ fn claim(ns: &str, name: &str, parent: &str, len: u8) -> IPPrefixClaim {
     IPPrefixClaim::new_with_length(ns, name, parent, len)
 }
 
+/// An IPPrefix's status once the status writer has run (the process runs it continuously).
+async fn status_of(reg: &Registry, name: &str) -> IPPrefixStatus {
+    reg.write_stale_statuses().await.unwrap();
+    reg.get::<IPPrefix>("", name).unwrap().status.unwrap()
+}
+
 async fn bound(reg: &Registry, c: IPPrefixClaim) -> String {
     let ns = c.metadata.namespace.clone().unwrap();
     let created = reg.create(&ns, c, false).await.expect("claim create");
@@ -82,8 +88,7 @@ async fn address_plan_for_a_cloud_network_gets_exact_first_fit_answers() {
         bound(&reg, claim("project-a", "nic-3", parent, 128)).await,
         "fd20::3/128"
     );
-    let subnet: IPPrefix = reg.get("", parent).unwrap();
-    let status = subnet.status.unwrap();
+    let status = status_of(&reg, parent).await;
     assert_eq!(status.children, Some(4));
     assert_eq!(status.capacity.unwrap().allocated, "4");
 }
@@ -126,8 +131,8 @@ async fn ipv4_slash28_with_reserve_gives_13_hosts_then_exhausted() {
         reg.get::<IPPrefixClaim>("p", "h13"),
         Err(ApiError::NotFound(_))
     ));
-    let p: IPPrefix = reg.get("", "p.net").unwrap();
-    assert_eq!(p.status.unwrap().capacity.unwrap().available, "0");
+    let status = status_of(&reg, "p.net").await;
+    assert_eq!(status.capacity.unwrap().available, "0");
 }
 
 #[tokio::test]
@@ -205,6 +210,7 @@ async fn claim_with_children_waits_behind_finalizer_and_goes_with_its_last_child
     reg.create("", root("r", "fd20::/20"), false).await.unwrap();
     bound(&reg, claim("ns", "pool", "r", 48)).await;
     bound(&reg, claim("ns", "sub", "ns.pool", 64)).await;
+    assert_eq!(status_of(&reg, "r").await.children, Some(1));
     let (obj, gone) = reg
         .delete::<IPPrefixClaim>("ns", "pool", &no_finalizers())
         .await
@@ -228,8 +234,9 @@ async fn claim_with_children_waits_behind_finalizer_and_goes_with_its_last_child
         reg.get::<IPPrefix>("", "ns.pool"),
         Err(ApiError::NotFound(_))
     ));
-    let r: IPPrefix = reg.get("", "r").unwrap();
-    assert_eq!(r.status.unwrap().capacity.unwrap().allocated, "0");
+    let status = status_of(&reg, "r").await;
+    assert_eq!(status.capacity.unwrap().allocated, "0");
+    assert_eq!(status.children, Some(0));
 }
 
 #[tokio::test]
@@ -376,6 +383,103 @@ async fn restart_rebuilds_pools_from_storage() {
         }
     };
     assert_eq!(bound(&reg, claim("ns", "c", "r", 32)).await, "10.0.0.2/32");
+}
+
+#[tokio::test]
+async fn claims_leave_their_parent_alone_until_the_status_writer_stores_one_status() {
+    let (reg, _dir) = open();
+    let created = reg
+        .create("", root("r", "10.0.0.0/24"), false)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        bound(&reg, claim("ns", &format!("c{i}"), "r", 32)).await;
+    }
+    // A user who read the parent before the burst can still update it: its resourceVersion
+    // did not move with every claim.
+    let mut edited = created.clone();
+    edited.spec.exclude = vec!["10.0.0.128/25".into()];
+    let edited = reg
+        .update("", "r", edited, Subresource::Main, false)
+        .await
+        .unwrap();
+    assert_eq!(edited.status.as_ref().unwrap().children, Some(20));
+    // One write covers the burst; then nothing is stale.
+    let c20 = bound(&reg, claim("ns", "c20", "r", 32)).await;
+    assert_eq!(c20, "10.0.0.20/32");
+    assert_eq!(reg.write_stale_statuses().await.unwrap(), 1);
+    assert_eq!(reg.write_stale_statuses().await.unwrap(), 0);
+    let stored: IPPrefix = reg.get("", "r").unwrap();
+    assert_eq!(stored.spec.exclude, vec!["10.0.0.128/25".to_string()]);
+    let status = stored.status.unwrap();
+    assert_eq!(status.children, Some(21));
+    assert_eq!(status.capacity.unwrap().allocated, "21");
+}
+
+#[tokio::test]
+async fn status_left_behind_by_a_stop_is_brought_up_to_date_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let reg = Registry::open(dir.path(), 100).unwrap();
+        reg.create("", root("r", "10.0.0.0/24"), false)
+            .await
+            .unwrap();
+        reg.create("", root("emptied", "10.1.0.0/24"), false)
+            .await
+            .unwrap();
+        bound(&reg, claim("ns", "gone", "emptied", 32)).await;
+        reg.write_stale_statuses().await.unwrap();
+        // Stopped before the status writer ran again.
+        bound(&reg, claim("ns", "a", "r", 32)).await;
+        bound(&reg, claim("ns", "b", "r", 32)).await;
+        reg.delete::<IPPrefixClaim>("ns", "gone", &no_finalizers())
+            .await
+            .unwrap();
+        reg.store().flush().unwrap();
+    }
+    let reg = loop {
+        match Registry::open(dir.path(), 100) {
+            Ok(r) => break r,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let stale: IPPrefix = reg.get("", "emptied").unwrap();
+    assert_eq!(stale.status.unwrap().children, Some(1));
+    assert_eq!(reg.write_stale_statuses().await.unwrap(), 2);
+    let r = reg.get::<IPPrefix>("", "r").unwrap().status.unwrap();
+    assert_eq!(
+        (r.children, r.capacity.unwrap().allocated.as_str()),
+        (Some(2), "2")
+    );
+    let emptied = reg.get::<IPPrefix>("", "emptied").unwrap().status.unwrap();
+    assert_eq!(emptied.children, Some(0));
+}
+
+#[tokio::test]
+async fn the_status_writer_stores_a_change_without_being_asked() {
+    let (reg, _dir) = open();
+    tokio::spawn(
+        reg.clone()
+            .run_status_writer(std::time::Duration::from_millis(20)),
+    );
+    reg.create("", root("r", "10.0.0.0/24"), false)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        bound(&reg, claim("ns", &format!("c{i}"), "r", 32)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = reg.get::<IPPrefix>("", "r").unwrap().status.unwrap();
+        if status.children == Some(3) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status still {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

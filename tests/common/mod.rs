@@ -215,6 +215,24 @@ impl TestServer {
         String::from_utf8(out.stdout).expect("kubectl stdout is UTF-8")
     }
 
+    /// [`Self::kubectl_ok`] until its output is `expected` (a status the server writes right
+    /// after the change that caused it); panics with the last output after 10 s.
+    pub fn kubectl_until(&self, args: &[&str], expected: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = self.kubectl_ok(args);
+            if out.trim() == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl {} still prints {out:?}, not {expected:?}",
+                args.join(" ")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// A kube-rs client for the admin user, from the kubeconfig.
     pub async fn client(&self) -> kube::Client {
         kube::Client::try_from(self.kube_config().await).expect("build kube client")
