@@ -76,8 +76,8 @@ fn object_value<K: Served>(
     }
 }
 
-/// One object in the representation asked for, as JSON. The full object, the common case, is
-/// written straight from the typed object: no `Value` tree in between.
+/// One object in the representation asked for, as JSON. The full object, the common case, and
+/// its metadata alone are written straight from the typed object: no `Value` tree in between.
 pub fn object_json<K: Served>(
     obj: &K,
     repr: Representation,
@@ -85,6 +85,9 @@ pub fn object_json<K: Served>(
 ) -> ApiResult<Vec<u8>> {
     let encoded = match repr {
         Representation::Object { .. } => serde_json::to_vec(obj),
+        Representation::PartialObjectMetadata { beta } => serde_json::to_vec(
+            &table::PartialObjectMetadata::new(meta_api_version(beta), obj.meta()),
+        ),
         _ => serde_json::to_vec(&object_value(obj, repr, include)?),
     };
     encoded.map_err(|e| ApiError::Internal(format!("encode: {e}")))

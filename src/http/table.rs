@@ -94,6 +94,26 @@ pub fn partial_object_metadata(meta: &ObjectMeta) -> Value {
     partial_object_metadata_for("meta.k8s.io/v1", meta)
 }
 
+/// `PartialObjectMetadata`, borrowing the object's metadata: written straight to JSON (a watch
+/// of metadata, as kube-controller-manager's garbage collector holds, encodes one per event).
+#[derive(serde::Serialize)]
+pub struct PartialObjectMetadata<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    metadata: &'a ObjectMeta,
+}
+
+impl<'a> PartialObjectMetadata<'a> {
+    pub fn new(api_version: &'a str, metadata: &'a ObjectMeta) -> Self {
+        PartialObjectMetadata {
+            kind: "PartialObjectMetadata",
+            api_version,
+            metadata,
+        }
+    }
+}
+
 /// `PartialObjectMetadata` with the given `apiVersion` (`meta.k8s.io/v1` or `meta.k8s.io/v1beta1`).
 pub fn partial_object_metadata_for(api_version: &str, meta: &ObjectMeta) -> Value {
     json!({

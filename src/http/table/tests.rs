@@ -382,3 +382,20 @@ fn partial_object_metadata_list_wraps_each_item() {
         "2025-06-01T11:57:00Z"
     );
 }
+
+#[test]
+fn partial_object_metadata_written_from_the_object_equals_the_value_form() {
+    let claim = bound_claim();
+    for version in ["meta.k8s.io/v1", "meta.k8s.io/v1beta1"] {
+        let direct: serde_json::Value = serde_json::from_slice(
+            &serde_json::to_vec(&PartialObjectMetadata::new(version, &claim.metadata)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            direct,
+            partial_object_metadata_for(version, &claim.metadata)
+        );
+        assert_eq!(direct["metadata"]["name"], "web-0");
+        assert_eq!(direct["apiVersion"], version);
+    }
+}
