@@ -52,7 +52,8 @@ pub struct ClaimReference {
     pub uid: Option<String>,
 }
 
-/// What the server computed for an IPPrefix. Read-only.
+/// What the server computed for an IPPrefix. Read-only. The counts follow the children shortly
+/// after they change (written at most every 100 ms per prefix during a burst of claims).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPrefixStatus {

@@ -62,7 +62,7 @@ const KIND_TEXT: [KindText; 2] = [
         spec_type: "IPPrefixSpec",
         status_type: "IPPrefixStatus",
         spec: "The block, what it was carved from, what inside it is never handed out, and the claim it is bound to.",
-        status: "What the server computed for the block: phase, family, capacity and utilization. Read-only.",
+        status: "What the server computed for the block: phase, family, capacity and utilization. Read-only; the counts follow the children shortly after they change (at most every 100 ms per prefix during a burst of claims).",
     },
     KindText {
         kind: "IPPrefixClaim",
