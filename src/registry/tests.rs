@@ -23,6 +23,16 @@ async fn status_of(reg: &Registry, name: &str) -> IPPrefixStatus {
     reg.get::<IPPrefix>("", name).unwrap().status.unwrap()
 }
 
+/// Open the registry again once the previous one's store has let go of the directory.
+async fn reopen(dir: &std::path::Path) -> Registry {
+    loop {
+        match Registry::open(dir, 100) {
+            Ok(r) => return r,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
 async fn bound(reg: &Registry, c: IPPrefixClaim) -> String {
     let ns = c.metadata.namespace.clone().unwrap();
     let created = reg.create(&ns, c, false).await.expect("claim create");
@@ -376,12 +386,7 @@ async fn restart_rebuilds_pools_from_storage() {
         bound(&reg, claim("ns", "b", "r", 32)).await;
         reg.store().flush().unwrap();
     }
-    let reg = loop {
-        match Registry::open(dir.path(), 100) {
-            Ok(r) => break r,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    };
+    let reg = reopen(dir.path()).await;
     assert_eq!(bound(&reg, claim("ns", "c", "r", 32)).await, "10.0.0.2/32");
 }
 
@@ -437,12 +442,7 @@ async fn status_left_behind_by_a_stop_is_brought_up_to_date_at_open() {
             .unwrap();
         reg.store().flush().unwrap();
     }
-    let reg = loop {
-        match Registry::open(dir.path(), 100) {
-            Ok(r) => break r,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    };
+    let reg = reopen(dir.path()).await;
     let stale: IPPrefix = reg.get("", "emptied").unwrap();
     assert_eq!(stale.status.unwrap().children, Some(1));
     assert_eq!(reg.write_stale_statuses().await.unwrap(), 2);
