@@ -7,7 +7,7 @@ use super::kind::{Kind, Removal};
 use super::meta;
 use super::prefix::{block_error, name_of, release_prefix, take_block};
 use super::state::{parse_stored, reserve_of};
-use super::status::{fill_prefix_status, mark_status_stale};
+use super::status::fill_prefix_status;
 use super::txn::{Stored, Txn};
 use super::validate::{
     validate_cidr, validate_ip_family, validate_reclaim_policy, validate_reserve,
@@ -545,7 +545,7 @@ fn bind(
     // The new prefix has no children yet: its status is its own pool's, built just above.
     fill_prefix_status(&mut child, &child_pool);
     tx.put(&child, Precondition::Absent)?;
-    mark_status_stale(tx, &parent_name);
+    tx.state.mark_status_stale(&parent_name);
     claim.status = Some(bound_status(
         block,
         &child_name,

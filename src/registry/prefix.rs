@@ -2,7 +2,7 @@
 //! exclusions and reservations that never cover a child, and protected deletes.
 use super::kind::{Kind, Removal};
 use super::state::{exclusions_of, parse_stored, reserve_of, PoolEntry};
-use super::status::{mark_status_stale, refresh_prefix_status};
+use super::status::refresh_prefix_status;
 use super::txn::{Stored, Txn};
 use super::validate::{validate_cidr, validate_reclaim_policy, validate_reserve};
 use crate::alloc::{AllocError, Holder};
@@ -264,7 +264,7 @@ pub(super) fn release_prefix(
             }
         });
     }
-    mark_status_stale(tx, &parent_ref.name);
+    tx.state.mark_status_stale(&parent_ref.name);
     Ok(Some(parent))
 }
 
@@ -291,7 +291,7 @@ fn carve_static(tx: &mut Txn<'_>, name: &str, net: IpNet, parent_name: &str) -> 
             e,
         ));
     }
-    mark_status_stale(tx, parent_name);
+    tx.state.mark_status_stale(parent_name);
     Ok(())
 }
 

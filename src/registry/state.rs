@@ -23,7 +23,7 @@ pub struct State {
     /// Released IPPrefixes by the claim (namespace, name) they wait for, for rebinding.
     pub released: HashMap<(String, String), String>,
     /// IPPrefixes whose stored status no longer counts their children, and a wake-up for the
-    /// task that writes them (see `status::mark_status_stale`). Not undone with a failed
+    /// task that writes them (see [`State::mark_status_stale`]). Not undone with a failed
     /// transaction: a needless refresh finds nothing changed and writes nothing.
     stale_status: BTreeSet<String>,
     status_stale: Arc<tokio::sync::Notify>,
@@ -98,6 +98,10 @@ impl State {
         self.pools.get(name).map_or(0, |p| p.pool.allocated_count())
     }
 
+    /// `name`'s children changed: its stored status is out of date. The status writer
+    /// ([`Registry::write_stale_statuses`](super::Registry)) stores it right after, batching a
+    /// burst of changes into one write per prefix (`status::STATUS_BATCH_PERIOD`). Allocation
+    /// never reads the stored status, only the pool, so nothing waits for it.
     pub fn mark_status_stale(&mut self, name: &str) {
         if !self.stale_status.contains(name) {
             self.stale_status.insert(name.to_string());

@@ -35,20 +35,13 @@ pub fn fill_prefix_status(prefix: &mut IPPrefix, pool: &Pool) {
     }
 }
 
-/// How long the status writer waits after writing before it writes again: under a burst of
+/// How long the status writer ([`State::mark_status_stale`]) waits after writing before it
+/// writes again: under a burst of
 /// claims a parent's status (and resourceVersion) changes ten times a second, not once per
 /// claim. Writing it in every claim's transaction cost each create a second object to decode,
 /// encode and store, and each watcher of IPPrefixes an event: 8-10 % of a create's CPU here,
 /// more in a cluster, where kube-controller-manager decodes every event.
 pub const STATUS_BATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// `parent`'s children changed in this transaction: its derived status is now out of date.
-/// The status writer ([`Registry::write_stale_statuses`](super::Registry)) stores it right
-/// after, batching a burst of changes into one write per parent (see `STATUS_BATCH_PERIOD`).
-/// Allocation never reads the stored status, only the pool, so nothing waits for it.
-pub fn mark_status_stale(tx: &mut Txn<'_>, parent: &str) {
-    tx.state.mark_status_stale(parent);
-}
 
 /// Put `prefix` back with its derived status recomputed, when that changed it. Returns whether
 /// it wrote.

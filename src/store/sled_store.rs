@@ -78,7 +78,8 @@ struct Inner {
     /// for microseconds (in-memory checks); never across a sled write or an fsync.
     commit: Mutex<CommitState>,
     /// Values of commits not yet written into sled, by sled key: reads look here first. An
-    /// entry goes once the flusher has written its commit (unless a later commit replaced it).
+    /// entry goes once the writer has put its commit into sled (unless a later commit replaced
+    /// it).
     unapplied: Mutex<HashMap<Vec<u8>, Unapplied>>,
     /// Hands commits to the writer thread.
     flush: Mutex<FlushQueue>,
@@ -392,7 +393,7 @@ impl Inner {
 impl Store for SledStore {
     fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
         let sled_key = object_key(key);
-        // Before sled: a value the flusher has not written yet is newer than sled's. (Entries
+        // Before sled: a value the writer has not put into sled yet is newer than sled's. (Entries
         // leave only after sled has the value, so a miss here and a read of sled cannot skip it.)
         if let Some(u) = lock(&self.inner.unapplied).get(&sled_key) {
             return u
