@@ -259,6 +259,29 @@ fn print_table(rounds: &[Round], totals: &[Round]) {
 
 /// How many creates kube-apiserver served, by resource, over the whole run (its
 /// `apiserver_request_total`): shows what else each claim costs it (Events, reviews).
+/// Group commit over the whole run, from ipam-apiserver's own /metrics: how many commits each
+/// fsync carried. Under a low request rate each fsync carries few, and its fixed cost is paid by
+/// few claims.
+fn commits_per_fsync(env: &Envtest) -> String {
+    let direct = env.direct_kubeconfig(Some("admin"));
+    let out = env.kubectl_as(&direct, &["get", "--raw", "/metrics"]);
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (commits, fsyncs) = (
+        sample("ipam_store_commit_batch_size_sum"),
+        sample("ipam_store_commit_batch_size_count"),
+    );
+    format!(
+        "ipam-apiserver group commit over the run: {commits} commits in {fsyncs} fsyncs ({:.1} per fsync)",
+        commits / fsyncs.max(1.0)
+    )
+}
+
 fn create_counts(env: &Envtest) -> String {
     let metrics = env.kubectl_ok(&["get", "--raw", "/metrics"]);
     let mut by: BTreeMap<String, f64> = BTreeMap::new();
@@ -525,6 +548,7 @@ fn claim_creates_vs_configmap_creates_through_kube_apiserver() {
     }
     print_table(&rounds, &totals);
     eprintln!("{}", create_counts(&env));
+    eprintln!("{}", commits_per_fsync(&env));
     eprintln!(
         "Events in namespace {NS}: {events_written} for {} claims (ipam-apiserver drops Events when its queue of {} is full)",
         prefixes.lock().unwrap().len(),

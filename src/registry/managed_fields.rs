@@ -456,10 +456,20 @@ pub fn record_update(
     scope: Scope,
     api_version: &str,
 ) -> Vec<ManagedFieldsEntry> {
+    let new_set = field_set(new, scope);
+    // A create (no old object, no entries to start from) owns every field it set: the general
+    // path below would reach the same single entry after comparing against nothing and parsing
+    // its own fieldsV1 back (4 % of a claim create's CPU).
+    if old.is_none() && base.is_empty() {
+        return if new_set.is_empty() {
+            Vec::new()
+        } else {
+            vec![new_entry(fm, scope, api_version, &new_set)]
+        };
+    }
     let empty = Value::Object(Map::new());
     let old_v = old.unwrap_or(&empty);
     let old_set = old.map(|o| field_set(o, scope)).unwrap_or_default();
-    let new_set = field_set(new, scope);
     let changed: FieldSet = new_set
         .iter()
         .filter(|p| !old_set.contains(*p) || !same_at(old_v, new, p))

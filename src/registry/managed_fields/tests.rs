@@ -182,3 +182,24 @@ fn user_agent_gives_the_update_manager() {
     assert_eq!(m.manager, "kubectl");
     assert!(FieldManager::apply(None, false).is_err());
 }
+
+#[test]
+fn a_create_records_one_update_entry_owning_every_field_it_set() {
+    let new = claim("Delete");
+    let without_time = |mut entries: Vec<ManagedFieldsEntry>| {
+        entries.iter_mut().for_each(|e| e.time = None);
+        entries
+    };
+    let created = record_update(vec![], None, &new, &updater("kubectl"), Scope::Main, AV);
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0].manager.as_deref(), Some("kubectl"));
+    assert_eq!(created[0].operation.as_deref(), Some("Update"));
+    assert!(created[0].time.is_some());
+    assert_eq!(entry_set(&created[0]), field_set(&new, Scope::Main));
+    // The same as an update from an empty object, which takes the general path.
+    let from_empty = updated(vec![], &json!({}), &new, "kubectl");
+    assert_eq!(without_time(created), without_time(from_empty));
+    // Nothing set, nothing owned.
+    let bare = json!({"metadata": {"name": "x", "namespace": "p"}});
+    assert!(record_update(vec![], None, &bare, &updater("k"), Scope::Main, AV).is_empty());
+}
