@@ -9,7 +9,9 @@
 //!   cargo test --release --test throughput_cluster -- --ignored --nocapture
 //! ```
 //!
-//! Knobs: `IPAM_BENCH_COUNT` (creates per kind, default 2000, split over two rounds),
+//! Knobs: `IPAM_BENCH_COUNT` (creates per kind, default 2000, split over the rounds),
+//! `IPAM_BENCH_ROUNDS` (rounds per kind, default 2; more rounds spread a noisy host's slow
+//! spells over both kinds),
 //! `IPAM_BENCH_CONCURRENCY` (concurrent tasks, default 32), `IPAM_BENCH_DIRECT=0` to skip the
 //! extra rounds that send claims straight to ipam-apiserver (bypassing the aggregator; they
 //! show what the proxy hop costs).
@@ -341,6 +343,7 @@ fn claim_creates_vs_configmap_creates_through_kube_apiserver() {
     let count = env_usize("IPAM_BENCH_COUNT", 2000).max(2);
     let concurrency = env_usize("IPAM_BENCH_CONCURRENCY", 32).max(1);
     let direct = std::env::var("IPAM_BENCH_DIRECT").map_or(true, |v| v != "0");
+    let round_count = env_usize("IPAM_BENCH_ROUNDS", 2).clamp(1, count);
     let t0 = Instant::now();
     let Some(env) = Envtest::start("throughput_cluster") else {
         return;
@@ -449,10 +452,10 @@ fn claim_creates_vs_configmap_creates_through_kube_apiserver() {
             }};
         }
         settle(&events).await;
-        let half = count / 2;
         let mut rounds = Vec::new();
-        for (r, (start, n)) in [(0, half), (half, count - half)].into_iter().enumerate() {
-            let r = r + 1;
+        for r in 1..=round_count {
+            let start = count * (r - 1) / round_count;
+            let n = count * r / round_count - start;
             rounds.push(measured!(run(
                 &format!("configmaps via kube-apiserver #{r}"),
                 start,
