@@ -259,8 +259,6 @@ fn print_table(rounds: &[Round], totals: &[Round]) {
     let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
-/// How many creates kube-apiserver served, by resource, over the whole run (its
-/// `apiserver_request_total`): shows what else each claim costs it (Events, reviews).
 /// Group commit over the whole run, from ipam-apiserver's own /metrics: how many commits each
 /// fsync carried. Under a low request rate each fsync carries few, and its fixed cost is paid by
 /// few claims.
@@ -284,6 +282,8 @@ fn commits_per_fsync(env: &Envtest) -> String {
     )
 }
 
+/// How many creates kube-apiserver served, by resource, over the whole run (its
+/// `apiserver_request_total`): shows what else each claim costs it (Events, reviews).
 fn create_counts(env: &Envtest) -> String {
     let metrics = env.kubectl_ok(&["get", "--raw", "/metrics"]);
     let mut by: BTreeMap<String, f64> = BTreeMap::new();
