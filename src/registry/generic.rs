@@ -152,7 +152,7 @@ impl Registry {
     /// Returns how many were written. Marks given up on by a failed commit stay marked.
     pub async fn write_stale_statuses(&self) -> ApiResult<usize> {
         self.ensure_available()?;
-        let commit = {
+        let (written, commit) = {
             let mut state = self.lock().await;
             let names = state.take_stale_statuses();
             if names.is_empty() {
@@ -176,10 +176,10 @@ impl Registry {
             }
             written?
         };
-        if let Some(c) = commit.1.committed {
+        if let Some(c) = commit.committed {
             c.durable.await.map_err(store_error)?;
         }
-        Ok(commit.0)
+        Ok(written)
     }
 
     /// Keep IPPrefix status current for as long as the runtime runs: woken by the first change

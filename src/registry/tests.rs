@@ -376,16 +376,14 @@ async fn dry_run_allocates_nothing() {
 
 #[tokio::test]
 async fn restart_rebuilds_pools_from_storage() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let reg = Registry::open(dir.path(), 100).unwrap();
-        reg.create("", root("r", "10.0.0.0/24"), false)
-            .await
-            .unwrap();
-        bound(&reg, claim("ns", "a", "r", 32)).await;
-        bound(&reg, claim("ns", "b", "r", 32)).await;
-        reg.store().flush().unwrap();
-    }
+    let (reg, dir) = open();
+    reg.create("", root("r", "10.0.0.0/24"), false)
+        .await
+        .unwrap();
+    bound(&reg, claim("ns", "a", "r", 32)).await;
+    bound(&reg, claim("ns", "b", "r", 32)).await;
+    reg.store().flush().unwrap();
+    drop(reg);
     let reg = reopen(dir.path()).await;
     assert_eq!(bound(&reg, claim("ns", "c", "r", 32)).await, "10.0.0.2/32");
 }
@@ -423,25 +421,23 @@ async fn claims_leave_their_parent_alone_until_the_status_writer_stores_one_stat
 
 #[tokio::test]
 async fn status_left_behind_by_a_stop_is_brought_up_to_date_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let reg = Registry::open(dir.path(), 100).unwrap();
-        reg.create("", root("r", "10.0.0.0/24"), false)
-            .await
-            .unwrap();
-        reg.create("", root("emptied", "10.1.0.0/24"), false)
-            .await
-            .unwrap();
-        bound(&reg, claim("ns", "gone", "emptied", 32)).await;
-        reg.write_stale_statuses().await.unwrap();
-        // Stopped before the status writer ran again.
-        bound(&reg, claim("ns", "a", "r", 32)).await;
-        bound(&reg, claim("ns", "b", "r", 32)).await;
-        reg.delete::<IPPrefixClaim>("ns", "gone", &no_finalizers())
-            .await
-            .unwrap();
-        reg.store().flush().unwrap();
-    }
+    let (reg, dir) = open();
+    reg.create("", root("r", "10.0.0.0/24"), false)
+        .await
+        .unwrap();
+    reg.create("", root("emptied", "10.1.0.0/24"), false)
+        .await
+        .unwrap();
+    bound(&reg, claim("ns", "gone", "emptied", 32)).await;
+    reg.write_stale_statuses().await.unwrap();
+    // Stopped before the status writer ran again.
+    bound(&reg, claim("ns", "a", "r", 32)).await;
+    bound(&reg, claim("ns", "b", "r", 32)).await;
+    reg.delete::<IPPrefixClaim>("ns", "gone", &no_finalizers())
+        .await
+        .unwrap();
+    reg.store().flush().unwrap();
+    drop(reg);
     let reg = reopen(dir.path()).await;
     let stale: IPPrefix = reg.get("", "emptied").unwrap();
     assert_eq!(stale.status.unwrap().children, Some(1));
