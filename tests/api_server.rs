@@ -11,6 +11,9 @@ use kube::runtime::watcher;
 use serde_json::Value;
 
 const PREFIXES: &str = "/apis/ipam.miloapis.com/v1alpha1/ipprefixes";
+/// What client-go's metadata client (kube-controller-manager's garbage collector, quota and
+/// namespace controllers) sends.
+const METADATA_PROTOBUF_FIRST: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
 
 fn root(name: &str, prefix: &str) -> IPPrefix {
     IPPrefix::root(name, prefix.parse().expect("a CIDR"))
@@ -220,7 +223,8 @@ async fn kube_rs_watcher_receives_events() {
 }
 
 /// Every event of a watch of IPPrefixes (`query` after `watch=true`) that ends by its
-/// `timeoutSeconds`, as (type, object kind, object apiVersion, object name, spec.prefix).
+/// `timeoutSeconds`, as (type, object kind, object apiVersion, object name, spec.prefix); a
+/// stream in protobuf (metadata only) is read with the crate's own message types.
 async fn watch_events(
     server: &TestServer,
     query: &str,
@@ -231,8 +235,25 @@ async fn watch_events(
         .header(http::header::ACCEPT, accept)
         .body(Vec::new())
         .unwrap();
-    let (code, _, body) = server.send(req).await;
+    let (code, headers, body) = server.send(req).await;
     assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    if headers[http::header::CONTENT_TYPE] == "application/vnd.kubernetes.protobuf;stream=watch" {
+        return common::protobuf::watch_events(&body)
+            .into_iter()
+            .map(|(event_type, object)| {
+                let (api_version, kind, _) = common::protobuf::open_envelope(&object);
+                let name = common::protobuf::partial_object_metadata(&object).name;
+                (
+                    event_type,
+                    kind,
+                    api_version,
+                    name.unwrap_or_default(),
+                    None,
+                )
+            })
+            .collect();
+    }
+    assert_eq!(headers[http::header::CONTENT_TYPE], "application/json");
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     String::from_utf8(body)
         .unwrap()
@@ -252,8 +273,8 @@ async fn watch_events(
 }
 
 /// A metadata informer (the garbage collector's, the quota controller's) watches with
-/// `as=PartialObjectMetadata`: every event's object, bookmarks included, must be one, or client-go
-/// cannot decode it, ends the watch and relists everything.
+/// `as=PartialObjectMetadata`, protobuf first: every event's object, bookmarks included, must be
+/// one, or client-go cannot decode it, ends the watch and relists everything.
 #[tokio::test]
 async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_bookmarks() {
     let server = TestServer::start();
@@ -274,7 +295,16 @@ async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_
     let streaming =
         "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1";
     assert_eq!(
-        watch_events(&server, streaming, "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json").await,
+        watch_events(&server, streaming, METADATA_PROTOBUF_FIRST).await,
+        vec![meta("ADDED", "watched"), meta("BOOKMARK", "")]
+    );
+    assert_eq!(
+        watch_events(
+            &server,
+            streaming,
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+        )
+        .await,
         vec![meta("ADDED", "watched"), meta("BOOKMARK", "")]
     );
     assert_eq!(
@@ -295,11 +325,13 @@ async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_
             .await
             .unwrap();
     };
-    let (m1, f1, m2, f2, ()) = tokio::join!(
+    let (m1, f1, m2, f2, p1, p2, ()) = tokio::join!(
         watch_events(&server, live, metadata),
         watch_events(&server, live, "application/json"),
         watch_events(&server, live, metadata),
         watch_events(&server, live, "application/json"),
+        watch_events(&server, live, METADATA_PROTOBUF_FIRST),
+        watch_events(&server, live, METADATA_PROTOBUF_FIRST),
         create
     );
     // Without a resourceVersion a watch starts with the existing objects, then the change.
@@ -308,7 +340,8 @@ async fn a_metadata_watch_gets_partial_object_metadata_in_every_event_including_
         full("ADDED", "watched", Some("10.0.0.0/16")),
         full("ADDED", "later", Some("10.1.0.0/16")),
     ];
-    assert_eq!((m1, m2), (meta_events.clone(), meta_events));
+    assert_eq!((m1, m2), (meta_events.clone(), meta_events.clone()));
+    assert_eq!((p1, p2), (meta_events.clone(), meta_events));
     assert_eq!((f1, f2), (full_events.clone(), full_events));
 }
 

@@ -49,6 +49,10 @@ fn cluster_e2e() {
             garbage_collector_deletes_a_claim_owned_by_a_configmap,
         ),
         (
+            "metadata_in_protobuf_reads_like_kubernetes_own",
+            metadata_in_protobuf_reads_like_kubernetes_own,
+        ),
+        (
             "deleting_a_namespace_releases_nested_claims",
             deleting_a_namespace_releases_nested_claims,
         ),
@@ -368,6 +372,89 @@ spec: {{prefixLength: 48, parentRef: {{name: root-c}}}}
     env.apply(&claim("team-c", "again", "root-c", 48));
     let c = json(env, &["get", "ippc", "again", "-n", "team-c"]);
     assert_eq!(c["status"]["prefix"], "fd30::/48", "{c}");
+}
+
+/// kube-controller-manager's metadata informers ask for protobuf first. The garbage collector
+/// case above shows it decodes ours; this one reads kube-apiserver's own encoding of a
+/// ConfigMap and ours of a claim (through the aggregation layer) with the crate's message
+/// types, and checks both against the same objects' JSON: same field numbers, same values.
+fn metadata_in_protobuf_reads_like_kubernetes_own(env: &Envtest) {
+    env.apply(&root("root-p", "fd35::/16"));
+    env.apply(&namespace("team-p"));
+    env.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm, namespace: team-p, labels: {app: web}, annotations: {note: x}}\ndata: {k: v}\n");
+    env.apply(
+        "apiVersion: ipam.miloapis.com/v1alpha1\nkind: IPPrefixClaim\nmetadata: {name: pb, namespace: team-p, labels: {app: web}, annotations: {note: x}}\nspec: {prefixLength: 48, parentRef: {name: root-p}}\n",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (path, kubectl) in [
+        (
+            "/api/v1/namespaces/team-p/configmaps/cm",
+            ["configmap", "cm"],
+        ),
+        (
+            "/apis/ipam.miloapis.com/v1alpha1/namespaces/team-p/ipprefixclaims/pb",
+            ["ippc", "pb"],
+        ),
+    ] {
+        let req = http::Request::builder()
+            .uri(path)
+            .header(
+                http::header::ACCEPT,
+                "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
+            )
+            .body(Vec::new())
+            .expect("request");
+        let (status, headers, body) = rt.block_on(async {
+            common::send_with(common::kube_config_from(&env.kubeconfig).await, req).await
+        });
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(
+            headers[http::header::CONTENT_TYPE],
+            "application/vnd.kubernetes.protobuf",
+            "{path}"
+        );
+        let m = common::protobuf::partial_object_metadata(&body);
+        let j = &json(
+            env,
+            &[
+                "get",
+                kubectl[0],
+                kubectl[1],
+                "-n",
+                "team-p",
+                "--show-managed-fields",
+            ],
+        )["metadata"];
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        assert_eq!(m.name, text(&j["name"]), "{path}");
+        assert_eq!(m.namespace, text(&j["namespace"]), "{path}");
+        assert_eq!(m.uid, text(&j["uid"]), "{path}");
+        assert_eq!(m.resource_version, text(&j["resourceVersion"]), "{path}");
+        assert_eq!(m.labels["app"], "web", "{path}");
+        assert_eq!(m.annotations["note"], "x", "{path}");
+        let created: jiff::Timestamp = j["creationTimestamp"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            m.creation_timestamp.and_then(|t| t.seconds),
+            Some(created.as_second()),
+            "{path}"
+        );
+        let entry = &m.managed_fields[0];
+        let json_entry = &j["managedFields"][0];
+        assert_eq!(entry.manager, text(&json_entry["manager"]), "{path}");
+        assert_eq!(entry.operation, text(&json_entry["operation"]), "{path}");
+        let fields: Value = serde_json::from_slice(
+            entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.raw.as_deref())
+                .unwrap(),
+        )
+        .expect("fieldsV1 is JSON");
+        assert_eq!(fields, json_entry["fieldsV1"], "{path}");
+    }
 }
 
 fn deleting_a_namespace_releases_nested_claims(env: &Envtest) {

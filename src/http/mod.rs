@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod negotiate;
 pub mod openapi;
 mod patch;
+pub mod protobuf;
 mod respond;
 pub mod table;
 mod watch;

@@ -1,5 +1,6 @@
 //! What the client sent and what it accepts: query parameters, bodies (JSON or YAML), and the
 //! representation of the response (object, Table, PartialObjectMetadata).
+use super::protobuf;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
@@ -144,6 +145,9 @@ pub enum Representation {
     PartialObjectMetadata {
         beta: bool,
     },
+    /// `meta.k8s.io/v1` PartialObjectMetadata in protobuf: what kube-controller-manager's
+    /// metadata informers ask for first.
+    PartialObjectMetadataProtobuf,
     /// Aggregated discovery, only meaningful on /apis and /api.
     Discovery {
         beta: bool,
@@ -171,11 +175,22 @@ pub fn negotiate(headers: &HeaderMap) -> ApiResult<Representation> {
             .collect();
         let json_like = matches!(media.as_str(), "application/json" | "*/*" | "application/*");
         let yaml = media == "application/yaml";
+        let group = params.get("g").map(String::as_str);
+        let version = params.get("v").map(String::as_str);
+        if media == protobuf::MEDIA_TYPE {
+            // Only metadata has a protobuf schema here, as for a custom resource.
+            let metadata = matches!(
+                params.get("as").map(String::as_str),
+                Some("PartialObjectMetadata" | "PartialObjectMetadataList")
+            );
+            if metadata && group == Some("meta.k8s.io") && version == Some("v1") {
+                return Ok(Representation::PartialObjectMetadataProtobuf);
+            }
+            continue;
+        }
         if !json_like && !yaml {
             continue;
         }
-        let group = params.get("g").map(String::as_str);
-        let version = params.get("v").map(String::as_str);
         match params.get("as").map(String::as_str) {
             None => return Ok(Representation::Object { yaml }),
             Some(kind) if json_like => {
@@ -226,11 +241,20 @@ mod tests {
     }
 
     #[test]
-    fn garbage_collector_gets_partial_metadata_skipping_protobuf() {
+    fn garbage_collector_gets_partial_metadata_in_protobuf() {
         let h = accept("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json");
         assert_eq!(
             negotiate(&h).unwrap(),
-            Representation::PartialObjectMetadata { beta: false }
+            Representation::PartialObjectMetadataProtobuf
+        );
+    }
+
+    #[test]
+    fn protobuf_of_anything_but_v1_metadata_falls_through_to_json() {
+        let h = accept("application/vnd.kubernetes.protobuf;as=Table;g=meta.k8s.io;v=v1,application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1");
+        assert_eq!(
+            negotiate(&h).unwrap(),
+            Representation::PartialObjectMetadata { beta: true }
         );
     }
 

@@ -1,5 +1,6 @@
 //! Objects and lists → responses in the negotiated representation.
 use super::negotiate::Representation;
+use super::protobuf;
 use super::table::{self, IncludeObject, TableRow};
 use crate::error::{ApiError, ApiResult};
 use crate::registry::Kind;
@@ -12,15 +13,25 @@ pub trait Served: Kind + TableRow {}
 impl<K: Kind + TableRow> Served for K {}
 
 pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
-    json_bytes_response(code, body.to_string().into_bytes(), warnings)
+    bytes_response(
+        code,
+        "application/json",
+        body.to_string().into_bytes(),
+        warnings,
+    )
 }
 
-fn json_bytes_response(code: StatusCode, body: Vec<u8>, warnings: &[String]) -> Response {
+fn bytes_response(
+    code: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+    warnings: &[String],
+) -> Response {
     let mut resp = (code, body).into_response();
     let headers = resp.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     for w in warnings {
         // RFC 7234 warning: code 299, agent "-", quoted text, as kube-apiserver sends it.
@@ -73,12 +84,16 @@ fn object_value<K: Served>(
             meta_api_version(beta),
             obj.meta(),
         )),
+        Representation::PartialObjectMetadataProtobuf => {
+            Ok(table::partial_object_metadata(obj.meta()))
+        }
     }
 }
 
-/// One object in the representation asked for, as JSON. The full object, the common case, and
-/// its metadata alone are written straight from the typed object: no `Value` tree in between.
-pub fn object_json<K: Served>(
+/// One object in the representation asked for, in its wire format (JSON, or protobuf for
+/// metadata that asked for it). The full object, the common case, and its metadata alone are
+/// written straight from the typed object: no `Value` tree in between.
+pub fn object_bytes<K: Served>(
     obj: &K,
     repr: Representation,
     include: IncludeObject,
@@ -88,9 +103,20 @@ pub fn object_json<K: Served>(
         Representation::PartialObjectMetadata { beta } => serde_json::to_vec(
             &table::PartialObjectMetadata::new(meta_api_version(beta), obj.meta()),
         ),
+        Representation::PartialObjectMetadataProtobuf => {
+            return Ok(protobuf::partial_object_metadata(obj.meta()))
+        }
         _ => serde_json::to_vec(&object_value(obj, repr, include)?),
     };
     encoded.map_err(|e| ApiError::Internal(format!("encode: {e}")))
+}
+
+/// The Content-Type of a (non-watch) response in `repr`.
+fn content_type(repr: Representation) -> &'static str {
+    match repr {
+        Representation::PartialObjectMetadataProtobuf => protobuf::MEDIA_TYPE,
+        _ => "application/json",
+    }
 }
 
 pub fn object_response<K: Served>(
@@ -104,9 +130,10 @@ pub fn object_response<K: Served>(
         Representation::Object { yaml: true } => {
             yaml_response(code, &object_value(obj, repr, include)?)
         }
-        _ => Ok(json_bytes_response(
+        _ => Ok(bytes_response(
             code,
-            object_json(obj, repr, include)?,
+            content_type(repr),
+            object_bytes(obj, repr, include)?,
             warnings,
         )),
     }
@@ -127,6 +154,20 @@ pub fn list_response<K: Served>(
             include,
             jiff::Timestamp::now(),
         ),
+        Representation::PartialObjectMetadataProtobuf => {
+            let metas: Vec<_> = items.iter().map(|i| i.meta()).collect();
+            let body = protobuf::partial_object_metadata_list(
+                &metas,
+                Some(resource_version),
+                continue_token,
+            );
+            return Ok(bytes_response(
+                StatusCode::OK,
+                protobuf::MEDIA_TYPE,
+                body,
+                &[],
+            ));
+        }
         Representation::PartialObjectMetadata { beta } => {
             let metas: Vec<_> = items.iter().map(|i| i.meta()).collect();
             table::partial_object_metadata_list_for(

@@ -2,7 +2,8 @@
 //! client going away, or server shutdown.
 use super::handlers::watch_options;
 use super::negotiate::{Params, Representation};
-use super::respond::{meta_api_version, object_json, Served};
+use super::protobuf;
+use super::respond::{meta_api_version, object_bytes, Served};
 use super::table::IncludeObject;
 use super::AppState;
 use crate::error::{status_json, ApiResult};
@@ -12,6 +13,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::HeaderValue;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -63,10 +65,14 @@ pub fn watch_response<K: Served>(
         let line = next_line(&mut s).await?;
         Some((Ok::<Bytes, std::convert::Infallible>(line), s))
     });
+    let content_type = match repr {
+        Representation::PartialObjectMetadataProtobuf => protobuf::WATCH_MEDIA_TYPE,
+        _ => "application/json",
+    };
     let mut resp = Body::from_stream(stream).into_response();
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     Ok(resp)
 }
@@ -102,9 +108,9 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
             initial_events_end,
         } => (
             "BOOKMARK",
-            to_bytes(&bookmark::<K>(s.repr, resource_version, initial_events_end)),
+            bookmark::<K>(s.repr, resource_version, initial_events_end),
         ),
-        WatchEvent::Error(e) => ("ERROR", to_bytes(&status_json(&e.to_status()))),
+        WatchEvent::Error(e) => ("ERROR", status_bytes(s.repr, &e.to_status())),
         WatchEvent::Encoded(event_type) => (
             event_type.as_str(),
             s.watch
@@ -113,6 +119,9 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
                 .unwrap_or_default(),
         ),
     };
+    if s.repr == Representation::PartialObjectMetadataProtobuf {
+        return Some(protobuf::watch_frame(kind, &object));
+    }
     // {"type":"ADDED","object":{...}}\n, assembled from the (possibly shared) object bytes.
     let mut line = Vec::with_capacity(object.len() + 32);
     line.extend_from_slice(b"{\"type\":\"");
@@ -123,12 +132,20 @@ async fn next_line<K: Served>(s: &mut WatchStream<K>) -> Option<Bytes> {
     Some(Bytes::from(line))
 }
 
+/// A Status (an ERROR event's object) in the watcher's wire format.
+fn status_bytes(repr: Representation, status: &Status) -> Bytes {
+    match repr {
+        Representation::PartialObjectMetadataProtobuf => Bytes::from(protobuf::status(status)),
+        _ => to_bytes(&status_json(status)),
+    }
+}
+
 /// The object in the watcher's representation. Representations every such watcher sends
 /// alike are encoded once per event and shared through the store event.
 fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
-    let fresh = || match object_json(obj, s.repr, s.include) {
-        Ok(json) => Bytes::from(json),
-        Err(e) => to_bytes(&status_json(&e.to_status())),
+    let fresh = || match object_bytes(obj, s.repr, s.include) {
+        Ok(encoded) => Bytes::from(encoded),
+        Err(e) => status_bytes(s.repr, &e.to_status()),
     };
     match s.watch.shared_encoding() {
         Some(cell) => cell.get_or_init(fresh).clone(),
@@ -137,12 +154,14 @@ fn encode<K: Served>(obj: &K, s: &WatchStream<K>) -> Bytes {
 }
 
 /// Which shared encoding of a store event a watcher in `repr` sends: the full object in JSON
-/// (kubectl, informers) or its `meta.k8s.io/v1` PartialObjectMetadata (the garbage collector's
-/// and quota controller's metadata informers). Others are encoded per watcher.
+/// (kubectl, informers) or its `meta.k8s.io/v1` PartialObjectMetadata in JSON or protobuf (the
+/// garbage collector's and quota controller's metadata informers). Others are encoded per
+/// watcher.
 fn shared_slot(repr: Representation) -> Option<usize> {
     match repr {
         Representation::Object { yaml: false } => Some(0),
         Representation::PartialObjectMetadata { beta: false } => Some(1),
+        Representation::PartialObjectMetadataProtobuf => Some(2),
         _ => None,
     }
 }
@@ -154,12 +173,15 @@ fn bookmark<K: Served>(
     repr: Representation,
     resource_version: String,
     initial_events_end: bool,
-) -> Value {
+) -> Bytes {
+    if repr == Representation::PartialObjectMetadataProtobuf {
+        return Bytes::from(protobuf::bookmark(resource_version, initial_events_end));
+    }
     let mut metadata = json!({ "resourceVersion": resource_version });
     if initial_events_end {
         metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
-    match repr {
+    let object = match repr {
         Representation::PartialObjectMetadata { beta } => json!({
             "apiVersion": meta_api_version(beta), "kind": "PartialObjectMetadata", "metadata": metadata,
         }),
@@ -167,10 +189,13 @@ fn bookmark<K: Served>(
             "apiVersion": meta_api_version(beta), "kind": "Table", "metadata": metadata,
             "columnDefinitions": [], "rows": [],
         }),
-        Representation::Object { .. } | Representation::Discovery { .. } => json!({
+        Representation::Object { .. }
+        | Representation::Discovery { .. }
+        | Representation::PartialObjectMetadataProtobuf => json!({
             "apiVersion": K::api_version(&()), "kind": K::KIND, "metadata": metadata,
         }),
-    }
+    };
+    to_bytes(&object)
 }
 
 fn to_bytes(v: &Value) -> Bytes {

@@ -23,7 +23,7 @@ impl EventType {
 }
 
 /// How many representations of an event's object can be shared between watchers.
-pub const SHARED_ENCODINGS: usize = 2;
+pub const SHARED_ENCODINGS: usize = 3;
 
 /// One change. For `Deleted`, `object.value` is the last stored state and `object.revision` the
 /// revision of the delete, as Kubernetes reports it.

@@ -14,6 +14,8 @@
 //! line, logged at info).
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod protobuf;
+
 use http::{HeaderMap, StatusCode};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
