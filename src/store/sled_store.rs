@@ -22,10 +22,10 @@
 //! argument above needs anyway.
 use super::events::History;
 use super::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 const FORMAT: &[u8] = b"ipam-apiserver/2";
 /// The first format: the same objects, with the revision in `m/revision` and each commit one
@@ -90,8 +90,14 @@ struct Inner {
     /// Signalled (on `written`) each time the durable revision advances, for `Store::flush`.
     durable_advanced: Condvar,
     durable: watch::Sender<Durable>,
+    /// The callers waiting for their commit's fsync, by revision (registered in commit order,
+    /// under the commit lock). Each fsync wakes only the callers it made durable; a watch
+    /// channel woke every waiter on every fsync, most of them only to sleep again.
+    waiters: Mutex<VecDeque<(Revision, DurableSender)>>,
     history: History,
 }
+
+type DurableSender = oneshot::Sender<Result<(), StoreError>>;
 
 struct CommitState {
     revision: Revision,
@@ -115,12 +121,17 @@ struct FlushQueue {
     /// Commits not yet taken by the writer, oldest first.
     pending: Vec<Pending>,
     shutdown: bool,
+    /// The writer sleeps on `flush_wanted`: only then does a commit wake it (a notify is a
+    /// syscall even with nobody waiting).
+    writer_waiting: bool,
 }
 
 struct Written {
     batch: Batch,
     /// The writer has exited (shutdown or failure): nothing more will come.
     writer_done: bool,
+    /// The flusher sleeps on `written_wanted`: only then does a write wake it.
+    flusher_waiting: bool,
 }
 
 /// What the writer has put into sled since the flusher's last fsync.
@@ -179,15 +190,18 @@ impl SledStore {
             flush: Mutex::new(FlushQueue {
                 pending: Vec::new(),
                 shutdown: false,
+                writer_waiting: false,
             }),
             flush_wanted: Condvar::new(),
             written: Mutex::new(Written {
                 batch: Batch::default(),
                 writer_done: false,
+                flusher_waiting: false,
             }),
             written_wanted: Condvar::new(),
             durable_advanced: Condvar::new(),
             durable,
+            waiters: Mutex::default(),
             history: History::new(history_capacity, revision),
         });
         let (writer, flusher) = (inner.clone(), inner.clone());
@@ -246,7 +260,9 @@ impl Inner {
             let commits = {
                 let mut q = lock(&self.flush);
                 while q.pending.is_empty() && !q.shutdown {
+                    q.writer_waiting = true;
                     q = self.flush_wanted.wait(q).unwrap_or_else(|p| p.into_inner());
+                    q.writer_waiting = false;
                 }
                 if q.pending.is_empty() {
                     break; // shut down, everything handed over is written
@@ -293,8 +309,11 @@ impl Inner {
             w.batch.revision = commit.revision;
             w.batch.commits += 1;
             w.batch.events.extend(commit.events);
+            let wake = w.flusher_waiting;
             drop(w);
-            self.written_wanted.notify_one();
+            if wake {
+                self.written_wanted.notify_one();
+            }
         }
         true
     }
@@ -308,10 +327,12 @@ impl Inner {
             let mut seen = {
                 let mut w = lock(&self.written);
                 while w.batch.commits == 0 && !w.writer_done {
+                    w.flusher_waiting = true;
                     w = self
                         .written_wanted
                         .wait(w)
                         .unwrap_or_else(|p| p.into_inner());
+                    w.flusher_waiting = false;
                 }
                 if w.batch.commits == 0 {
                     return; // the writer is done and everything it wrote is flushed
@@ -368,24 +389,45 @@ impl Inner {
     /// `Store::flush`.
     fn advance(&self, change: impl FnOnce(&mut Durable)) {
         self.durable.send_modify(change);
+        let durable = self.durable.borrow().clone();
+        let mut waiters = lock(&self.waiters);
+        while let Some((revision, _)) = waiters.front() {
+            let outcome = if *revision <= durable.revision {
+                Ok(())
+            } else if let Some(failed) = &durable.failed {
+                Err(StoreError::Unavailable(failed.clone()))
+            } else {
+                break;
+            };
+            if let Some((_, waiter)) = waiters.pop_front() {
+                // The caller may have gone (its request was cancelled): nothing to tell.
+                let _ = waiter.send(outcome);
+            }
+        }
+        drop(waiters);
         let _w = lock(&self.written);
         self.durable_advanced.notify_all();
     }
 
+    /// Resolves once `revision` is durable, or the store has failed. Called in commit order
+    /// (under the commit lock), so the queue stays sorted.
     fn wait_durable(&self, revision: Revision) -> BoxFuture<'static, Result<(), StoreError>> {
-        let mut rx = self.durable.subscribe();
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = lock(&self.waiters);
+        // Read under the waiters' lock: `advance` changes the state before taking it, so
+        // either this sees the change or `advance` sees this waiter.
+        let durable = self.durable.borrow().clone();
+        if durable.revision >= revision {
+            let _ = tx.send(Ok(()));
+        } else if let Some(failed) = durable.failed {
+            let _ = tx.send(Err(StoreError::Unavailable(failed)));
+        } else {
+            waiters.push_back((revision, tx));
+        }
+        drop(waiters);
         Box::pin(async move {
-            let state = rx
-                .wait_for(|d| d.revision >= revision || d.failed.is_some())
-                .await
-                .map_err(|_| StoreError::Unavailable("store closed".into()))?;
-            if state.revision >= revision {
-                Ok(())
-            } else {
-                Err(StoreError::Unavailable(
-                    state.failed.clone().unwrap_or_default(),
-                ))
-            }
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("store closed".into())))
         })
     }
 }
@@ -518,7 +560,7 @@ impl Store for SledStore {
                 }
             }
         }
-        {
+        let wake_writer = {
             let mut q = lock(&self.inner.flush);
             if q.shutdown {
                 return Err(StoreError::Unavailable("store is shutting down".into()));
@@ -537,14 +579,15 @@ impl Store for SledStore {
                 writes,
                 events,
             });
-        }
+            q.writer_waiting
+        };
         state.revision = revision;
+        let durable = self.inner.wait_durable(revision);
         drop(state);
-        self.inner.flush_wanted.notify_one();
-        Ok(Committed {
-            revisions,
-            durable: self.inner.wait_durable(revision),
-        })
+        if wake_writer {
+            self.inner.flush_wanted.notify_one();
+        }
+        Ok(Committed { revisions, durable })
     }
 
     fn revision(&self) -> Revision {
