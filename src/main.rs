@@ -34,7 +34,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A request whose commit is durable is woken by the store's flusher thread, so it waits in
+    // the runtime's global queue, which a busy worker otherwise checks only every ~10 tasks:
+    // new requests went first and merely queued on the registry's writer lock. Every other
+    // task from the global queue finishes those sooner (64 clients, 7 alternating pairs: 12.0k
+    // vs 11.6k creates/s, p99 10.9 vs 11.7 ms, medians).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .global_queue_interval(2)
+        .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
