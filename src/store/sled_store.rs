@@ -25,7 +25,7 @@ use super::*;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 const FORMAT: &[u8] = b"ipam-apiserver/2";
 /// The first format: the same objects, with the revision in `m/revision` and each commit one
@@ -89,15 +89,9 @@ struct Inner {
     written_wanted: Condvar,
     /// Signalled (on `written`) each time the durable revision advances, for `Store::flush`.
     durable_advanced: Condvar,
-    durable: watch::Sender<Durable>,
-    /// The callers waiting for their commit's fsync, by revision (registered in commit order,
-    /// under the commit lock). Each fsync wakes only the callers it made durable; a watch
-    /// channel woke every waiter on every fsync, most of them only to sleep again.
-    waiters: Mutex<VecDeque<(Revision, DurableSender)>>,
+    durable: Mutex<Durable>,
     history: History,
 }
-
-type DurableSender = oneshot::Sender<Result<(), StoreError>>;
 
 struct CommitState {
     revision: Revision,
@@ -142,11 +136,14 @@ struct Batch {
     events: Vec<StoreEvent>,
 }
 
-#[derive(Clone, Debug)]
 struct Durable {
     revision: Revision,
     /// Set once an fsync failed: every later commit is refused, since sled's state is unknown.
     failed: Option<String>,
+    /// The callers waiting for their commit's fsync, by revision (registered in commit order,
+    /// under the commit lock). Each fsync wakes only the callers it made durable; a watch
+    /// channel woke every waiter on every fsync, most of them only to sleep again.
+    waiters: VecDeque<(Revision, oneshot::Sender<Result<(), StoreError>>)>,
 }
 
 impl SledStore {
@@ -179,9 +176,10 @@ impl SledStore {
                 0
             }
         };
-        let (durable, _) = watch::channel(Durable {
+        let durable = Mutex::new(Durable {
             revision,
             failed: None,
+            waiters: VecDeque::new(),
         });
         let inner = Arc::new(Inner {
             db,
@@ -201,7 +199,6 @@ impl SledStore {
             written_wanted: Condvar::new(),
             durable_advanced: Condvar::new(),
             durable,
-            waiters: Mutex::default(),
             history: History::new(history_capacity, revision),
         });
         let (writer, flusher) = (inner.clone(), inner.clone());
@@ -354,7 +351,7 @@ impl Inner {
                 seen = w.batch.commits;
             }
             let batch = std::mem::take(&mut lock(&self.written).batch);
-            if self.durable.borrow().failed.is_some() {
+            if lock(&self.durable).failed.is_some() {
                 return;
             }
             let metrics = crate::metrics::global();
@@ -388,10 +385,9 @@ impl Inner {
     /// Change the durable state and wake its waiters: async ones (`wait_durable`) and
     /// `Store::flush`.
     fn advance(&self, change: impl FnOnce(&mut Durable)) {
-        self.durable.send_modify(change);
-        let durable = self.durable.borrow().clone();
-        let mut waiters = lock(&self.waiters);
-        while let Some((revision, _)) = waiters.front() {
+        let mut durable = lock(&self.durable);
+        change(&mut durable);
+        while let Some((revision, _)) = durable.waiters.front() {
             let outcome = if *revision <= durable.revision {
                 Ok(())
             } else if let Some(failed) = &durable.failed {
@@ -399,12 +395,12 @@ impl Inner {
             } else {
                 break;
             };
-            if let Some((_, waiter)) = waiters.pop_front() {
+            if let Some((_, waiter)) = durable.waiters.pop_front() {
                 // The caller may have gone (its request was cancelled): nothing to tell.
                 let _ = waiter.send(outcome);
             }
         }
-        drop(waiters);
+        drop(durable);
         let _w = lock(&self.written);
         self.durable_advanced.notify_all();
     }
@@ -413,18 +409,15 @@ impl Inner {
     /// (under the commit lock), so the queue stays sorted.
     fn wait_durable(&self, revision: Revision) -> BoxFuture<'static, Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
-        let mut waiters = lock(&self.waiters);
-        // Read under the waiters' lock: `advance` changes the state before taking it, so
-        // either this sees the change or `advance` sees this waiter.
-        let durable = self.durable.borrow().clone();
+        let mut durable = lock(&self.durable);
         if durable.revision >= revision {
             let _ = tx.send(Ok(()));
-        } else if let Some(failed) = durable.failed {
-            let _ = tx.send(Err(StoreError::Unavailable(failed)));
+        } else if let Some(failed) = &durable.failed {
+            let _ = tx.send(Err(StoreError::Unavailable(failed.clone())));
         } else {
-            waiters.push_back((revision, tx));
+            durable.waiters.push_back((revision, tx));
         }
-        drop(waiters);
+        drop(durable);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(StoreError::Unavailable("store closed".into())))
@@ -495,7 +488,7 @@ impl Store for SledStore {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
-        if let Some(err) = self.inner.durable.borrow().failed.clone() {
+        if let Some(err) = lock(&self.inner.durable).failed.clone() {
             return Err(StoreError::Unavailable(err));
         }
         let mut state = lock(&self.inner.commit);
@@ -607,13 +600,14 @@ impl Store for SledStore {
         let target = self.revision();
         let mut w = lock(&self.inner.written);
         loop {
-            let durable = self.inner.durable.borrow().clone();
-            if let Some(failed) = durable.failed {
-                return Err(StoreError::Unavailable(failed));
+            let durable = lock(&self.inner.durable);
+            if let Some(failed) = &durable.failed {
+                return Err(StoreError::Unavailable(failed.clone()));
             }
             if durable.revision >= target {
                 break;
             }
+            drop(durable);
             w = self
                 .inner
                 .durable_advanced
@@ -625,7 +619,7 @@ impl Store for SledStore {
     }
 
     fn failure(&self) -> Option<String> {
-        self.inner.durable.borrow().failed.clone()
+        lock(&self.inner.durable).failed.clone()
     }
 }
 
