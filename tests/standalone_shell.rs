@@ -264,3 +264,49 @@ fn invalid_flags_are_all_reported_with_exit_code_2() {
         "{stderr}"
     );
 }
+
+/// The load tool against a real server: every create it counts is a Bound claim with its own
+/// address, and it reports the server's memory and CPU per operation.
+#[test]
+fn the_load_tool_makes_the_creates_it_reports_and_measures_the_server() {
+    let server = TestServer::start();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-load"));
+    cmd.arg("--data-dir")
+        .arg(&server.data_dir)
+        .args(["--mode", "create", "--clients", "4", "--count", "500"])
+        .args(["--namespace", "loadtest", "--progress", "0"]);
+    let out = run_command_to_exit(cmd, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" ok=500 failed=0 "), "{stdout}");
+    assert!(
+        stdout.contains(&format!("server pid={} ", server.pid().unwrap())),
+        "{stdout}"
+    );
+    let per_op: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("server cpu=")?.split("per-op=").nth(1))
+        .and_then(|v| v.strip_suffix("us")?.parse().ok())
+        .unwrap_or_else(|| panic!("no server CPU line: {stdout}"));
+    assert!(per_op > 0.0, "{stdout}");
+
+    let list = json(
+        server
+            .kubectl_ok(&["get", "ipprefixclaims", "-n", "loadtest", "-o", "json"])
+            .as_bytes(),
+    );
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 500);
+    let prefixes: std::collections::HashSet<&str> = items
+        .iter()
+        .map(|c| {
+            assert_eq!(c["status"]["phase"], "Bound", "{c}");
+            c["status"]["prefix"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(prefixes.len(), 500, "every claim has its own /128");
+}

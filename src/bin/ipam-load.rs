@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
 //! `ipam-load`: drive a running standalone `ipam-apiserver` over HTTPS and report throughput,
-//! latency percentiles and the server's peak RSS.
+//! latency percentiles, the server's peak RSS and its CPU time per operation.
 //!
 //! ```text
 //! ipam-load --data-dir DIR --mode create --clients 64 --count 100000
@@ -150,6 +150,8 @@ async fn run(args: Args) -> Result<(), Error> {
             None
         })
         .map(Duration::from_secs_f64);
+    let pid = args.server_pid.or_else(|| find_server_pid(&args.data_dir));
+    let cpu_before = pid.and_then(read_cpu_seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
@@ -209,7 +211,7 @@ async fn run(args: Args) -> Result<(), Error> {
     lat.sort_unstable();
     let ok = lat.len() as u64;
     let failures = stats.failures.load(Ordering::Relaxed);
-    let pid = args.server_pid.or_else(|| find_server_pid(&args.data_dir));
+    let cpu = cpu_before.zip(pid.and_then(read_cpu_seconds));
     let rss = pid.and_then(read_rss);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -232,6 +234,15 @@ async fn run(args: Args) -> Result<(), Error> {
             now as f64 / 1024.0
         ),
         _ => println!("server RSS: unknown (pass --server-pid)"),
+    }
+    // The server's CPU per operation shows how fast the host ran: on a shared VM the same
+    // binary's figure moves by half from one run to the next, and latency with it.
+    if let Some((before, after)) = cpu.filter(|_| ok > 0) {
+        println!(
+            "server cpu={:.2}s per-op={:.0}us",
+            after - before,
+            (after - before) * 1e6 / ok as f64
+        );
     }
     println!(
         "loadavg={}",
@@ -671,6 +682,16 @@ fn find_server_pid(dir: &Path) -> Option<u32> {
 }
 
 /// (VmHWM, VmRSS) in KiB.
+/// User + system CPU time of a process (`/proc/PID/stat`, fields 14 and 15, in clock ticks).
+fn read_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
 fn read_rss(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
