@@ -237,12 +237,9 @@ pub fn watch_frame(event_type: &str, object: &[u8]) -> Bytes {
             raw: Some(object.to_vec()),
         }),
     };
-    let len = event.encoded_len();
-    let mut frame = Vec::with_capacity(4 + len);
     // A frame is far below 4 GiB: one object's metadata.
-    frame.extend_from_slice(&(len as u32).to_be_bytes());
-    frame.extend_from_slice(&event.encode_to_vec());
-    Bytes::from(frame)
+    let len = event.encoded_len() as u32;
+    Bytes::from(encode_after(&len.to_be_bytes(), &event))
 }
 
 /// The magic, then the `runtime.Unknown` carrying `message` and its type.
@@ -254,7 +251,16 @@ fn envelope(api_version: &str, kind: &str, message: &impl Message) -> Vec<u8> {
         }),
         raw: Some(message.encode_to_vec()),
     };
-    [MAGIC, &unknown.encode_to_vec()].concat()
+    encode_after(MAGIC, &unknown)
+}
+
+/// `prefix`, then `message`, in one buffer sized for both (not encoded apart and copied).
+fn encode_after(prefix: &[u8], message: &impl Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + message.encoded_len());
+    out.extend_from_slice(prefix);
+    // Encoding fails only for want of room, and a Vec grows.
+    let _ = message.encode(&mut out);
+    out
 }
 
 fn list_meta(resource_version: Option<&str>, continue_token: Option<&str>) -> ListMeta {
