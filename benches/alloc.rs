@@ -192,6 +192,19 @@ fn rebuild(c: &mut Criterion) {
     group.finish();
 }
 
+/// Every claim create builds the pool of its new child prefix (for its status), under the
+/// registry's writer lock: a /128 host and a /64 subnet.
+fn new_child_pool(c: &mut Criterion) {
+    let mut group = c.benchmark_group("new_pool");
+    for (label, prefix) in [("slash128", "fd00::1/128"), ("slash64", "fd00:0:0:1::/64")] {
+        let net: IpNet = prefix.parse().expect("parses");
+        group.bench_function(label, |b| {
+            b.iter(|| Pool::new(black_box(net), &[], Reserve::default()).expect("valid"))
+        });
+    }
+    group.finish();
+}
+
 fn memory(_: &mut Criterion) {
     for (label, prefix, len) in [
         ("/128 in fd00::/64", "fd00::/64", 128u8),
@@ -206,5 +219,12 @@ fn memory(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, memory, small_blocks, wide_blocks, rebuild);
+criterion_group!(
+    benches,
+    memory,
+    small_blocks,
+    wide_blocks,
+    rebuild,
+    new_child_pool
+);
 criterion_main!(benches);
