@@ -370,12 +370,12 @@ fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
 
 fn candidate_parents(
     claim: &IPPrefixClaim,
-    tx: &Txn<'_>,
+    tx: &mut Txn<'_>,
     family: Option<IpFamily>,
     name: &str,
 ) -> ApiResult<Vec<Stored<IPPrefix>>> {
     if let Some(r) = &claim.spec.parent_ref {
-        let Some(parent) = tx.get::<IPPrefix>("", &r.name)? else {
+        let Some(parent) = tx.get_parent(&r.name)? else {
             return Err(ApiError::invalid(
                 IPPrefixClaim::KIND,
                 name,

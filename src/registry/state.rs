@@ -1,5 +1,6 @@
 //! In-memory indexes over the stored IPPrefixes, rebuilt from storage at start and changed only
 //! inside write transactions (with undo), so they always match what is committed.
+use super::txn::Stored;
 use crate::alloc::{Pool, Reserve};
 use crate::api::{IPPrefix, ReserveSpec};
 use crate::error::{ApiError, ApiResult};
@@ -27,6 +28,11 @@ pub struct State {
     /// transaction: a needless refresh finds nothing changed and writes nothing.
     stale_status: BTreeSet<String>,
     status_stale: Arc<tokio::sync::Notify>,
+    /// Parents as stored, decoded: every claim create reads its parent under the writer lock,
+    /// and decoding it from JSON there cost more than the allocation. Filled by
+    /// [`Txn::get_parent`](super::txn::Txn::get_parent); a transaction that writes an IPPrefix
+    /// drops its entry first, so an entry is never older than the stored value.
+    pub(super) parents: HashMap<String, Stored<IPPrefix>>,
 }
 
 pub fn reserve_of(spec: Option<&ReserveSpec>) -> Reserve {

@@ -214,6 +214,35 @@ async fn bound_prefix_and_parent_with_children_refuse_delete() {
     assert!(err.to_string().contains("has 1 child prefixes"), "{err}");
 }
 
+/// Claims read their parent through a decoded copy kept across transactions; a change to the
+/// parent must reach the next claim all the same.
+#[tokio::test]
+async fn a_claim_sees_its_parent_as_last_written() {
+    let (reg, _dir) = open();
+    let mut parent = root("r", "fd20::/64");
+    parent.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+    reg.create("", parent, false).await.unwrap();
+    assert_eq!(bound(&reg, claim("ns", "a", "r", 128)).await, "fd20::/128");
+    reg.delete::<IPPrefixClaim>("ns", "a", &no_finalizers())
+        .await
+        .unwrap();
+    let (terminating, gone) = reg
+        .delete::<IPPrefix>("", "r", &no_finalizers())
+        .await
+        .unwrap();
+    assert!(!gone && terminating.metadata.deletion_timestamp.is_some());
+    let err = reg
+        .create("ns", claim("ns", "b", "r", 128), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 409);
+    assert!(
+        err.to_string()
+            .contains("parent ipprefix \"r\" is being deleted"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn claim_with_children_waits_behind_finalizer_and_goes_with_its_last_child() {
     let (reg, _dir) = open();

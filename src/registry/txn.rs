@@ -3,6 +3,7 @@
 use super::codec;
 use super::kind::Kind;
 use super::state::State;
+use crate::api::IPPrefix;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Committed, ObjectKey, Op, Precondition, Revision, Store, StoreError};
 use bytes::Bytes;
@@ -88,6 +89,22 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// An IPPrefix read as a parent: like [`Txn::get`], decoded once per stored revision
+    /// (see `State::parents`).
+    pub fn get_parent(&mut self, name: &str) -> ApiResult<Option<Stored<IPPrefix>>> {
+        let key = Self::key::<IPPrefix>("", name);
+        if !self.overlay.contains_key(&key) {
+            if let Some(parent) = self.state.parents.get(name) {
+                return Ok(Some(parent.clone()));
+            }
+        }
+        let parent = self.get::<IPPrefix>("", name)?;
+        if let (Some(p), false) = (&parent, self.overlay.contains_key(&key)) {
+            self.state.parents.insert(name.to_string(), p.clone());
+        }
+        Ok(parent)
+    }
+
     /// Every object of a kind (cluster-wide), in key order, ignoring this transaction's writes.
     pub fn list_all<K: Kind>(&self) -> ApiResult<Vec<Stored<K>>> {
         let range = crate::store::KeyRange {
@@ -117,6 +134,7 @@ impl<'a> Txn<'a> {
             meta.name.as_deref().unwrap_or_default(),
         );
         let value = codec::encode(obj)?;
+        self.forget_parent::<K>(&key);
         let read_revision = match precondition {
             Precondition::Revision(r) => r,
             _ => 0,
@@ -135,11 +153,19 @@ impl<'a> Txn<'a> {
 
     pub fn delete<K: Kind>(&mut self, namespace: &str, name: &str, precondition: Precondition) {
         let key = Self::key::<K>(namespace, name);
+        self.forget_parent::<K>(&key);
         self.overlay
             .entry(key.clone())
             .and_modify(|e| e.0 = None)
             .or_insert((None, 0));
         self.push(Op::Delete { key, precondition });
+    }
+
+    /// A write to an IPPrefix makes its decoded copy stale, whether or not the commit applies.
+    fn forget_parent<K: Kind>(&mut self, key: &ObjectKey) {
+        if K::RESOURCE == IPPrefix::RESOURCE {
+            self.state.parents.remove(key.name.as_str());
+        }
     }
 
     fn push(&mut self, op: Op) {
