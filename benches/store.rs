@@ -5,7 +5,7 @@
 //! `Absent` precondition and the parent IPPrefix rewritten, values of the sizes the server
 //! stores (~700, ~600 and ~500 bytes of JSON). `C` tasks commit and wait for durability (group
 //! commit), as `C` concurrent clients would. Reported per commit: wall-clock rate, CPU of the
-//! whole process (sled's I/O threads and the group-commit flusher included, from
+//! whole process (sled's I/O threads and the store's own thread included, from
 //! `/proc/self/stat`) and bytes the process wrote to disk (`/proc/self/io`).
 //!
 //! ```text

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A request whose commit is durable is woken by the store's flusher thread, so it waits in
+    // A request whose commit is durable is woken by the store's thread, so it waits in
     // the runtime's global queue, which a busy worker otherwise checks only every ~10 tasks:
     // new requests went first and merely queued on the registry's writer lock. Every other
     // task from the global queue finishes those sooner (64 clients, 7 alternating pairs: 12.0k

@@ -2,7 +2,7 @@
 //! the registry and the store record into; `/metrics` encodes it (`crate::http::metrics`).
 //!
 //! A global rather than a handle threaded through every layer: recording is a relaxed atomic
-//! add, and the layers that record (store flusher thread, allocation code) have no other
+//! add, and the layers that record (the store thread, allocation code) have no other
 //! reason to share state.
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

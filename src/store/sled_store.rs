@@ -15,11 +15,13 @@
 //! process to a shared lock), and the store's CPU is most of a create's.
 //!
 //! Write-behind: a commit is checked, given its revisions and made visible to reads in memory
-//! (`unapplied`, consulted before sled), then handed to the writer thread, which puts it into
-//! sled, while the flusher thread fsyncs what the writer put there before; it is acknowledged
-//! (`durable`) after that fsync. The caller (the registry, under its writer lock) thus pays for
-//! the checks only, not for sled's inserts, and sled has one writer thread, which the prefix
-//! argument above needs anyway.
+//! (`unapplied`, consulted before sled), then handed to the store thread, which puts it into
+//! sled and fsyncs it with the commits around it (group commit); it is acknowledged (`durable`)
+//! after that fsync. The caller (the registry, under its writer lock) thus pays for the checks
+//! only, not for sled's inserts, and sled has one writer thread, which the prefix argument above
+//! needs anyway. One thread both writes and flushes: commits that arrive during an fsync wait
+//! in the queue and are written right after it, inside the next group's window, so under load
+//! a commit wakes nobody and no commit waits for a hand-over between threads.
 use super::events::History;
 use super::*;
 use std::collections::{HashMap, VecDeque};
@@ -47,23 +49,23 @@ const SLED_BACKGROUND_EVERY_MS: u64 = 20;
 /// Group commit. Each sled flush has a fixed cost (sealing and writing a log buffer on sled's
 /// threads, ~0.5 ms of CPU on a VM), so flushing every single commit under load spends the CPU
 /// the commits need. When the previous flush began less than `GROUP_COMMIT_MAX_DELAY` ago, the
-/// flusher waits for more commits, in steps of `GROUP_COMMIT_QUIET`, and flushes as soon as a
-/// step brings none (everyone about to commit has) or the delay is reached. An idle server
-/// flushes at once. Since the writer fills sled while a flush runs, a short delay is enough:
+/// store thread waits for more commits, in steps of `GROUP_COMMIT_QUIET`, and flushes as soon
+/// as a step brings none (everyone about to commit has) or the delay is reached. An idle server
+/// flushes at once. Since commits keep arriving while a flush runs, a short delay is enough:
 /// at 64 clients, 1 ms gave 9.0-10.5k creates/s against 8.1k with 5 ms (the flush itself takes
 /// ~0.7 ms, so batches still hold ~15 commits).
 const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 const GROUP_COMMIT_QUIET: std::time::Duration = std::time::Duration::from_micros(400);
 
 /// A cheap-to-clone handle; all state lives behind one `Arc`. When the last handle is dropped
-/// the flusher makes a final flush and exits, releasing the data directory's lock.
+/// the store thread makes a final flush and exits, releasing the data directory's lock.
 #[derive(Clone)]
 pub struct SledStore {
     inner: Arc<Inner>,
     _close_on_drop: Arc<CloseOnDrop>,
 }
 
-/// Shared by the handles only (not the flusher thread, which holds `Inner`).
+/// Shared by the handles only (not the store thread, which holds `Inner`).
 struct CloseOnDrop(Arc<Inner>);
 
 impl Drop for CloseOnDrop {
@@ -78,16 +80,13 @@ struct Inner {
     /// for microseconds (in-memory checks); never across a sled write or an fsync.
     commit: Mutex<CommitState>,
     /// Values of commits not yet written into sled, by sled key: reads look here first. An
-    /// entry goes once the writer has put its commit into sled (unless a later commit replaced
-    /// it).
+    /// entry goes once the store thread has put its commit into sled (unless a later commit
+    /// replaced it).
     unapplied: Mutex<HashMap<Vec<u8>, Unapplied>>,
-    /// Hands commits to the writer thread.
-    flush: Mutex<FlushQueue>,
-    flush_wanted: Condvar,
-    /// Hands what the writer has put into sled to the flusher thread.
-    written: Mutex<Written>,
-    written_wanted: Condvar,
-    /// Signalled (on `written`) each time the durable revision advances, for `Store::flush`.
+    /// Hands commits to the store thread.
+    queue: Mutex<Queue>,
+    queued: Condvar,
+    /// Signalled (on `durable`) each time the durable revision advances, for `Store::flush`.
     durable_advanced: Condvar,
     durable: Mutex<Durable>,
     history: History,
@@ -111,24 +110,17 @@ struct Pending {
     events: Vec<StoreEvent>,
 }
 
-struct FlushQueue {
-    /// Commits not yet taken by the writer, oldest first.
+struct Queue {
+    /// Commits not yet taken by the store thread, oldest first.
     pending: Vec<Pending>,
     shutdown: bool,
-    /// The writer sleeps on `flush_wanted`: only then does a commit wake it (a notify is a
-    /// syscall even with nobody waiting).
-    writer_waiting: bool,
+    /// The store thread sleeps on `queued` with nothing to do: only then does a commit wake it
+    /// (a notify is a syscall even with nobody waiting). Under load it is writing, fsyncing or
+    /// in a group-commit step, and picks commits up by itself.
+    idle: bool,
 }
 
-struct Written {
-    batch: Batch,
-    /// The writer has exited (shutdown or failure): nothing more will come.
-    writer_done: bool,
-    /// The flusher sleeps on `written_wanted`: only then does a write wake it.
-    flusher_waiting: bool,
-}
-
-/// What the writer has put into sled since the flusher's last fsync.
+/// What the store thread has put into sled since its last fsync.
 #[derive(Default)]
 struct Batch {
     revision: Revision,
@@ -185,32 +177,21 @@ impl SledStore {
             db,
             commit: Mutex::new(CommitState { revision }),
             unapplied: Mutex::new(HashMap::new()),
-            flush: Mutex::new(FlushQueue {
+            queue: Mutex::new(Queue {
                 pending: Vec::new(),
                 shutdown: false,
-                writer_waiting: false,
+                idle: false,
             }),
-            flush_wanted: Condvar::new(),
-            written: Mutex::new(Written {
-                batch: Batch::default(),
-                writer_done: false,
-                flusher_waiting: false,
-            }),
-            written_wanted: Condvar::new(),
+            queued: Condvar::new(),
             durable_advanced: Condvar::new(),
             durable,
             history: History::new(history_capacity, revision),
         });
-        let (writer, flusher) = (inner.clone(), inner.clone());
-        let spawned = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run_writer())
-            .and_then(|_| {
-                std::thread::Builder::new()
-                    .name("store-flusher".into())
-                    .spawn(move || flusher.run_flusher())
-            });
-        spawned.map_err(|e| StoreError::Unavailable(format!("cannot start store thread: {e}")))?;
+        let thread = inner.clone();
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || thread.run())
+            .map_err(|e| StoreError::Unavailable(format!("cannot start store thread: {e}")))?;
         Ok(SledStore {
             _close_on_drop: Arc::new(CloseOnDrop(inner.clone())),
             inner,
@@ -237,8 +218,8 @@ impl SledStore {
         }
     }
 
-    /// Stop the store's threads once everything handed over is written and fsynced. Later
-    /// commits are refused.
+    /// Stop the store thread once everything handed over is written and fsynced. Later commits
+    /// are refused.
     pub fn close(&self) {
         self.inner.close();
     }
@@ -246,37 +227,53 @@ impl SledStore {
 
 impl Inner {
     fn close(&self) {
-        lock(&self.flush).shutdown = true;
-        self.flush_wanted.notify_all();
+        lock(&self.queue).shutdown = true;
+        self.queued.notify_all();
     }
 
-    /// The writer thread: put handed-over commits into sled, in order, while the flusher
-    /// fsyncs what came before (a pipeline: neither waits for the other).
-    fn run_writer(&self) {
+    /// The store thread: put handed-over commits into sled, in order, and fsync them in groups.
+    /// Events are published only after their fsync, so a watcher never sees a change a crash
+    /// could undo.
+    fn run(&self) {
+        let mut batch = Batch::default();
+        let mut last_flush = std::time::Instant::now();
         loop {
-            let commits = {
-                let mut q = lock(&self.flush);
-                while q.pending.is_empty() && !q.shutdown {
-                    q.writer_waiting = true;
-                    q = self.flush_wanted.wait(q).unwrap_or_else(|p| p.into_inner());
-                    q.writer_waiting = false;
+            let (commits, shutdown) = {
+                let mut q = lock(&self.queue);
+                while q.pending.is_empty() && batch.commits == 0 && !q.shutdown {
+                    q.idle = true;
+                    q = self.queued.wait(q).unwrap_or_else(|p| p.into_inner());
+                    q.idle = false;
                 }
-                if q.pending.is_empty() {
-                    break; // shut down, everything handed over is written
-                }
-                std::mem::take(&mut q.pending)
+                (std::mem::take(&mut q.pending), q.shutdown)
             };
-            if !self.write_into_sled(commits) {
-                break;
+            let arrived = !commits.is_empty();
+            if !self.write_into_sled(commits, &mut batch) {
+                return;
+            }
+            if batch.commits == 0 {
+                return; // shut down, and everything handed over is durable
+            }
+            // While the previous flush is recent, let more commits arrive, in short steps;
+            // flush when a step brings none or the delay is up.
+            let since = last_flush.elapsed();
+            if arrived && !shutdown && since < GROUP_COMMIT_MAX_DELAY {
+                std::thread::sleep(GROUP_COMMIT_QUIET.min(GROUP_COMMIT_MAX_DELAY - since));
+                continue;
+            }
+            if lock(&self.durable).failed.is_some() {
+                return;
+            }
+            last_flush = std::time::Instant::now();
+            if !self.flush_batch(std::mem::take(&mut batch)) {
+                return;
             }
         }
-        lock(&self.written).writer_done = true;
-        self.written_wanted.notify_one();
     }
 
-    /// Write commits into sled, oldest first; drop their entries from `unapplied` and hand
-    /// each to the flusher. False (and the store failed) if sled refused a write.
-    fn write_into_sled(&self, commits: Vec<Pending>) -> bool {
+    /// Write commits into sled, oldest first; drop their entries from `unapplied` and add them
+    /// to the batch the next fsync covers. False (and the store failed) if sled refused a write.
+    fn write_into_sled(&self, commits: Vec<Pending>, batch: &mut Batch) -> bool {
         for commit in commits {
             if let Err(e) = apply_commit(&self.db, commit.revision, &commit.writes) {
                 // Part of the commit may be in sled's memory; only a restart (which finishes
@@ -302,77 +299,34 @@ impl Inner {
                 }
             }
             drop(unapplied);
-            let mut w = lock(&self.written);
-            w.batch.revision = commit.revision;
-            w.batch.commits += 1;
-            w.batch.events.extend(commit.events);
-            let wake = w.flusher_waiting;
-            drop(w);
-            if wake {
-                self.written_wanted.notify_one();
-            }
+            batch.revision = commit.revision;
+            batch.commits += 1;
+            batch.events.extend(commit.events);
         }
         true
     }
 
-    /// The flusher thread, group commit: one fsync covers every commit the writer has put into
-    /// sled since the previous one. Events are published only after their fsync, so a watcher
-    /// never sees a change a crash could undo.
-    fn run_flusher(&self) {
-        let mut last_flush = std::time::Instant::now();
-        loop {
-            let mut seen = {
-                let mut w = lock(&self.written);
-                while w.batch.commits == 0 && !w.writer_done {
-                    w.flusher_waiting = true;
-                    w = self
-                        .written_wanted
-                        .wait(w)
-                        .unwrap_or_else(|p| p.into_inner());
-                    w.flusher_waiting = false;
-                }
-                if w.batch.commits == 0 {
-                    return; // the writer is done and everything it wrote is flushed
-                }
-                w.batch.commits
-            };
-            // While the previous flush is recent, let more commits arrive, in short steps;
-            // flush when a step brings none or the delay is up.
-            loop {
-                let since = last_flush.elapsed();
-                if since >= GROUP_COMMIT_MAX_DELAY {
-                    break;
-                }
-                std::thread::sleep(GROUP_COMMIT_QUIET.min(GROUP_COMMIT_MAX_DELAY - since));
-                let w = lock(&self.written);
-                if w.batch.commits == seen || w.writer_done {
-                    break;
-                }
-                seen = w.batch.commits;
+    /// One fsync for every commit in `batch`, then its events and its waiters. False (and the
+    /// store failed) if the fsync did.
+    fn flush_batch(&self, batch: Batch) -> bool {
+        let metrics = crate::metrics::global();
+        let started = std::time::Instant::now();
+        let flushed = self.db.flush();
+        metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match flushed {
+            Ok(_) => {
+                metrics.commit_batch.observe(batch.commits as f64);
+                self.history.publish(batch.events);
+                self.advance(|d| d.revision = batch.revision);
+                true
             }
-            let batch = std::mem::take(&mut lock(&self.written).batch);
-            if lock(&self.durable).failed.is_some() {
-                return;
-            }
-            let metrics = crate::metrics::global();
-            let started = std::time::Instant::now();
-            last_flush = started;
-            let flushed = self.db.flush();
-            metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-            match flushed {
-                Ok(_) => {
-                    metrics.commit_batch.observe(batch.commits as f64);
-                    self.history.publish(batch.events);
-                    self.advance(|d| d.revision = batch.revision);
-                }
-                Err(e) => {
-                    metrics.fsync_failures.inc();
-                    tracing::error!(error = %e, "fsync failed; refusing further writes");
-                    self.fail(format!("fsync failed: {e}"));
-                    return;
-                }
+            Err(e) => {
+                metrics.fsync_failures.inc();
+                tracing::error!(error = %e, "fsync failed; refusing further writes");
+                self.fail(format!("fsync failed: {e}"));
+                false
             }
         }
     }
@@ -401,7 +355,6 @@ impl Inner {
             }
         }
         drop(durable);
-        let _w = lock(&self.written);
         self.durable_advanced.notify_all();
     }
 
@@ -428,8 +381,9 @@ impl Inner {
 impl Store for SledStore {
     fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
         let sled_key = object_key(key);
-        // Before sled: a value the writer has not put into sled yet is newer than sled's. (Entries
-        // leave only after sled has the value, so a miss here and a read of sled cannot skip it.)
+        // Before sled: a value the store thread has not put into sled yet is newer than sled's.
+        // (Entries leave only after sled has the value, so a miss here and a read of sled cannot
+        // skip it.)
         if let Some(u) = lock(&self.inner.unapplied).get(&sled_key) {
             return u
                 .value
@@ -553,8 +507,8 @@ impl Store for SledStore {
                 }
             }
         }
-        let wake_writer = {
-            let mut q = lock(&self.inner.flush);
+        let wake = {
+            let mut q = lock(&self.inner.queue);
             if q.shutdown {
                 return Err(StoreError::Unavailable("store is shutting down".into()));
             }
@@ -572,13 +526,13 @@ impl Store for SledStore {
                 writes,
                 events,
             });
-            q.writer_waiting
+            q.idle
         };
         state.revision = revision;
         let durable = self.inner.wait_durable(revision);
         drop(state);
-        if wake_writer {
-            self.inner.flush_wanted.notify_one();
+        if wake {
+            self.inner.queued.notify_one();
         }
         Ok(Committed { revisions, durable })
     }
@@ -596,25 +550,23 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        // Wait until the writer and the flusher have made every commit so far durable.
+        // Wait until the store thread has made every commit so far durable.
         let target = self.revision();
-        let mut w = lock(&self.inner.written);
+        let mut durable = lock(&self.inner.durable);
         loop {
-            let durable = lock(&self.inner.durable);
             if let Some(failed) = &durable.failed {
                 return Err(StoreError::Unavailable(failed.clone()));
             }
             if durable.revision >= target {
                 break;
             }
-            drop(durable);
-            w = self
+            durable = self
                 .inner
                 .durable_advanced
-                .wait(w)
+                .wait(durable)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        drop(w);
+        drop(durable);
         self.inner.db.flush().map(|_| ()).map_err(io)
     }
 

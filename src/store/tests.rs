@@ -245,7 +245,7 @@ async fn commit_and_close(dir: &std::path::Path, names: &[&str]) {
     store.close();
 }
 
-/// `open` once the previous handle's flusher has released the directory (sled releases its
+/// `open` once the previous handle's store thread has released the directory (sled releases its
 /// file lock when the last handle drops).
 async fn once_free<T, E>(open: impl Fn() -> Result<T, E>) -> T {
     loop {
