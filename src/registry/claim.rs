@@ -482,13 +482,6 @@ fn bind(
         .name
         .clone()
         .unwrap_or_else(|| default_child_name(&ns, &name));
-    if tx.get::<IPPrefix>("", &child_name)?.is_some() {
-        return Err(ApiError::conflict(
-            IPPrefixClaim::RESOURCE,
-            &name,
-            format!("ipprefix \"{child_name}\" already exists; choose another name with spec.childPrefixTemplate.metadata.name"),
-        ));
-    }
     // The template's exclusions must fit the block actually allocated.
     let exclusions: Vec<IpNet> = tspec
         .exclude
@@ -544,7 +537,14 @@ fn bind(
     });
     // The new prefix has no children yet: its status is its own pool's, built just above.
     fill_prefix_status(&mut child, &child_pool);
-    tx.put(&child, Precondition::Absent)?;
+    let (claim_name, taken_name) = (name.clone(), child_name.clone());
+    tx.put_new(&child, move || {
+        ApiError::conflict(
+            IPPrefixClaim::RESOURCE,
+            &claim_name,
+            format!("ipprefix \"{taken_name}\" already exists; choose another name with spec.childPrefixTemplate.metadata.name"),
+        )
+    })?;
     tx.state.mark_status_stale(&parent_name);
     claim.status = Some(bound_status(
         block,

@@ -214,6 +214,44 @@ async fn bound_prefix_and_parent_with_children_refuse_delete() {
     assert!(err.to_string().contains("has 1 child prefixes"), "{err}");
 }
 
+/// A claim's child prefix name is checked by the commit, not read first; a taken one still
+/// refuses the claim, in a dry run too, and allocates nothing.
+#[tokio::test]
+async fn a_taken_child_name_refuses_the_claim_and_allocates_nothing() {
+    let (reg, _dir) = open();
+    reg.create("", root("r", "fd20::/64"), false).await.unwrap();
+    reg.create("", root("taken", "10.0.0.0/8"), false)
+        .await
+        .unwrap();
+    for dry_run in [true, false] {
+        let mut c = claim("ns", "c", "r", 128);
+        c.spec.child_prefix_template = Some(ChildPrefixTemplate {
+            metadata: Some(TemplateMetadata {
+                name: Some("taken".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = reg.create("ns", c, dry_run).await.unwrap_err();
+        assert_eq!(err.code(), 409, "dry run {dry_run}: {err}");
+        assert!(
+            err.to_string().contains(
+                "ipprefix \"taken\" already exists; choose another name with spec.childPrefixTemplate.metadata.name"
+            ),
+            "dry run {dry_run}: {err}"
+        );
+    }
+    assert!(matches!(
+        reg.get::<IPPrefixClaim>("ns", "c"),
+        Err(ApiError::NotFound(_))
+    ));
+    assert_eq!(
+        reg.get::<IPPrefix>("", "taken").unwrap().spec.prefix,
+        "10.0.0.0/8"
+    );
+    assert_eq!(bound(&reg, claim("ns", "d", "r", 128)).await, "fd20::/128");
+}
+
 /// Claims read their parent through a decoded copy kept across transactions; a change to the
 /// parent must reach the next claim all the same.
 #[tokio::test]
