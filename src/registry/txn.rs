@@ -130,13 +130,17 @@ impl<'a> Txn<'a> {
             .collect()
     }
 
-    /// Write an object. `precondition` applies to the key's state before this transaction.
-    pub fn put<K: Kind>(&mut self, obj: &K, precondition: Precondition) -> ApiResult<()> {
+    fn key_of<K: Kind>(obj: &K) -> ObjectKey {
         let meta = obj.meta();
-        let key = Self::key::<K>(
+        Self::key::<K>(
             meta.namespace.as_deref().unwrap_or_default(),
             meta.name.as_deref().unwrap_or_default(),
-        );
+        )
+    }
+
+    /// Write an object. `precondition` applies to the key's state before this transaction.
+    pub fn put<K: Kind>(&mut self, obj: &K, precondition: Precondition) -> ApiResult<()> {
+        let key = Self::key_of(obj);
         let value = codec::encode(obj)?;
         self.forget_parent::<K>(&key);
         let read_revision = match precondition {
@@ -164,11 +168,7 @@ impl<'a> Txn<'a> {
         obj: &K,
         taken: impl FnOnce() -> ApiError + Send + 'static,
     ) -> ApiResult<()> {
-        let meta = obj.meta();
-        let key = Self::key::<K>(
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default(),
-        );
+        let key = Self::key_of(obj);
         if self
             .overlay
             .get(&key)
