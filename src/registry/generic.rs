@@ -438,14 +438,35 @@ impl Registry {
             let mut state = self.lock().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             tx.allowed_parents = allowed_parents;
-            if tx.get::<K>(namespace, &name)?.is_some() {
-                return Err(ApiError::already_exists(K::RESOURCE, &name));
+            // The name is checked by the commit, not read first (a store lookup under the lock
+            // on every create); a create that fails for another reason still answers
+            // AlreadyExists when the name is taken, as Kubernetes does.
+            let taken = name.clone();
+            let created = obj.on_create(&mut tx).and_then(|()| {
+                tx.put_new(&obj, move || ApiError::already_exists(K::RESOURCE, &taken))?;
+                tx.commit(dry_run)
+            });
+            match created {
+                Ok(commit) => commit,
+                Err(e) => return Err(self.already_exists_or::<K>(namespace, &name, e)),
             }
-            obj.on_create(&mut tx)?;
-            tx.put(&obj, Precondition::Absent)?;
-            tx.commit(dry_run)?
         };
         finish(obj, namespace, &name, commit).await
+    }
+
+    /// `e`, or AlreadyExists if the object's name is taken: what a failed create answers.
+    /// Called under the writer lock, once the transaction is undone.
+    fn already_exists_or<K: Kind>(&self, namespace: &str, name: &str, e: ApiError) -> ApiError {
+        if matches!(
+            e,
+            ApiError::AlreadyExists(_) | ApiError::ServiceUnavailable(_) | ApiError::Internal(_)
+        ) {
+            return e;
+        }
+        match self.inner.store.get(&Txn::key::<K>(namespace, name)) {
+            Ok(Some(_)) => ApiError::already_exists(K::RESOURCE, name),
+            _ => e,
+        }
     }
 
     /// Replace an object (PUT, or the result of a patch). `expected_revision` is a precondition

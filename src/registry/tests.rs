@@ -214,6 +214,36 @@ async fn bound_prefix_and_parent_with_children_refuse_delete() {
     assert!(err.to_string().contains("has 1 child prefixes"), "{err}");
 }
 
+/// A taken claim name is found by the commit, not by a read first; it is still AlreadyExists,
+/// whether the pool has room (nothing is allocated) or not (AlreadyExists wins over exhaustion,
+/// dry run or not).
+#[tokio::test]
+async fn a_taken_claim_name_is_already_exists_and_allocates_nothing() {
+    let (reg, _dir) = open();
+    reg.create("", root("r", "fd20::/127"), false)
+        .await
+        .unwrap();
+    assert_eq!(bound(&reg, claim("ns", "a", "r", 128)).await, "fd20::/128");
+    let again = |dry_run| reg.create("ns", claim("ns", "a", "r", 128), dry_run);
+    for dry_run in [true, false] {
+        let err = again(dry_run).await.unwrap_err();
+        assert!(matches!(err, ApiError::AlreadyExists(_)), "{err}");
+    }
+    assert_eq!(bound(&reg, claim("ns", "b", "r", 128)).await, "fd20::1/128");
+    for dry_run in [true, false] {
+        let err = again(dry_run).await.unwrap_err();
+        assert!(
+            matches!(err, ApiError::AlreadyExists(_)),
+            "full pool: {err}"
+        );
+    }
+    let err = reg
+        .create("ns", claim("ns", "c", "r", 128), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no free /128"), "{err}");
+}
+
 /// A claim's child prefix name is checked by the commit, not read first; a taken one still
 /// refuses the claim, in a dry run too, and allocates nothing.
 #[tokio::test]
