@@ -30,7 +30,7 @@ pub struct Txn<'a> {
     overlay: HashMap<ObjectKey, (Option<Bytes>, Revision)>,
     undo: Vec<Undo>,
     /// Keys written by [`Txn::put_new`], and the error for each if it turns out to be taken.
-    if_taken: HashMap<ObjectKey, Taken>,
+    if_taken: Vec<(ObjectKey, Taken)>,
     applied: bool,
     /// The parents the caller may allocate from (verb `use`), when authorization applies.
     pub allowed_parents: Option<std::collections::HashSet<String>>,
@@ -54,7 +54,7 @@ impl<'a> Txn<'a> {
             op_index: HashMap::new(),
             overlay: HashMap::new(),
             undo: Vec::new(),
-            if_taken: HashMap::new(),
+            if_taken: Vec::new(),
             applied: false,
             allowed_parents: None,
             allocations: 0,
@@ -96,14 +96,14 @@ impl<'a> Txn<'a> {
     /// An IPPrefix read as a parent: like [`Txn::get`], decoded once per stored revision
     /// (see `State::parents`).
     pub fn get_parent(&mut self, name: &str) -> ApiResult<Option<Stored<IPPrefix>>> {
-        let key = Self::key::<IPPrefix>("", name);
-        if !self.overlay.contains_key(&key) {
-            if let Some(parent) = self.state.parents.get(name) {
-                return Ok(Some(parent.clone()));
-            }
+        if self.overlay.contains_key(&Self::key::<IPPrefix>("", name)) {
+            return self.get::<IPPrefix>("", name); // written by this transaction
+        }
+        if let Some(parent) = self.state.parents.get(name) {
+            return Ok(Some(parent.clone()));
         }
         let parent = self.get::<IPPrefix>("", name)?;
-        if let (Some(p), false) = (&parent, self.overlay.contains_key(&key)) {
+        if let Some(p) = &parent {
             self.state.parents.insert(name.to_string(), p.clone());
         }
         Ok(parent)
@@ -140,7 +140,15 @@ impl<'a> Txn<'a> {
 
     /// Write an object. `precondition` applies to the key's state before this transaction.
     pub fn put<K: Kind>(&mut self, obj: &K, precondition: Precondition) -> ApiResult<()> {
-        let key = Self::key_of(obj);
+        self.put_at(Self::key_of(obj), obj, precondition)
+    }
+
+    fn put_at<K: Kind>(
+        &mut self,
+        key: ObjectKey,
+        obj: &K,
+        precondition: Precondition,
+    ) -> ApiResult<()> {
         let value = codec::encode(obj)?;
         self.forget_parent::<K>(&key);
         let read_revision = match precondition {
@@ -176,8 +184,8 @@ impl<'a> Txn<'a> {
         {
             return Err(taken());
         }
-        self.put(obj, Precondition::Absent)?;
-        self.if_taken.insert(key, Box::new(taken));
+        self.put_at(key.clone(), obj, Precondition::Absent)?;
+        self.if_taken.push((key, Box::new(taken)));
         Ok(())
     }
 
@@ -246,10 +254,12 @@ impl<'a> Txn<'a> {
         let ops = std::mem::take(&mut self.ops);
         let keys: Vec<ObjectKey> = ops.iter().map(|o| o.key().clone()).collect();
         let committed = self.store.commit(ops).map_err(|e| match e {
-            StoreError::PreconditionFailed { ref key, .. } => match self.if_taken.remove(key) {
-                Some(taken) => taken(),
-                None => store_error(e),
-            },
+            StoreError::PreconditionFailed { ref key, .. } => {
+                match self.if_taken.iter().position(|(k, _)| k == key) {
+                    Some(i) => (self.if_taken.swap_remove(i).1)(),
+                    None => store_error(e),
+                }
+            }
             e => store_error(e),
         })?;
         self.applied = true;

@@ -261,9 +261,6 @@ impl Inner {
                 std::thread::sleep(GROUP_COMMIT_QUIET.min(GROUP_COMMIT_MAX_DELAY - since));
                 continue;
             }
-            if lock(&self.durable).failed.is_some() {
-                return;
-            }
             last_flush = std::time::Instant::now();
             if !self.flush_batch(std::mem::take(&mut batch)) {
                 return;
