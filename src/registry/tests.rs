@@ -225,17 +225,22 @@ async fn a_taken_claim_name_is_already_exists_and_allocates_nothing() {
         .unwrap();
     assert_eq!(bound(&reg, claim("ns", "a", "r", 128)).await, "fd20::/128");
     let again = |dry_run| reg.create("ns", claim("ns", "a", "r", 128), dry_run);
-    for dry_run in [true, false] {
-        let err = again(dry_run).await.unwrap_err();
+    let already_exists = |err: ApiError| {
         assert!(matches!(err, ApiError::AlreadyExists(_)), "{err}");
+        assert_eq!(
+            (err.code().as_u16(), err.to_string()),
+            (
+                409,
+                "ipprefixclaims.ipam.miloapis.com \"a\" already exists".to_string()
+            )
+        );
+    };
+    for dry_run in [true, false] {
+        already_exists(again(dry_run).await.unwrap_err());
     }
     assert_eq!(bound(&reg, claim("ns", "b", "r", 128)).await, "fd20::1/128");
     for dry_run in [true, false] {
-        let err = again(dry_run).await.unwrap_err();
-        assert!(
-            matches!(err, ApiError::AlreadyExists(_)),
-            "full pool: {err}"
-        );
+        already_exists(again(dry_run).await.unwrap_err()); // on a full pool
     }
     let err = reg
         .create("ns", claim("ns", "c", "r", 128), false)
