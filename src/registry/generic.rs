@@ -153,7 +153,7 @@ impl Registry {
     pub async fn write_stale_statuses(&self) -> ApiResult<usize> {
         self.ensure_available()?;
         let (written, commit) = {
-            let mut state = self.lock().await;
+            let mut state = self.lock_to_commit().await;
             let names = state.take_stale_statuses();
             if names.is_empty() {
                 return Ok(0);
@@ -205,6 +205,17 @@ impl Registry {
     /// runs its undo log on unwind (Txn's Drop), so the state stays consistent.
     pub(super) async fn lock(&self) -> tokio::sync::MutexGuard<'_, State> {
         self.inner.state.lock().await
+    }
+
+    /// The writer lock, for a caller that will commit under it. From the moment it queues
+    /// until it lets go, the store knows a commit is on its way and may hold a group's fsync
+    /// for it ([`crate::store::Store::intend_commit`]).
+    async fn lock_to_commit(&self) -> Writer<'_> {
+        let intent = self.inner.store.intend_commit();
+        Writer {
+            state: self.lock().await,
+            _intent: intent,
+        }
     }
 
     /// 503 once the store has failed: its memory may hold writes that never reached the disk,
@@ -435,7 +446,7 @@ impl Registry {
         }
         let name = obj.meta().name.clone().unwrap_or_default();
         let commit = {
-            let mut state = self.lock().await;
+            let mut state = self.lock_to_commit().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             tx.allowed_parents = allowed_parents;
             // The name is checked by the commit, not read first (a store lookup under the lock
@@ -513,7 +524,7 @@ impl Registry {
             }
         }
         let commit = {
-            let mut state = self.lock().await;
+            let mut state = self.lock_to_commit().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             let Some(old) = tx.get::<K>(namespace, name)? else {
                 return Err(ApiError::not_found(K::RESOURCE, name));
@@ -585,7 +596,7 @@ impl Registry {
     ) -> ApiResult<(K, bool)> {
         self.ensure_available()?;
         let (obj, gone, commit) = {
-            let mut state = self.lock().await;
+            let mut state = self.lock_to_commit().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             let Some(old) = tx.get::<K>(namespace, name)? else {
                 return Err(ApiError::not_found(K::RESOURCE, name));
@@ -795,4 +806,23 @@ fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(|| ApiError::BadRequest(format!("continue token {s:?} is not valid")))
+}
+
+/// The writer lock, held by a caller that will commit (see [`Registry::lock_to_commit`]).
+struct Writer<'a> {
+    state: tokio::sync::MutexGuard<'a, State>,
+    _intent: crate::store::CommitIntent,
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
 }

@@ -3,6 +3,7 @@ use super::*;
 use crate::api::*;
 use crate::error::ApiError;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 fn open() -> (Registry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -702,18 +703,37 @@ async fn a_deletions_only_watch_gets_just_the_deletions_in_order() {
 }
 
 /// The real sled store, reporting a failed fsync once `fail` is set (the state a full disk or a
-/// broken device leaves it in, with writes applied in memory that never reached the disk).
-struct FailingStore {
-    inner: crate::store::SledStore,
+/// broken device leaves it in, with writes applied in memory that never reached the disk), and
+/// counting the registry's commit intents.
+#[derive(Default)]
+struct WatchedStore {
+    inner: Option<crate::store::SledStore>,
     fail: std::sync::atomic::AtomicBool,
+    /// Writers that said a commit is on its way and have not let go yet.
+    intents: Arc<std::sync::atomic::AtomicUsize>,
+    /// Commits made while no intent was alive.
+    unannounced: std::sync::atomic::AtomicUsize,
 }
 
-impl crate::store::Store for FailingStore {
+impl WatchedStore {
+    fn open(dir: &std::path::Path) -> Arc<WatchedStore> {
+        Arc::new(WatchedStore {
+            inner: Some(crate::store::SledStore::open(dir, 100).unwrap()),
+            ..Default::default()
+        })
+    }
+
+    fn sled(&self) -> &crate::store::SledStore {
+        self.inner.as_ref().expect("opened")
+    }
+}
+
+impl crate::store::Store for WatchedStore {
     fn get(
         &self,
         key: &crate::store::ObjectKey,
     ) -> Result<Option<crate::store::Versioned>, crate::store::StoreError> {
-        self.inner.get(key)
+        self.sled().get(key)
     }
     fn list(
         &self,
@@ -722,28 +742,40 @@ impl crate::store::Store for FailingStore {
         limit: Option<usize>,
         filter: &mut dyn FnMut(&crate::store::Versioned) -> bool,
     ) -> Result<crate::store::ListPage, crate::store::StoreError> {
-        self.inner.list(range, start_after, limit, filter)
+        self.sled().list(range, start_after, limit, filter)
     }
     fn commit(
         &self,
         ops: Vec<crate::store::Op>,
     ) -> Result<crate::store::Committed, crate::store::StoreError> {
-        self.inner.commit(ops)
+        if self.intents.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.unannounced
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.sled().commit(ops)
+    }
+    fn intend_commit(&self) -> crate::store::CommitIntent {
+        self.intents
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let intents = self.intents.clone();
+        crate::store::CommitIntent::new(Arc::new(move || {
+            intents.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }))
     }
     fn revision(&self) -> crate::store::Revision {
-        self.inner.revision()
+        self.sled().revision()
     }
     fn oldest_watchable(&self) -> crate::store::Revision {
-        self.inner.oldest_watchable()
+        self.sled().oldest_watchable()
     }
     fn watch(
         &self,
         after: crate::store::Revision,
     ) -> Result<crate::store::WatchReceiver, crate::store::StoreError> {
-        self.inner.watch(after)
+        self.sled().watch(after)
     }
     fn flush(&self) -> Result<(), crate::store::StoreError> {
-        self.inner.flush()
+        self.sled().flush()
     }
     fn failure(&self) -> Option<String> {
         self.fail
@@ -755,10 +787,7 @@ impl crate::store::Store for FailingStore {
 #[tokio::test]
 async fn after_a_failed_fsync_nothing_is_served_from_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(FailingStore {
-        inner: crate::store::SledStore::open(dir.path(), 100).unwrap(),
-        fail: Default::default(),
-    });
+    let store = WatchedStore::open(dir.path());
     let reg = Registry::with_store(store.clone()).unwrap();
     reg.create("", root("r", "10.0.0.0/24"), false)
         .await
@@ -792,4 +821,47 @@ async fn after_a_failed_fsync_nothing_is_served_from_memory() {
             .err()
             .unwrap(),
     );
+}
+
+#[tokio::test]
+async fn every_commit_is_announced_and_no_announcement_outlives_its_request() {
+    // The store may hold a group's fsync while a writer is on its way: a commit it was not told
+    // of waits for the next fsync, and an announcement left behind would hold every fsync.
+    let dir = tempfile::tempdir().unwrap();
+    let store = WatchedStore::open(dir.path());
+    let reg = Registry::with_store(store.clone()).unwrap();
+    let left = || {
+        (
+            store.intents.load(std::sync::atomic::Ordering::SeqCst),
+            store.unannounced.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
+    reg.create("", root("r", "10.0.0.0/30"), false)
+        .await
+        .unwrap();
+    bound(&reg, claim("ns", "a", "r", 32)).await;
+    reg.create("ns", claim("ns", "dry", "r", 32), true)
+        .await
+        .unwrap();
+    for failed in [
+        reg.create("ns", claim("ns", "a", "r", 32), false).await, // name taken
+        reg.create("ns", claim("ns", "b", "missing", 32), false)
+            .await, // no such parent
+        reg.create("ns", claim("ns", "c", "r", 24), false).await, // longer than the parent
+    ] {
+        failed.unwrap_err();
+    }
+    let mut a = reg.get::<IPPrefixClaim>("ns", "a").unwrap();
+    a.metadata.labels = Some(BTreeMap::from([("tier".into(), "web".into())]));
+    reg.update("ns", "a", a, Subresource::Main, false)
+        .await
+        .unwrap();
+    reg.delete::<IPPrefixClaim>("ns", "a", &no_finalizers())
+        .await
+        .unwrap();
+    reg.delete::<IPPrefixClaim>("ns", "a", &no_finalizers())
+        .await
+        .unwrap_err();
+    reg.write_stale_statuses().await.unwrap();
+    assert_eq!(left(), (0, 0), "(intents alive, commits made unannounced)");
 }

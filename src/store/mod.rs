@@ -12,6 +12,7 @@ pub use sled_store::SledStore;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use std::sync::Arc;
 
 /// A store-wide, strictly increasing version: the `resourceVersion` of Kubernetes.
 pub type Revision = u64;
@@ -145,6 +146,28 @@ pub struct Committed {
     pub durable: BoxFuture<'static, Result<(), StoreError>>,
 }
 
+/// A writer on its way to [`Store::commit`]: waiting for its turn or preparing its ops. Drop it
+/// once the commit is handed over, or given up.
+#[derive(Default)]
+pub struct CommitIntent {
+    ended: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl CommitIntent {
+    /// `ended` runs when the intent is dropped.
+    pub fn new(ended: Arc<dyn Fn() + Send + Sync>) -> Self {
+        CommitIntent { ended: Some(ended) }
+    }
+}
+
+impl Drop for CommitIntent {
+    fn drop(&mut self) {
+        if let Some(ended) = &self.ended {
+            ended()
+        }
+    }
+}
+
 /// A consistent-enough page of a list: items in key order and the revision the list was read at.
 #[derive(Debug)]
 pub struct ListPage {
@@ -181,6 +204,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flush everything to disk (shutdown).
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Say that a commit is on its way, for as long as the returned value lives. A store that
+    /// makes many commits durable with one fsync may hold that fsync for it, so it shares this
+    /// one instead of waiting for the next; with nobody on the way it need not wait at all.
+    fn intend_commit(&self) -> CommitIntent {
+        CommitIntent::default()
+    }
 
     /// Why the store can no longer be trusted (a failed fsync), if it cannot. Its in-memory state
     /// may then hold writes that never reached the disk, so nothing should be served from it.

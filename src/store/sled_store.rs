@@ -26,6 +26,7 @@ use super::events::History;
 use super::*;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
@@ -47,15 +48,45 @@ const CACHE_CAPACITY: u64 = 256 * 1024 * 1024;
 /// 4.8 s, at the same create rate.
 const SLED_BACKGROUND_EVERY_MS: u64 = 20;
 /// Group commit. Each sled flush has a fixed cost (sealing and writing a log buffer on sled's
-/// threads, ~0.5 ms of CPU on a VM), so flushing every single commit under load spends the CPU
-/// the commits need. When the previous flush began less than `GROUP_COMMIT_MAX_DELAY` ago, the
-/// store thread waits for more commits, in steps of `GROUP_COMMIT_QUIET`, and flushes as soon
-/// as a step brings none (everyone about to commit has) or the delay is reached. An idle server
-/// flushes at once. Since commits keep arriving while a flush runs, a short delay is enough:
-/// at 64 clients, 1 ms gave 9.0-10.5k creates/s against 8.1k with 5 ms (the flush itself takes
-/// ~0.7 ms, so batches still hold ~15 commits).
-const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
-const GROUP_COMMIT_QUIET: std::time::Duration = std::time::Duration::from_micros(400);
+/// threads, which wakes all seven of its I/O threads), so flushing every commit under load
+/// spends the CPU the commits need. When the previous flush began less than
+/// `GROUP_COMMIT_MAX_DELAY` ago and writers are on their way ([`Store::intend_commit`]: queued
+/// for the registry's writer lock or holding it), the store thread holds the fsync for them,
+/// writing what arrives into sled every `GROUP_COMMIT_STEP`, and flushes when the last of them
+/// is done or the delay is up. With nobody on the way it flushes at once, so one client never
+/// waits for a group that is not coming.
+pub(super) const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+pub(super) const GROUP_COMMIT_STEP: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// What the store thread does once what was handed over is in sled (see [`next_step`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Commits arrived meanwhile: write them in first.
+    Write,
+    /// Writers are on their way: wait for them, at most this long, then look again.
+    Wait(std::time::Duration),
+    /// Fsync what is in sled.
+    Flush,
+}
+
+/// The group-commit policy, given whether commits are waiting to be written, how many writers
+/// are on their way, and how long ago the previous fsync began.
+pub(super) fn next_step(
+    arrived: bool,
+    writers: usize,
+    since_flush: std::time::Duration,
+    shutdown: bool,
+) -> Next {
+    if shutdown || since_flush >= GROUP_COMMIT_MAX_DELAY {
+        Next::Flush
+    } else if arrived {
+        Next::Write
+    } else if writers == 0 {
+        Next::Flush
+    } else {
+        Next::Wait(GROUP_COMMIT_STEP.min(GROUP_COMMIT_MAX_DELAY - since_flush))
+    }
+}
 
 /// A cheap-to-clone handle; all state lives behind one `Arc`. When the last handle is dropped
 /// the store thread makes a final flush and exits, releasing the data directory's lock.
@@ -63,6 +94,8 @@ const GROUP_COMMIT_QUIET: std::time::Duration = std::time::Duration::from_micros
 pub struct SledStore {
     inner: Arc<Inner>,
     _close_on_drop: Arc<CloseOnDrop>,
+    /// What a [`CommitIntent`] runs when it ends (made once, cloned per intent).
+    intent_ended: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Shared by the handles only (not the store thread, which holds `Inner`).
@@ -86,6 +119,8 @@ struct Inner {
     /// Hands commits to the store thread.
     queue: Mutex<Queue>,
     queued: Condvar,
+    /// Writers on their way to a commit ([`Store::intend_commit`]).
+    intents: AtomicUsize,
     /// Signalled (on `durable`) each time the durable revision advances, for `Store::flush`.
     durable_advanced: Condvar,
     durable: Mutex<Durable>,
@@ -118,6 +153,9 @@ struct Queue {
     /// (a notify is a syscall even with nobody waiting). Under load it is writing, fsyncing or
     /// in a group-commit step, and picks commits up by itself.
     idle: bool,
+    /// The store thread holds an fsync for writers on their way; the last of them to finish
+    /// wakes it.
+    gathering: bool,
 }
 
 /// What the store thread has put into sled since its last fsync.
@@ -181,8 +219,10 @@ impl SledStore {
                 pending: Vec::new(),
                 shutdown: false,
                 idle: false,
+                gathering: false,
             }),
             queued: Condvar::new(),
+            intents: AtomicUsize::new(0),
             durable_advanced: Condvar::new(),
             durable,
             history: History::new(history_capacity, revision),
@@ -192,9 +232,11 @@ impl SledStore {
             .name("store".into())
             .spawn(move || thread.run())
             .map_err(|e| StoreError::Unavailable(format!("cannot start store thread: {e}")))?;
+        let ended = inner.clone();
         Ok(SledStore {
             _close_on_drop: Arc::new(CloseOnDrop(inner.clone())),
             inner,
+            intent_ended: Arc::new(move || ended.intent_ended()),
         })
     }
 
@@ -238,32 +280,60 @@ impl Inner {
         let mut batch = Batch::default();
         let mut last_flush = std::time::Instant::now();
         loop {
-            let (commits, shutdown) = {
+            let commits = {
                 let mut q = lock(&self.queue);
                 while q.pending.is_empty() && batch.commits == 0 && !q.shutdown {
                     q.idle = true;
                     q = self.queued.wait(q).unwrap_or_else(|p| p.into_inner());
                     q.idle = false;
                 }
-                (std::mem::take(&mut q.pending), q.shutdown)
+                std::mem::take(&mut q.pending)
             };
-            let arrived = !commits.is_empty();
             if !self.write_into_sled(commits, &mut batch) {
                 return;
             }
             if batch.commits == 0 {
                 return; // shut down, and everything handed over is durable
             }
-            // While the previous flush is recent, let more commits arrive, in short steps;
-            // flush when a step brings none or the delay is up.
-            let since = last_flush.elapsed();
-            if arrived && !shutdown && since < GROUP_COMMIT_MAX_DELAY {
-                std::thread::sleep(GROUP_COMMIT_QUIET.min(GROUP_COMMIT_MAX_DELAY - since));
+            if self.gather(last_flush.elapsed()) {
                 continue;
             }
             last_flush = std::time::Instant::now();
             if !self.flush_batch(std::mem::take(&mut batch)) {
                 return;
+            }
+        }
+    }
+
+    /// Before an fsync, `since` the previous one began: true to go round again (commits
+    /// arrived, or writers on their way were waited for), false to fsync now.
+    fn gather(&self, since: std::time::Duration) -> bool {
+        let q = lock(&self.queue);
+        let writers = self.intents.load(Ordering::Acquire);
+        match next_step(!q.pending.is_empty(), writers, since, q.shutdown) {
+            Next::Flush => false,
+            Next::Write => true,
+            Next::Wait(wait) => {
+                // The count was read under the queue's lock, which `intent_ended` takes before
+                // it wakes us: the last writer cannot finish unseen between count and wait.
+                let mut q = q;
+                q.gathering = true;
+                let (mut q, _) = self
+                    .queued
+                    .wait_timeout(q, wait)
+                    .unwrap_or_else(|p| p.into_inner());
+                q.gathering = false;
+                true
+            }
+        }
+    }
+
+    /// A [`CommitIntent`] ended. The last one wakes a store thread holding an fsync for it.
+    fn intent_ended(&self) {
+        if self.intents.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let gathering = lock(&self.queue).gathering;
+            if gathering {
+                self.queued.notify_one();
             }
         }
     }
@@ -536,6 +606,11 @@ impl Store for SledStore {
 
     fn revision(&self) -> Revision {
         lock(&self.inner.commit).revision
+    }
+
+    fn intend_commit(&self) -> CommitIntent {
+        self.inner.intents.fetch_add(1, Ordering::AcqRel);
+        CommitIntent::new(self.intent_ended.clone())
     }
 
     fn oldest_watchable(&self) -> Revision {

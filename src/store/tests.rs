@@ -385,3 +385,43 @@ async fn a_checkpoint_waits_for_the_closing_store_and_gives_up_on_a_live_one() {
     SledStore::checkpoint(dir.path(), std::time::Duration::from_secs(10)).expect("checkpoint");
     assert_eq!(reopen(dir.path()).await.revision(), 1);
 }
+
+#[test]
+fn group_commit_waits_only_for_writers_on_their_way() {
+    use super::sled_store::{next_step, Next, GROUP_COMMIT_MAX_DELAY, GROUP_COMMIT_STEP};
+    let soon = std::time::Duration::from_micros(100);
+    let late = GROUP_COMMIT_MAX_DELAY - std::time::Duration::from_micros(50);
+    // A lone writer's commit: nobody else is coming, so its fsync starts at once.
+    assert_eq!(next_step(false, 0, soon, false), Next::Flush);
+    // Writers on their way share this fsync: wait one step for them, never past the delay.
+    assert_eq!(
+        next_step(false, 3, soon, false),
+        Next::Wait(GROUP_COMMIT_STEP.min(GROUP_COMMIT_MAX_DELAY - soon))
+    );
+    assert_eq!(
+        next_step(false, 3, late, false),
+        Next::Wait(std::time::Duration::from_micros(50))
+    );
+    assert_eq!(
+        next_step(false, 3, GROUP_COMMIT_MAX_DELAY, false),
+        Next::Flush
+    );
+    // What arrived meanwhile is written in first; past the delay it waits for the next fsync.
+    assert_eq!(next_step(true, 0, soon, false), Next::Write);
+    assert_eq!(
+        next_step(true, 3, GROUP_COMMIT_MAX_DELAY, false),
+        Next::Flush
+    );
+    // Shutting down: no waiting.
+    assert_eq!(next_step(false, 3, soon, true), Next::Flush);
+}
+
+#[tokio::test]
+async fn a_writer_that_never_commits_delays_an_fsync_but_never_stalls_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let _on_its_way = store.intend_commit();
+    // Resolves once the group-commit delay is up, though the announced writer never comes.
+    let revisions = commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
+    assert_eq!(revisions, [1]);
+}
