@@ -705,9 +705,8 @@ async fn a_deletions_only_watch_gets_just_the_deletions_in_order() {
 /// The real sled store, reporting a failed fsync once `fail` is set (the state a full disk or a
 /// broken device leaves it in, with writes applied in memory that never reached the disk), and
 /// counting the registry's commit intents.
-#[derive(Default)]
 struct WatchedStore {
-    inner: Option<crate::store::SledStore>,
+    inner: crate::store::SledStore,
     fail: std::sync::atomic::AtomicBool,
     /// Writers that said a commit is on its way and have not let go yet.
     intents: Arc<std::sync::atomic::AtomicUsize>,
@@ -718,13 +717,11 @@ struct WatchedStore {
 impl WatchedStore {
     fn open(dir: &std::path::Path) -> Arc<WatchedStore> {
         Arc::new(WatchedStore {
-            inner: Some(crate::store::SledStore::open(dir, 100).unwrap()),
-            ..Default::default()
+            inner: crate::store::SledStore::open(dir, 100).unwrap(),
+            fail: Default::default(),
+            intents: Default::default(),
+            unannounced: Default::default(),
         })
-    }
-
-    fn sled(&self) -> &crate::store::SledStore {
-        self.inner.as_ref().expect("opened")
     }
 }
 
@@ -733,7 +730,7 @@ impl crate::store::Store for WatchedStore {
         &self,
         key: &crate::store::ObjectKey,
     ) -> Result<Option<crate::store::Versioned>, crate::store::StoreError> {
-        self.sled().get(key)
+        self.inner.get(key)
     }
     fn list(
         &self,
@@ -742,7 +739,7 @@ impl crate::store::Store for WatchedStore {
         limit: Option<usize>,
         filter: &mut dyn FnMut(&crate::store::Versioned) -> bool,
     ) -> Result<crate::store::ListPage, crate::store::StoreError> {
-        self.sled().list(range, start_after, limit, filter)
+        self.inner.list(range, start_after, limit, filter)
     }
     fn commit(
         &self,
@@ -752,7 +749,7 @@ impl crate::store::Store for WatchedStore {
             self.unannounced
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        self.sled().commit(ops)
+        self.inner.commit(ops)
     }
     fn intend_commit(&self) -> crate::store::CommitIntent {
         self.intents
@@ -763,19 +760,19 @@ impl crate::store::Store for WatchedStore {
         }))
     }
     fn revision(&self) -> crate::store::Revision {
-        self.sled().revision()
+        self.inner.revision()
     }
     fn oldest_watchable(&self) -> crate::store::Revision {
-        self.sled().oldest_watchable()
+        self.inner.oldest_watchable()
     }
     fn watch(
         &self,
         after: crate::store::Revision,
     ) -> Result<crate::store::WatchReceiver, crate::store::StoreError> {
-        self.sled().watch(after)
+        self.inner.watch(after)
     }
     fn flush(&self) -> Result<(), crate::store::StoreError> {
-        self.sled().flush()
+        self.inner.flush()
     }
     fn failure(&self) -> Option<String> {
         self.fail
