@@ -152,6 +152,7 @@ async fn run(args: Args) -> Result<(), Error> {
         .map(Duration::from_secs_f64);
     let pid = args.server_pid.or_else(|| find_server_pid(&args.data_dir));
     let cpu_before = pid.and_then(read_cpu_seconds);
+    let own_cpu_before = read_cpu_seconds(std::process::id());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
@@ -212,6 +213,7 @@ async fn run(args: Args) -> Result<(), Error> {
     let ok = lat.len() as u64;
     let failures = stats.failures.load(Ordering::Relaxed);
     let cpu = cpu_before.zip(pid.and_then(read_cpu_seconds));
+    let own_cpu = own_cpu_before.zip(read_cpu_seconds(std::process::id()));
     let rss = pid.and_then(read_rss);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -240,6 +242,14 @@ async fn run(args: Args) -> Result<(), Error> {
     if let Some((before, after)) = cpu.filter(|_| ok > 0) {
         println!(
             "server cpu={:.2}s per-op={:.0}us",
+            after - before,
+            (after - before) * 1e6 / ok as f64
+        );
+    }
+    // This tool runs on the same cores, so its own share belongs beside the server's.
+    if let Some((before, after)) = own_cpu.filter(|_| ok > 0) {
+        println!(
+            "load tool cpu={:.2}s per-op={:.0}us",
             after - before,
             (after - before) * 1e6 / ok as f64
         );
@@ -681,7 +691,6 @@ fn find_server_pid(dir: &Path) -> Option<u32> {
     None
 }
 
-/// (VmHWM, VmRSS) in KiB.
 /// User + system CPU time of a process (`/proc/PID/stat`, fields 14 and 15, in clock ticks).
 fn read_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -692,6 +701,7 @@ fn read_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
+/// (VmHWM, VmRSS) in KiB.
 fn read_rss(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
