@@ -844,7 +844,7 @@ async fn every_commit_is_announced_and_no_announcement_outlives_its_request() {
         reg.create("ns", claim("ns", "a", "r", 32), false).await, // name taken
         reg.create("ns", claim("ns", "b", "missing", 32), false)
             .await, // no such parent
-        reg.create("ns", claim("ns", "c", "r", 24), false).await, // longer than the parent
+        reg.create("ns", claim("ns", "c", "r", 24), false).await, // larger than the parent
     ] {
         failed.unwrap_err();
     }
