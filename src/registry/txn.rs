@@ -96,14 +96,14 @@ impl<'a> Txn<'a> {
     /// An IPPrefix read as a parent: like [`Txn::get`], decoded once per stored revision
     /// (see `State::parents`).
     pub fn get_parent(&mut self, name: &str) -> ApiResult<Option<Stored<IPPrefix>>> {
-        if self.overlay.contains_key(&Self::key::<IPPrefix>("", name)) {
-            return self.get::<IPPrefix>("", name); // written by this transaction
-        }
+        // An entry is never one this transaction wrote (`forget_parent` drops it, and a
+        // written one is not put back below), so a hit is the stored value.
         if let Some(parent) = self.state.parents.get(name) {
             return Ok(Some(parent.clone()));
         }
+        let written = self.overlay.contains_key(&Self::key::<IPPrefix>("", name));
         let parent = self.get::<IPPrefix>("", name)?;
-        if let Some(p) = &parent {
+        if let (false, Some(p)) = (written, &parent) {
             self.state.parents.insert(name.to_string(), p.clone());
         }
         Ok(parent)
