@@ -266,7 +266,7 @@ fn invalid_flags_are_all_reported_with_exit_code_2() {
 }
 
 /// The load tool against a real server: every create it counts is a Bound claim with its own
-/// address, and it reports the server's memory and CPU per operation.
+/// address, and it reports the server's memory and CPU per operation, and its own CPU.
 #[test]
 fn the_load_tool_makes_the_creates_it_reports_and_measures_the_server() {
     let server = TestServer::start();
@@ -287,12 +287,20 @@ fn the_load_tool_makes_the_creates_it_reports_and_measures_the_server() {
         stdout.contains(&format!("server pid={} ", server.pid().unwrap())),
         "{stdout}"
     );
-    let per_op: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("server cpu=")?.split("per-op=").nth(1))
-        .and_then(|v| v.strip_suffix("us")?.parse().ok())
-        .unwrap_or_else(|| panic!("no server CPU line: {stdout}"));
-    assert!(per_op > 0.0, "{stdout}");
+    let per_op = |who: &str| -> f64 {
+        stdout
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{who} cpu="))?
+                    .split("per-op=")
+                    .nth(1)
+            })
+            .and_then(|v| v.strip_suffix("us")?.parse().ok())
+            .unwrap_or_else(|| panic!("no {who} CPU line: {stdout}"))
+    };
+    assert!(per_op("server") > 0.0, "{stdout}");
+    // The tool's own share may round to zero clock ticks over 500 creates; the line is there.
+    assert!(per_op("load tool") >= 0.0, "{stdout}");
 
     let list = json(
         server

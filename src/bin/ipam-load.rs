@@ -238,21 +238,16 @@ async fn run(args: Args) -> Result<(), Error> {
         _ => println!("server RSS: unknown (pass --server-pid)"),
     }
     // The server's CPU per operation shows how fast the host ran: on a shared VM the same
-    // binary's figure moves by half from one run to the next, and latency with it.
-    if let Some((before, after)) = cpu.filter(|_| ok > 0) {
-        println!(
-            "server cpu={:.2}s per-op={:.0}us",
-            after - before,
-            (after - before) * 1e6 / ok as f64
-        );
-    }
-    // This tool runs on the same cores, so its own share belongs beside the server's.
-    if let Some((before, after)) = own_cpu.filter(|_| ok > 0) {
-        println!(
-            "load tool cpu={:.2}s per-op={:.0}us",
-            after - before,
-            (after - before) * 1e6 / ok as f64
-        );
+    // binary's figure moves by half from one run to the next, and latency with it. This tool
+    // runs on the same cores, so its own share belongs beside it.
+    for (who, cpu) in [("server", cpu), ("load tool", own_cpu)] {
+        if let Some((before, after)) = cpu.filter(|_| ok > 0) {
+            println!(
+                "{who} cpu={:.2}s per-op={:.0}us",
+                after - before,
+                (after - before) * 1e6 / ok as f64
+            );
+        }
     }
     println!(
         "loadavg={}",

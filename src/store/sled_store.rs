@@ -308,7 +308,7 @@ impl Inner {
     /// Before an fsync, `since` the previous one began: true to go round again (commits
     /// arrived, or writers on their way were waited for), false to fsync now.
     fn gather(&self, since: std::time::Duration) -> bool {
-        let q = lock(&self.queue);
+        let mut q = lock(&self.queue);
         let writers = self.intents.load(Ordering::Acquire);
         match next_step(!q.pending.is_empty(), writers, since, q.shutdown) {
             Next::Flush => false,
@@ -316,7 +316,6 @@ impl Inner {
             Next::Wait(wait) => {
                 // The count was read under the queue's lock, which `intent_ended` takes before
                 // it wakes us: the last writer cannot finish unseen between count and wait.
-                let mut q = q;
                 q.gathering = true;
                 let (mut q, _) = self
                     .queued
