@@ -615,3 +615,100 @@ async fn claim_spec_is_immutable_except_reclaim_policy_which_follows_to_the_pref
         Some("Retain")
     );
 }
+
+/// `/metrics` (Prometheus text, as the admin user) as one string.
+async fn metrics(server: &TestServer) -> String {
+    let (status, _, body) = server.raw("GET", "/metrics", None, Vec::new()).await;
+    assert_eq!(status, 200);
+    String::from_utf8(body).expect("metrics are text")
+}
+
+/// The value of the one sample named exactly `series` (name and labels), or 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().expect("a number"))
+}
+
+/// `/metrics` counts what a user did: requests by verb, resource and code with their latency,
+/// every block handed out and returned (a dry run hands out nothing), every exhaustion, the
+/// group commits that made the writes durable and the two queues each write waited in, and
+/// the root's utilization.
+#[tokio::test]
+async fn metrics_count_the_requests_allocations_and_commits_a_user_made() {
+    let server = TestServer::start();
+    let api = Apis::new(&server).await;
+    api.prefixes
+        .create(&PostParams::default(), &root("metered", "fd00:7::/126"))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        api.claim(host("m", &format!("h{i}"), "metered")).await;
+    }
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let full = api.claim_err(host("m", "h4", "metered")).await;
+    assert_eq!((full.code, full.reason.as_str()), (409, "Exhausted"));
+    api.claims("m")
+        .delete("h0", &DeleteParams::default())
+        .await
+        .unwrap();
+    api.claims("m")
+        .create(&dry, &host("m", "h5", "metered"))
+        .await
+        .expect("a dry run has room again");
+    api.settled("metered").await;
+
+    let m = metrics(&server).await;
+    let requests = |verb: &str, resource: &str, code: u16| {
+        let labels =
+            format!("{{verb=\"{verb}\",resource=\"{resource}\",subresource=\"\",code=\"{code}\"}}");
+        (
+            sample(&m, &format!("ipam_apiserver_requests_total{labels}")),
+            sample(
+                &m,
+                &format!("ipam_apiserver_request_duration_seconds_count{labels}"),
+            ),
+        )
+    };
+    assert_eq!(requests("create", "ipprefixes", 201), (1.0, 1.0), "{m}");
+    assert_eq!(requests("create", "ipprefixclaims", 201), (5.0, 5.0), "{m}");
+    assert_eq!(requests("create", "ipprefixclaims", 409), (1.0, 1.0), "{m}");
+    assert_eq!(requests("delete", "ipprefixclaims", 200), (1.0, 1.0), "{m}");
+    assert_eq!(sample(&m, "ipam_allocations_total"), 4.0, "{m}");
+    assert_eq!(sample(&m, "ipam_releases_total"), 1.0, "{m}");
+    assert_eq!(sample(&m, "ipam_exhaustions_total"), 1.0, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "ipam_root_prefix_utilization_ratio{name=\"metered\",prefix=\"fd00:7::/126\"}"
+        ),
+        0.75,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "ipam_root_prefix_children{name=\"metered\",prefix=\"fd00:7::/126\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    // Six writes committed (the root, four claims, a delete) and the parent's status after
+    // them; the exhausted claim and the dry run waited for the lock but committed nothing.
+    let lock_waits = sample(&m, "ipam_registry_writer_lock_wait_seconds_count");
+    let durable_waits = sample(&m, "ipam_store_durable_wait_seconds_count");
+    let committed = sample(&m, "ipam_store_commit_batch_size_sum");
+    assert!(durable_waits >= 7.0, "{m}");
+    assert!(lock_waits >= durable_waits + 2.0, "{m}");
+    assert!(committed >= durable_waits, "{m}");
+    let fsyncs = sample(&m, "ipam_store_fsync_duration_seconds_count");
+    assert!(
+        (1.0..=committed).contains(&fsyncs),
+        "one fsync covers one or more commits: {m}"
+    );
+    assert_eq!(sample(&m, "ipam_store_fsync_failures_total"), 0.0, "{m}");
+}

@@ -152,7 +152,7 @@ impl Registry {
     /// Returns how many were written. Marks given up on by a failed commit stay marked.
     pub async fn write_stale_statuses(&self) -> ApiResult<usize> {
         self.ensure_available()?;
-        let (written, commit) = {
+        let (written, mut commit) = {
             let mut state = self.lock_to_commit().await;
             let names = state.take_stale_statuses();
             if names.is_empty() {
@@ -176,9 +176,7 @@ impl Registry {
             }
             written?
         };
-        if let Some(c) = commit.committed {
-            c.durable.await.map_err(store_error)?;
-        }
+        commit.wait_durable().await?;
         Ok(written)
     }
 
@@ -212,8 +210,13 @@ impl Registry {
     /// for it ([`crate::store::Store::intend_commit`]).
     async fn lock_to_commit(&self) -> Writer<'_> {
         let intent = self.inner.store.intend_commit();
+        let queued = std::time::Instant::now();
+        let state = self.lock().await;
+        crate::metrics::global()
+            .writer_lock_wait
+            .observe(queued.elapsed().as_secs_f64());
         Writer {
-            state: self.lock().await,
+            state,
             _intent: intent,
         }
     }
@@ -595,7 +598,7 @@ impl Registry {
         opts: &DeleteOptions,
     ) -> ApiResult<(K, bool)> {
         self.ensure_available()?;
-        let (obj, gone, commit) = {
+        let (obj, gone, mut commit) = {
             let mut state = self.lock_to_commit().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
             let Some(old) = tx.get::<K>(namespace, name)? else {
@@ -638,9 +641,7 @@ impl Registry {
         };
         let key = Txn::key::<K>(namespace, name);
         let revision = commit.revisions.get(&key).copied();
-        if let Some(c) = commit.committed {
-            c.durable.await.map_err(store_error)?;
-        }
+        commit.wait_durable().await?;
         let mut obj = obj;
         if let Some(rv) = revision {
             obj.meta_mut().resource_version = Some(rv.to_string());
@@ -737,11 +738,9 @@ async fn finish<K: Kind>(
     mut obj: K,
     namespace: &str,
     name: &str,
-    commit: super::txn::TxnCommit,
+    mut commit: super::txn::TxnCommit,
 ) -> ApiResult<K> {
-    if let Some(c) = commit.committed {
-        c.durable.await.map_err(store_error)?;
-    }
+    commit.wait_durable().await?;
     if let Some(rv) = commit.revisions.get(&Txn::key::<K>(namespace, name)) {
         obj.meta_mut().resource_version = Some(rv.to_string());
     }

@@ -45,6 +45,22 @@ pub struct TxnCommit {
     pub committed: Option<Committed>,
 }
 
+impl TxnCommit {
+    /// Wait until the commit is on disk (a dry run has nothing to wait for), recording how
+    /// long in `ipam_store_durable_wait_seconds`.
+    pub async fn wait_durable(&mut self) -> ApiResult<()> {
+        let Some(committed) = self.committed.take() else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let durable = committed.durable.await;
+        crate::metrics::global()
+            .durable_wait
+            .observe(started.elapsed().as_secs_f64());
+        durable.map_err(store_error)
+    }
+}
+
 impl<'a> Txn<'a> {
     pub fn new(store: &'a dyn Store, state: &'a mut State) -> Self {
         Txn {
