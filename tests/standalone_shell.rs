@@ -266,7 +266,8 @@ fn invalid_flags_are_all_reported_with_exit_code_2() {
 }
 
 /// The load tool against a real server: every create it counts is a Bound claim with its own
-/// address, and it reports the server's memory and CPU per operation, and its own CPU.
+/// address, and it reports the server's memory and CPU per operation, its own CPU, and where
+/// the server's writes waited.
 #[test]
 fn the_load_tool_makes_the_creates_it_reports_and_measures_the_server() {
     let server = TestServer::start();
@@ -301,6 +302,19 @@ fn the_load_tool_makes_the_creates_it_reports_and_measures_the_server() {
     assert!(per_op("server") > 0.0, "{stdout}");
     // The tool's own share may round to zero clock ticks over 500 creates; the line is there.
     assert!(per_op("load tool") >= 0.0, "{stdout}");
+    // The server's own account of the run's writes: the 500 creates (and any status writes of
+    // their parent), and the two queues each waited in.
+    let stages = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("server writes="))
+        .unwrap_or_else(|| panic!("no write-stage line: {stdout}"));
+    let writes: f64 = stages.split(':').next().unwrap().parse().unwrap();
+    assert!((500.0..1000.0).contains(&writes), "{stdout}");
+    assert!(
+        stages.contains(" writer-lock wait mean=") && stages.contains(" durable wait mean="),
+        "{stdout}"
+    );
+    assert!(!stages.contains("=-"), "{stdout}");
 
     let list = json(
         server

@@ -153,6 +153,7 @@ async fn run(args: Args) -> Result<(), Error> {
     let pid = args.server_pid.or_else(|| find_server_pid(&args.data_dir));
     let cpu_before = pid.and_then(read_cpu_seconds);
     let own_cpu_before = read_cpu_seconds(std::process::id());
+    let stages_before = write_stages(&target).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
@@ -215,6 +216,7 @@ async fn run(args: Args) -> Result<(), Error> {
     let cpu = cpu_before.zip(pid.and_then(read_cpu_seconds));
     let own_cpu = own_cpu_before.zip(read_cpu_seconds(std::process::id()));
     let rss = pid.and_then(read_rss);
+    let stages_after = write_stages(&target).await;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "mode={:?} clients={} ok={ok} failed={failures} elapsed={:.2}s",
@@ -248,6 +250,23 @@ async fn run(args: Args) -> Result<(), Error> {
                 (after - before) * 1e6 / ok as f64
             );
         }
+    }
+    // Where a write's latency goes inside the server: the two queues every write passes.
+    if let (Some(before), Some(after)) = (stages_before, stages_after) {
+        let mean = |i: usize| {
+            let (sum, count) = (after[i].0 - before[i].0, after[i].1 - before[i].1);
+            if count > 0.0 {
+                fmt_us((sum / count * 1e6) as u32)
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "server writes={}: writer-lock wait mean={} durable wait mean={}",
+            after[1].1 - before[1].1,
+            mean(0),
+            mean(1)
+        );
     }
     println!(
         "loadavg={}",
@@ -687,6 +706,37 @@ fn find_server_pid(dir: &Path) -> Option<u32> {
 }
 
 /// User + system CPU time of a process (`/proc/PID/stat`, fields 14 and 15, in clock ticks).
+/// (sum, count) of the server's writer-lock wait and durable wait histograms, from its
+/// `/metrics` (on a connection of its own: the run's are busy).
+async fn write_stages(target: &Target) -> Option<[(f64, f64); 2]> {
+    const STAGES: [&str; 2] = [
+        "ipam_registry_writer_lock_wait_seconds",
+        "ipam_store_durable_wait_seconds",
+    ];
+    let mut conn = target.connect().await.ok()?;
+    let (status, _, body) = conn.request("GET", "/metrics", None).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let sample = |name: String| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name.as_str())?
+                .strip_prefix(' ')?
+                .parse()
+                .ok()
+        })
+    };
+    let mut out = [(0.0, 0.0); 2];
+    for (slot, stage) in out.iter_mut().zip(STAGES) {
+        *slot = (
+            sample(format!("{stage}_sum"))?,
+            sample(format!("{stage}_count"))?,
+        );
+    }
+    Some(out)
+}
+
 fn read_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it are plain.
