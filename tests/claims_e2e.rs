@@ -646,16 +646,16 @@ async fn metrics_count_the_requests_allocations_and_commits_a_user_made() {
     for i in 0..4 {
         api.claim(host("m", &format!("h{i}"), "metered")).await;
     }
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
     let full = api.claim_err(host("m", "h4", "metered")).await;
     assert_eq!((full.code, full.reason.as_str()), (409, "Exhausted"));
     api.claims("m")
         .delete("h0", &DeleteParams::default())
         .await
         .unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     api.claims("m")
         .create(&dry, &host("m", "h5", "metered"))
         .await

@@ -705,7 +705,6 @@ fn find_server_pid(dir: &Path) -> Option<u32> {
     None
 }
 
-/// User + system CPU time of a process (`/proc/PID/stat`, fields 14 and 15, in clock ticks).
 /// (sum, count) of the server's writer-lock wait and durable wait histograms, from its
 /// `/metrics` (on a connection of its own: the run's are busy).
 async fn write_stages(target: &Target) -> Option<[(f64, f64); 2]> {
@@ -737,6 +736,7 @@ async fn write_stages(target: &Target) -> Option<[(f64, f64); 2]> {
     Some(out)
 }
 
+/// User + system CPU time of a process (`/proc/PID/stat`, fields 14 and 15, in clock ticks).
 fn read_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it are plain.
