@@ -3,6 +3,7 @@ use super::*;
 use crate::api::*;
 use crate::error::ApiError;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 fn open() -> (Registry, tempfile::TempDir) {
@@ -707,11 +708,11 @@ async fn a_deletions_only_watch_gets_just_the_deletions_in_order() {
 /// counting the registry's commit intents.
 struct WatchedStore {
     inner: crate::store::SledStore,
-    fail: std::sync::atomic::AtomicBool,
+    fail: AtomicBool,
     /// Writers that said a commit is on its way and have not let go yet.
-    intents: Arc<std::sync::atomic::AtomicUsize>,
+    intents: Arc<AtomicUsize>,
     /// Commits made while no intent was alive.
-    unannounced: std::sync::atomic::AtomicUsize,
+    unannounced: AtomicUsize,
 }
 
 impl WatchedStore {
@@ -745,18 +746,16 @@ impl crate::store::Store for WatchedStore {
         &self,
         ops: Vec<crate::store::Op>,
     ) -> Result<crate::store::Committed, crate::store::StoreError> {
-        if self.intents.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            self.unannounced
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.intents.load(SeqCst) == 0 {
+            self.unannounced.fetch_add(1, SeqCst);
         }
         self.inner.commit(ops)
     }
     fn intend_commit(&self) -> crate::store::CommitIntent {
-        self.intents
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.intents.fetch_add(1, SeqCst);
         let intents = self.intents.clone();
         crate::store::CommitIntent::new(Arc::new(move || {
-            intents.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            intents.fetch_sub(1, SeqCst);
         }))
     }
     fn revision(&self) -> crate::store::Revision {
@@ -776,7 +775,7 @@ impl crate::store::Store for WatchedStore {
     }
     fn failure(&self) -> Option<String> {
         self.fail
-            .load(std::sync::atomic::Ordering::SeqCst)
+            .load(SeqCst)
             .then(|| "fsync failed: injected".to_string())
     }
 }
@@ -790,7 +789,7 @@ async fn after_a_failed_fsync_nothing_is_served_from_memory() {
         .await
         .unwrap();
     bound(&reg, claim("ns", "c", "r", 32)).await;
-    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.fail.store(true, SeqCst);
     let unavailable = |e: ApiError| {
         assert_eq!(
             (e.code().as_u16(), e.reason()),
@@ -827,12 +826,7 @@ async fn every_commit_is_announced_and_no_announcement_outlives_its_request() {
     let dir = tempfile::tempdir().unwrap();
     let store = WatchedStore::open(dir.path());
     let reg = Registry::with_store(store.clone()).unwrap();
-    let left = || {
-        (
-            store.intents.load(std::sync::atomic::Ordering::SeqCst),
-            store.unannounced.load(std::sync::atomic::Ordering::SeqCst),
-        )
-    };
+    let left = || (store.intents.load(SeqCst), store.unannounced.load(SeqCst));
     reg.create("", root("r", "10.0.0.0/30"), false)
         .await
         .unwrap();
