@@ -26,7 +26,11 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Serializes every read-decide-write step (allocation decisions and the commit recording
     /// them); see [`Registry::lock`]. Never held across the fsync wait, so concurrent creates
-    /// share one flush.
+    /// share one flush. One lock, not one per parent: held ~13 µs at the median per write, it
+    /// admits more writes than the store's single writer thread commits, and the rules that
+    /// span prefixes (a claim choosing among parents by selector, a prefix that may not be
+    /// deleted while it has children, roots that must not overlap) stay one step, with no lock
+    /// order to get wrong.
     state: tokio::sync::Mutex<State>,
 }
 
