@@ -267,14 +267,16 @@ async fn a_commit_cut_short_by_a_crash_is_finished_at_open() {
     let dir = tempfile::tempdir().unwrap();
     commit_and_close(dir.path(), &["a", "gone"]).await;
     {
-        // What a crash leaves after commit 3..=5 wrote its record and only its first key.
+        // What a crash leaves after the group of commits 3..=5 wrote its record and only its
+        // first key.
         let db = once_free(|| sled::open(dir.path().join("db"))).await;
-        let writes = vec![
+        let writes = [
             (object_key(&key("b")), Some(encode_value(3, b"new").into())),
             (object_key(&key("a")), Some(encode_value(4, b"2").into())),
             (object_key(&key("gone")), None),
         ];
-        db.insert(KEY_COMMIT, encode_commit(5, &writes)).unwrap();
+        db.insert(KEY_COMMIT, encode_commit(5, writes.iter()))
+            .unwrap();
         db.insert(writes[0].0.as_slice(), writes[0].1.as_deref().unwrap())
             .unwrap();
         db.flush().unwrap();
