@@ -8,8 +8,8 @@
 //!
 //! Atomicity without sled batches: sled recovers a prefix of its log after a crash (its segment
 //! recovery discards anything written after a torn segment), and one thread writes at a time.
-//! The store thread writes the commits it takes from its queue as one group: first `m/commit`,
-//! then their keys one by one; so after a crash every key of the groups before the last one is
+//! The store thread writes the commits it takes from its queue in groups (of at most
+//! [`GROUP_MAX_COMMITS`]): first `m/commit`, then their keys one by one; so after a crash every key of the groups before the last one is
 //! present, and the last one is finished at open by applying its record again (commits of
 //! that group that were never acknowledged are then kept whole, as a crash after their fsync
 //! would have). A `sled::Batch` per commit gives the same guarantee at about three times the
@@ -59,6 +59,9 @@ const SLED_BACKGROUND_EVERY_MS: u64 = 20;
 /// waits for a group that is not coming.
 pub(super) const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 pub(super) const GROUP_COMMIT_STEP: std::time::Duration = std::time::Duration::from_micros(500);
+/// At most this many commits share a roll-forward record (~40 KB for claim creates): sled gives
+/// a value over a quarter of a segment (128 KiB) a file of its own.
+pub(super) const GROUP_MAX_COMMITS: usize = 32;
 
 /// What the store thread does once what was handed over is in sled (see [`next_step`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -342,25 +345,27 @@ impl Inner {
     /// Write commits into sled, oldest first; drop their entries from `unapplied` and add them
     /// to the batch the next fsync covers. False (and the store failed) if sled refused a write.
     fn write_into_sled(&self, commits: Vec<Pending>, batch: &mut Batch) -> bool {
-        let Some(last) = commits.last() else {
-            return true;
-        };
-        // One roll-forward record for the group (module doc): at 64 clients a group is ~8
-        // commits, so this saves seven record inserts of eight.
-        let writes = commits.iter().flat_map(|c| &c.writes);
-        if let Err(e) = apply_commit(&self.db, last.revision, writes.clone()) {
-            // Part of the group may be in sled's memory; only a restart (which finishes it
-            // from `m/commit`) brings the store back to a known state.
-            tracing::error!(error = %e, "store write failed; refusing further writes");
-            self.fail(format!("store write failed: {e}"));
-            return false;
-        }
-        // sled splits (or merges) a node that an insert (or removal) left too large (or
-        // small) on the next traversal that meets it, and that was a request's read under the
-        // registry's writer lock (the next claim's name lands in the same leaf): 7 % of the
-        // server's CPU. Meet them here, on this thread.
-        for (key, _) in writes {
-            let _ = self.db.get(key);
+        // One roll-forward record per group (module doc): at 64 clients a group is ~8 commits,
+        // so this saves seven record inserts of eight.
+        for group in commits.chunks(GROUP_MAX_COMMITS) {
+            let Some(last) = group.last() else {
+                continue;
+            };
+            let writes = group.iter().flat_map(|c| &c.writes);
+            if let Err(e) = apply_group(&self.db, last.revision, writes.clone()) {
+                // Part of the group may be in sled's memory; only a restart (which finishes it
+                // from `m/commit`) brings the store back to a known state.
+                tracing::error!(error = %e, "store write failed; refusing further writes");
+                self.fail(format!("store write failed: {e}"));
+                return false;
+            }
+            // sled splits (or merges) a node that an insert (or removal) left too large (or
+            // small) on the next traversal that meets it, and that was a request's read under
+            // the registry's writer lock (the next claim's name lands in the same leaf): 7 % of
+            // the server's CPU. Meet them here, on this thread.
+            for (key, _) in writes {
+                let _ = self.db.get(key);
+            }
         }
         let mut unapplied = lock(&self.unapplied);
         for commit in &commits {
@@ -742,9 +747,9 @@ impl Iterator for Overlaid {
     }
 }
 
-/// Write commits up to `revision`: their roll-forward record first, then each key, in order
-/// (see the module doc).
-fn apply_commit<'a>(
+/// Write a group of commits ending at `revision`: their roll-forward record first, then each
+/// key, in order (see the module doc).
+fn apply_group<'a>(
     db: &sled::Db,
     revision: Revision,
     writes: impl Iterator<Item = &'a Write> + Clone,
@@ -785,7 +790,7 @@ pub(super) fn encode_commit<'a>(
     out
 }
 
-fn decode_commit(mut raw: &[u8]) -> Option<(Revision, Vec<Write>)> {
+pub(super) fn decode_commit(mut raw: &[u8]) -> Option<(Revision, Vec<Write>)> {
     fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = (raw.get(..n)?, raw.get(n..)?);
         *raw = rest;
@@ -816,7 +821,7 @@ fn finish_last_commit(db: &sled::Db, path: &Path) -> Result<Revision, StoreError
     };
     let (revision, writes) = decode_commit(&raw)
         .ok_or_else(|| StoreError::Corrupt(format!("{}: damaged commit record", path.display())))?;
-    apply_commit(db, revision, writes.iter()).map_err(io)?;
+    apply_group(db, revision, writes.iter()).map_err(io)?;
     db.flush().map_err(io)?;
     Ok(revision)
 }
@@ -830,7 +835,7 @@ fn upgrade_from_format_1(db: &sled::Db, path: &Path) -> Result<Revision, StoreEr
         })?,
         None => 0,
     };
-    apply_commit(db, revision, [].iter()).map_err(io)?;
+    apply_group(db, revision, [].iter()).map_err(io)?;
     db.remove(KEY_REVISION_1).map_err(io)?;
     db.insert(KEY_FORMAT, FORMAT).map_err(io)?;
     db.flush().map_err(io)?;

@@ -295,6 +295,63 @@ async fn a_commit_cut_short_by_a_crash_is_finished_at_open() {
 }
 
 #[tokio::test]
+async fn commits_handed_over_together_are_all_kept_behind_bounded_records() {
+    use super::sled_store::{decode_commit, GROUP_MAX_COMMITS, KEY_COMMIT};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Handed over back to back, faster than an fsync: the store thread takes most of them
+    // from its queue at once, more than one record may cover.
+    let n = 5 * GROUP_MAX_COMMITS;
+    let pending: Vec<_> = (0..n)
+        .map(|i| {
+            let ops = vec![
+                put(
+                    &format!("claim-{i:03}"),
+                    &i.to_string(),
+                    Precondition::Absent,
+                ),
+                put(
+                    &format!("child-{i:03}"),
+                    &i.to_string(),
+                    Precondition::Absent,
+                ),
+            ];
+            store.commit(ops).expect("commit")
+        })
+        .collect();
+    for c in pending {
+        c.durable.await.expect("durable");
+    }
+    let check = |store: &SledStore| {
+        for i in 0..n {
+            for name in [format!("claim-{i:03}"), format!("child-{i:03}")] {
+                let got = store.get(&key(&name)).unwrap().expect("kept");
+                assert_eq!(
+                    got.revision,
+                    2 * i as u64 + if name.starts_with("claim") { 1 } else { 2 }
+                );
+                assert_eq!(got.value.as_ref(), i.to_string().as_bytes());
+            }
+        }
+    };
+    check(&store);
+    store.close();
+    drop(store);
+    {
+        let db = once_free(|| sled::open(dir.path().join("db"))).await;
+        let record = db.get(KEY_COMMIT).unwrap().expect("a roll-forward record");
+        let (revision, writes) = decode_commit(&record).expect("decodes");
+        assert_eq!(revision, 2 * n as u64);
+        assert!(
+            !writes.is_empty() && writes.len() <= 2 * GROUP_MAX_COMMITS,
+            "{} writes in one record",
+            writes.len()
+        );
+    }
+    check(&reopen(dir.path()).await);
+}
+
+#[tokio::test]
 async fn a_format_1_directory_is_upgraded_in_place() {
     use super::sled_store::{encode_value, object_key, KEY_FORMAT};
     let dir = tempfile::tempdir().unwrap();
