@@ -4,9 +4,9 @@
 //! Each commit has the shape of a claim create: the claim and its child IPPrefix put with an
 //! `Absent` precondition, values of the sizes the server stores (~700 and ~600 bytes of JSON;
 //! the parent's status is written in batches, not by each create). `C` tasks commit and wait
-//! for durability (group commit), as `C` concurrent clients would. Reported per commit: wall-clock rate, CPU of the
-//! whole process (sled's I/O threads and the store's own thread included, from
-//! `/proc/self/stat`) and bytes the process wrote to disk (`/proc/self/io`).
+//! for durability (group commit), as `C` concurrent clients would. Reported per commit:
+//! wall-clock rate, CPU of the whole process (sled's I/O threads and the store's own thread
+//! included, from `/proc/self/stat`) and bytes the process wrote to disk (`/proc/self/io`).
 //!
 //! ```text
 //! cargo bench --bench store                 # 20,000 commits per row

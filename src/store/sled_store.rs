@@ -9,10 +9,10 @@
 //! Atomicity without sled batches: sled recovers a prefix of its log after a crash (its segment
 //! recovery discards anything written after a torn segment), and one thread writes at a time.
 //! The store thread writes the commits it takes from its queue in groups (of at most
-//! [`GROUP_MAX_COMMITS`]): first `m/commit`, then their keys one by one; so after a crash every key of the groups before the last one is
-//! present, and the last one is finished at open by applying its record again (commits of
-//! that group that were never acknowledged are then kept whole, as a crash after their fsync
-//! would have). A `sled::Batch` per commit gives the same guarantee at about three times the
+//! [`GROUP_MAX_COMMITS`]): first `m/commit`, then their keys one by one; so after a crash every
+//! key of the groups before the last one is present, and the last one is finished at open by
+//! applying its record again (commits of that group that were never acknowledged are then kept
+//! whole, as a crash after their fsync would have). A `sled::Batch` per commit gives the same guarantee at about three times the
 //! CPU (it reserves and seals a manifest in the log and switches every sled read in the
 //! process to a shared lock), and the store's CPU is most of a create's.
 //!
@@ -348,11 +348,9 @@ impl Inner {
         // One roll-forward record per group (module doc): at 64 clients a group is ~8 commits,
         // so this saves seven record inserts of eight.
         for group in commits.chunks(GROUP_MAX_COMMITS) {
-            let Some(last) = group.last() else {
-                continue;
-            };
+            let revision = group[group.len() - 1].revision; // chunks are never empty
             let writes = group.iter().flat_map(|c| &c.writes);
-            if let Err(e) = apply_group(&self.db, last.revision, writes.clone()) {
+            if let Err(e) = apply_group(&self.db, revision, writes.clone()) {
                 // Part of the group may be in sled's memory; only a restart (which finishes it
                 // from `m/commit`) brings the store back to a known state.
                 tracing::error!(error = %e, "store write failed; refusing further writes");
@@ -368,7 +366,7 @@ impl Inner {
             }
         }
         let mut unapplied = lock(&self.unapplied);
-        for commit in &commits {
+        for commit in commits {
             for (key, _) in &commit.writes {
                 if unapplied
                     .get(key)
@@ -377,9 +375,6 @@ impl Inner {
                     unapplied.remove(key);
                 }
             }
-        }
-        drop(unapplied);
-        for commit in commits {
             batch.revision = commit.revision;
             batch.commits += 1;
             batch.events.extend(commit.events);
