@@ -84,12 +84,26 @@ impl Ca {
     }
 }
 
-/// One bound-then-released loopback port (the small race is accepted; ports are random).
+/// A loopback port that is free now, from below the kernel's ephemeral range.
+///
+/// Ports are chosen before the processes that listen on them start, so one could be taken in
+/// between. From the ephemeral range it was (kube-apiserver's own connection to etcd took the
+/// port it was about to listen on); below it, only another listener can take one, and the
+/// starting point is random so two test processes do not walk the same ports.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::hash::{BuildHasher, RandomState};
+    const LOW: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&p| p > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = u64::from(ephemeral_start - LOW);
+    let start = RandomState::new().hash_one(std::process::id()) % span;
+    (0..span)
+        .map(|i| LOW + ((start + i) % span) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free loopback port below the ephemeral range")
 }
 
 pub struct Envtest {
@@ -100,7 +114,8 @@ pub struct Envtest {
     pub apiserver: String,
     /// Where ipam-apiserver listens.
     pub ipam_addr: SocketAddr,
-    procs: Vec<(&'static str, Child)>,
+    /// In a `RefCell` so a wait can notice a process that died (`try_wait` needs `&mut`).
+    procs: std::cell::RefCell<Vec<(&'static str, Child)>>,
 }
 
 fn write(path: &Path, content: &str) {
@@ -198,7 +213,7 @@ impl Envtest {
             kubeconfig: kubeconfig.clone(),
             apiserver: apiserver.clone(),
             ipam_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            procs: Vec::new(),
+            procs: Default::default(),
             dir,
         };
         env.write_kubeconfig(&kubeconfig, &apiserver, "ca.crt", "admin");
@@ -351,7 +366,7 @@ impl Envtest {
                 }
             }
         });
-        self.procs.push(("ipam-apiserver", child));
+        self.procs.get_mut().push(("ipam-apiserver", child));
         match rx.recv_timeout(READY_TIMEOUT) {
             Ok(addr) => self.ipam_addr = addr,
             Err(_) => panic!(
@@ -418,7 +433,7 @@ spec:
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        self.procs.push((name, child));
+        self.procs.get_mut().push((name, child));
     }
 
     fn write_kubeconfig(&self, path: &Path, server: &str, ca: &str, user: &str) {
@@ -556,9 +571,15 @@ current-context: direct
     pub fn wait_for_within(&self, what: &str, timeout: Duration, ready: &mut dyn FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         while !ready() {
-            if Instant::now() > deadline {
+            // A process that exited will not become ready: say so now, not after the timeout.
+            let exited = self.exited_process();
+            if exited.is_some() || Instant::now() > deadline {
+                let why = match exited {
+                    Some((name, status)) => format!("{name} exited ({status})"),
+                    None => format!("timed out after {timeout:?}"),
+                };
                 panic!(
-                    "timed out after {timeout:?} waiting for {what}\n--- kube-apiserver log:\n{}\n--- kube-controller-manager log:\n{}\n--- ipam-apiserver log:\n{}",
+                    "{why} waiting for {what}\n--- kube-apiserver log:\n{}\n--- kube-controller-manager log:\n{}\n--- ipam-apiserver log:\n{}",
                     self.log_tail("kube-apiserver", 25),
                     self.log_tail("kube-controller-manager", 25),
                     self.log_tail("ipam-apiserver", 40)
@@ -566,6 +587,14 @@ current-context: direct
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// The first started process that has exited, with how it ended.
+    fn exited_process(&self) -> Option<(&'static str, std::process::ExitStatus)> {
+        self.procs
+            .borrow_mut()
+            .iter_mut()
+            .find_map(|(name, child)| Some((*name, child.try_wait().ok()??)))
     }
 
     /// The last `n` lines a process logged.
@@ -580,7 +609,7 @@ current-context: direct
 impl Drop for Envtest {
     fn drop(&mut self) {
         // Our server and the controller manager first, etcd last.
-        for (_, child) in self.procs.iter_mut().rev() {
+        for (_, child) in self.procs.get_mut().iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
