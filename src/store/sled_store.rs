@@ -114,6 +114,8 @@ impl Drop for CloseOnDrop {
 
 struct Inner {
     db: sled::Db,
+    /// sled's log file, for the `fdatasync` after each of its flushes ([`flush_durably`]).
+    log: std::fs::File,
     /// Serializes commits: precondition checks and revision assignment must be one step. Held
     /// for microseconds (in-memory checks); never across a sled write or an fsync.
     commit: Mutex<CommitState>,
@@ -207,10 +209,11 @@ impl SledStore {
             }
             None => {
                 db.insert(KEY_FORMAT, FORMAT).map_err(io)?;
-                db.flush().map_err(io)?;
                 0
             }
         };
+        let log = open_log(&path)?;
+        flush_durably(&db, &log)?;
         let durable = Mutex::new(Durable {
             revision,
             failed: None,
@@ -218,6 +221,7 @@ impl SledStore {
         });
         let inner = Arc::new(Inner {
             db,
+            log,
             commit: Mutex::new(CommitState { revision }),
             unapplied: Mutex::new(HashMap::new()),
             queue: Mutex::new(Queue {
@@ -256,7 +260,7 @@ impl SledStore {
         let deadline = std::time::Instant::now() + wait;
         loop {
             match open_sled(&path) {
-                Ok(db) => return db.flush().map(|_| ()).map_err(io),
+                Ok(db) => return flush_durably(&db, &open_log(&path)?),
                 Err(StoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
@@ -387,7 +391,7 @@ impl Inner {
     fn flush_batch(&self, batch: Batch) -> bool {
         let metrics = crate::metrics::global();
         let started = std::time::Instant::now();
-        let flushed = self.db.flush();
+        let flushed = flush_durably(&self.db, &self.log);
         metrics
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -399,6 +403,10 @@ impl Inner {
                 true
             }
             Err(e) => {
+                let e = match e {
+                    StoreError::Unavailable(why) => why,
+                    other => other.to_string(),
+                };
                 metrics.fsync_failures.inc();
                 tracing::error!(error = %e, "fsync failed; refusing further writes");
                 self.fail(format!("fsync failed: {e}"));
@@ -648,7 +656,7 @@ impl Store for SledStore {
                 .unwrap_or_else(|p| p.into_inner());
         }
         drop(durable);
-        self.inner.db.flush().map(|_| ()).map_err(io)
+        flush_durably(&self.inner.db, &self.inner.log)
     }
 
     fn failure(&self) -> Option<String> {
@@ -888,6 +896,24 @@ fn decode_u64(b: &[u8]) -> Option<u64> {
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// sled's log file in its directory `path`.
+fn open_log(path: &Path) -> Result<std::fs::File, StoreError> {
+    let file = path.join("db");
+    std::fs::File::open(&file)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", file.display())))
+}
+
+/// Make everything written into sled so far durable. sled's flush ends each log write with
+/// `sync_file_range`, which leaves the data in the disk's volatile write cache and does not
+/// persist a grown file's size: a power cut could then take back an acknowledged commit, and
+/// its address would be handed out again. An `fdatasync` of the same file afterwards does both,
+/// as etcd does for its log.
+fn flush_durably(db: &sled::Db, log: &std::fs::File) -> Result<(), StoreError> {
+    db.flush().map_err(io)?;
+    log.sync_data()
+        .map_err(|e| StoreError::Unavailable(format!("fdatasync: {e}")))
 }
 
 /// Refuse, before sled touches it, a database directory sled would not recognise: given a
