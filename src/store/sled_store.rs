@@ -114,8 +114,8 @@ impl Drop for CloseOnDrop {
 
 struct Inner {
     db: sled::Db,
-    /// sled's log file, for the `fdatasync` after each of its flushes ([`flush_durably`]).
-    log: std::fs::File,
+    /// What a flush syncs after sled's own ([`flush_durably`]).
+    files: SledFiles,
     /// Serializes commits: precondition checks and revision assignment must be one step. Held
     /// for microseconds (in-memory checks); never across a sled write or an fsync.
     commit: Mutex<CommitState>,
@@ -212,8 +212,8 @@ impl SledStore {
                 0
             }
         };
-        let log = open_log(&path)?;
-        flush_durably(&db, &log)?;
+        let files = SledFiles::open(&path)?;
+        flush_durably(&db, &files)?;
         let durable = Mutex::new(Durable {
             revision,
             failed: None,
@@ -221,7 +221,7 @@ impl SledStore {
         });
         let inner = Arc::new(Inner {
             db,
-            log,
+            files,
             commit: Mutex::new(CommitState { revision }),
             unapplied: Mutex::new(HashMap::new()),
             queue: Mutex::new(Queue {
@@ -260,7 +260,7 @@ impl SledStore {
         let deadline = std::time::Instant::now() + wait;
         loop {
             match open_sled(&path) {
-                Ok(db) => return flush_durably(&db, &open_log(&path)?),
+                Ok(db) => return flush_durably(&db, &SledFiles::open(&path)?),
                 Err(StoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
@@ -391,7 +391,7 @@ impl Inner {
     fn flush_batch(&self, batch: Batch) -> bool {
         let metrics = crate::metrics::global();
         let started = std::time::Instant::now();
-        let flushed = flush_durably(&self.db, &self.log);
+        let flushed = flush_durably(&self.db, &self.files);
         metrics
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -656,7 +656,7 @@ impl Store for SledStore {
                 .unwrap_or_else(|p| p.into_inner());
         }
         drop(durable);
-        flush_durably(&self.inner.db, &self.inner.log)
+        flush_durably(&self.inner.db, &self.inner.files)
     }
 
     fn failure(&self) -> Option<String> {
@@ -898,21 +898,78 @@ fn io(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// sled's log file in its directory `path`.
-fn open_log(path: &Path) -> Result<std::fs::File, StoreError> {
-    let file = path.join("db");
-    std::fs::File::open(&file)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", file.display())))
+/// The files of sled's directory that its flush leaves short of durable. It ends each log
+/// write with `sync_file_range`, which leaves the data in the disk's volatile write cache and
+/// does not persist a grown file's size; and it writes a value over a quarter of a segment
+/// to a file of its own (a blob) without any sync. After a power cut an acknowledged commit
+/// could then be gone, and its address handed out again.
+pub(super) struct SledFiles {
+    log: std::fs::File,
+    blobs: std::path::PathBuf,
+    /// The newest blob already synced. Blobs are named by their log sequence number, so the
+    /// ones a flush must sync are those above it.
+    blobs_synced: Mutex<u64>,
 }
 
-/// Make everything written into sled so far durable. sled's flush ends each log write with
-/// `sync_file_range`, which leaves the data in the disk's volatile write cache and does not
-/// persist a grown file's size: a power cut could then take back an acknowledged commit, and
-/// its address would be handed out again. An `fdatasync` of the same file afterwards does both,
-/// as etcd does for its log.
-fn flush_durably(db: &sled::Db, log: &std::fs::File) -> Result<(), StoreError> {
+impl SledFiles {
+    /// The files of the sled directory `path`.
+    pub(super) fn open(path: &Path) -> Result<SledFiles, StoreError> {
+        let log = path.join("db");
+        Ok(SledFiles {
+            log: std::fs::File::open(&log).map_err(|e| {
+                StoreError::Unavailable(format!("cannot open {}: {e}", log.display()))
+            })?,
+            blobs: path.join("blobs"),
+            blobs_synced: Mutex::new(0),
+        })
+    }
+
+    /// `fdatasync` the blobs written since the last call, their directory, then the log (as
+    /// etcd syncs its log). Returns how many blobs it synced.
+    pub(super) fn sync(&self) -> std::io::Result<usize> {
+        let mut synced = lock(&self.blobs_synced);
+        let mut newest = *synced;
+        let mut count = 0;
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => Some(entries),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        for entry in entries.into_iter().flatten() {
+            let entry = entry?;
+            let Some(lsn) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if lsn > *synced {
+                match std::fs::File::open(entry.path()) {
+                    Ok(blob) => blob.sync_data()?,
+                    // Removed by sled since the listing: nothing left to make durable.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                newest = newest.max(lsn);
+                count += 1;
+            }
+        }
+        if count > 0 {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+            *synced = newest;
+        }
+        self.log.sync_data()?;
+        Ok(count)
+    }
+}
+
+/// Make everything written into sled so far durable: sled's flush, then [`SledFiles::sync`].
+fn flush_durably(db: &sled::Db, files: &SledFiles) -> Result<(), StoreError> {
     db.flush().map_err(io)?;
-    log.sync_data()
+    files
+        .sync()
+        .map(|_| ())
         .map_err(|e| StoreError::Unavailable(format!("fdatasync: {e}")))
 }
 

@@ -484,3 +484,40 @@ async fn a_writer_that_never_commits_delays_an_fsync_but_never_stalls_it() {
     let revisions = commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
     assert_eq!(revisions, [1]);
 }
+
+#[test]
+fn a_flush_syncs_each_blob_sled_wrote_once() {
+    // sled writes a value over a quarter of a segment (128 KiB) to a file of its own, with no
+    // sync of its own; the flush must sync each such file, and only the new ones.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let db = sled::Config::new().path(&path).open().unwrap();
+    let files = sled_store::SledFiles::open(&path).unwrap();
+    let big = vec![b'x'; 300 * 1024];
+    db.insert(b"small", b"1".as_slice()).unwrap();
+    db.flush().unwrap();
+    assert_eq!(files.sync().unwrap(), 0, "a small value is no blob");
+    db.insert(b"big-1", big.as_slice()).unwrap();
+    db.flush().unwrap();
+    let first = files.sync().unwrap();
+    assert!(first >= 1, "the big value went to a blob: {first}");
+    assert_eq!(files.sync().unwrap(), 0, "nothing new to sync");
+    db.insert(b"big-2", big.as_slice()).unwrap();
+    db.flush().unwrap();
+    assert!(files.sync().unwrap() >= 1, "the second blob is synced too");
+}
+
+#[tokio::test]
+async fn a_value_too_big_for_the_log_is_durable_and_kept_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "y".repeat(300 * 1024);
+    {
+        let store = open(dir.path());
+        commit(&store, vec![put("big", &big, Precondition::Absent)]).await;
+        store.close();
+    }
+    let store = reopen(dir.path()).await;
+    let got = store.get(&key("big")).unwrap().expect("kept");
+    assert_eq!(got.value.len(), big.len());
+    assert!(got.value.iter().all(|&b| b == b'y'));
+}
