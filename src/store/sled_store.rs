@@ -19,8 +19,9 @@
 //! Write-behind: a commit is checked, given its revisions and made visible to reads in memory
 //! (`unapplied`, consulted before sled), then handed to the store thread, which puts it into
 //! sled and fsyncs it with the commits around it (group commit); it is acknowledged (`durable`)
-//! after that fsync. The caller (the registry, under its writer lock) thus pays for the checks
-//! only, not for sled's inserts, and sled has one writer thread, which the prefix argument above
+//! after that fsync (sled's flush, then [`SledFiles::sync`]: sled's flush alone is not
+//! durable). The caller (the registry, under its writer lock) thus pays for the checks only,
+//! not for sled's inserts, and sled has one writer thread, which the prefix argument above
 //! needs anyway. One thread both writes and flushes: commits that arrive during an fsync wait
 //! in the queue and are written right after it, inside the next group's window, so under load
 //! a commit wakes nobody and no commit waits for a hand-over between threads.

@@ -87,9 +87,9 @@ impl Ca {
 /// A loopback port that is free now, from below the kernel's ephemeral range.
 ///
 /// Ports are chosen before the processes that listen on them start, so one could be taken in
-/// between. From the ephemeral range it was (kube-apiserver's own connection to etcd took the
-/// port it was about to listen on); below it, only another listener can take one, and the
-/// starting point is random so two test processes do not walk the same ports.
+/// between: from the ephemeral range one was, once, most likely as the local end of an
+/// outgoing connection. Below that range only another listener can take one, and the starting
+/// point is random so two test processes do not walk the same ports.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, RandomState};
     const LOW: u16 = 10_000;
