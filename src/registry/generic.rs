@@ -152,7 +152,7 @@ impl Registry {
     }
 
     /// Store the status of every IPPrefix whose children changed since the last call (see
-    /// [`State::mark_status_stale`]), in one commit, and wait until it is durable.
+    /// `State::mark_status_stale`), in one commit, and wait until it is durable.
     /// Returns how many were written. Marks given up on by a failed commit stay marked.
     pub async fn write_stale_statuses(&self) -> ApiResult<usize> {
         self.ensure_available()?;

@@ -35,7 +35,7 @@ pub fn fill_prefix_status(prefix: &mut IPPrefix, pool: &Pool) {
     }
 }
 
-/// How long the status writer ([`State::mark_status_stale`]) waits after writing before it
+/// How long the status writer (`State::mark_status_stale`) waits after writing before it
 /// writes again: under a burst of
 /// claims a parent's status (and resourceVersion) changes ten times a second, not once per
 /// claim. Writing it in every claim's transaction cost each create a second object to decode,
