@@ -26,6 +26,14 @@ impl Apis {
         }
     }
 
+    /// Create the root IPPrefix `name` over `prefix`.
+    async fn create_root(&self, name: &str, prefix: &str) {
+        self.prefixes
+            .create(&PostParams::default(), &root(name, prefix))
+            .await
+            .expect("root create");
+    }
+
     fn claims(&self, ns: &str) -> Api<IPPrefixClaim> {
         Api::namespaced(self.client.clone(), ns)
     }
@@ -97,10 +105,7 @@ fn host(ns: &str, name: &str, parent: &str) -> IPPrefixClaim {
 async fn address_plan_of_a_cloud_network_gets_exact_addresses() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("platform", "fd20::/20"))
-        .await
-        .unwrap();
+    api.create_root("platform", "fd20::/20").await;
     assert_eq!(
         api.claim(IPPrefixClaim::new_with_length(
             "project-a",
@@ -253,10 +258,7 @@ async fn address_plan_of_a_cloud_network_gets_exact_addresses() {
 async fn ipv4_slash28_with_reserve_two_and_one_gives_13_hosts_and_the_14th_is_exhausted() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("v4", "10.128.0.0/16"))
-        .await
-        .unwrap();
+    api.create_root("v4", "10.128.0.0/16").await;
     let net = IPPrefixClaim::new_with_length("p", "net", "v4", 28).reserve(2, 1);
     assert_eq!(api.claim(net).await, "10.128.0.0/28");
     let mut hosts = Vec::new();
@@ -303,10 +305,7 @@ async fn ipv4_slash28_with_reserve_two_and_one_gives_13_hosts_and_the_14th_is_ex
 async fn a_thousand_parallel_creates_on_room_for_256_bind_exactly_256() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("room", "fd20::/120"))
-        .await
-        .unwrap();
+    api.create_root("room", "fd20::/120").await;
     let claims = api.claims("load");
     let results = join_all((0..1000).map(|i| {
         let claims = claims.clone();
@@ -401,10 +400,7 @@ async fn selector_parents_fill_in_name_order_under_concurrency() {
 async fn a_slash128_against_a_slash64_and_a_template_on_a_host_claim_are_fine() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("subnet", "fd20:0:0:1::/64"))
-        .await
-        .unwrap();
+    api.create_root("subnet", "fd20:0:0:1::/64").await;
     let mut nic = host("ns", "nic", "subnet");
     nic.spec.child_prefix_template = Some(ChildPrefixTemplate {
         metadata: Some(TemplateMetadata {
@@ -438,10 +434,7 @@ async fn a_slash128_against_a_slash64_and_a_template_on_a_host_claim_are_fine() 
 async fn utilization_of_a_pool_full_of_hosts_is_100_percent() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("tiny", "fd20::/124"))
-        .await
-        .unwrap();
+    api.create_root("tiny", "fd20::/124").await;
     for i in 0..8 {
         api.claim(host("ns", &format!("h{i}"), "tiny")).await;
     }
@@ -556,10 +549,7 @@ spec: {prefixLength: 24, parentRef: {name: team.pool}}
 async fn dry_run_returns_the_would_be_allocation_without_writing() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("r", "10.0.0.0/30"))
-        .await
-        .unwrap();
+    api.create_root("r", "10.0.0.0/30").await;
     let claims = api.claims("ns");
     let pp = PostParams {
         dry_run: true,
@@ -582,10 +572,7 @@ async fn dry_run_returns_the_would_be_allocation_without_writing() {
 async fn claim_spec_is_immutable_except_reclaim_policy_which_follows_to_the_prefix() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("r", "10.0.0.0/24"))
-        .await
-        .unwrap();
+    api.create_root("r", "10.0.0.0/24").await;
     api.claim(IPPrefixClaim::new_host("ns", "c", "r", IpFamily::IPv4))
         .await;
     let claims = api.claims("ns");
@@ -639,10 +626,7 @@ fn sample(metrics: &str, series: &str) -> f64 {
 async fn metrics_count_the_requests_allocations_and_commits_a_user_made() {
     let server = TestServer::start();
     let api = Apis::new(&server).await;
-    api.prefixes
-        .create(&PostParams::default(), &root("metered", "fd00:7::/126"))
-        .await
-        .unwrap();
+    api.create_root("metered", "fd00:7::/126").await;
     for i in 0..4 {
         api.claim(host("m", &format!("h{i}"), "metered")).await;
     }
