@@ -12,9 +12,10 @@
 //! [`GROUP_MAX_COMMITS`]): first `m/commit`, then their keys one by one; so after a crash every
 //! key of the groups before the last one is present, and the last one is finished at open by
 //! applying its record again (commits of that group that were never acknowledged are then kept
-//! whole, as a crash after their fsync would have). A `sled::Batch` per commit gives the same guarantee at about three times the
-//! CPU (it reserves and seals a manifest in the log and switches every sled read in the
-//! process to a shared lock), and the store's CPU is most of a create's.
+//! whole, as a crash after their fsync would have). A `sled::Batch` per commit gives the same
+//! guarantee at about three times the CPU (it reserves and seals a manifest in the log and
+//! switches every sled read in the process to a shared lock), and the store's CPU is most of a
+//! create's.
 //!
 //! Write-behind: a commit is checked, given its revisions and made visible to reads in memory
 //! (`unapplied`, consulted before sled), then handed to the store thread, which puts it into
@@ -213,8 +214,10 @@ impl SledStore {
                 0
             }
         };
+        // Whatever opening wrote (a finished commit, an upgrade, a new marker) is durable
+        // before the first request.
         let files = SledFiles::open(&path)?;
-        flush_durably(&db, &files)?;
+        flush_durably(&db, &files).map_err(StoreError::Unavailable)?;
         let durable = Mutex::new(Durable {
             revision,
             failed: None,
@@ -261,7 +264,10 @@ impl SledStore {
         let deadline = std::time::Instant::now() + wait;
         loop {
             match open_sled(&path) {
-                Ok(db) => return flush_durably(&db, &SledFiles::open(&path)?),
+                Ok(db) => {
+                    let files = SledFiles::open(&path)?;
+                    return flush_durably(&db, &files).map_err(StoreError::Unavailable);
+                }
                 Err(StoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
@@ -404,10 +410,6 @@ impl Inner {
                 true
             }
             Err(e) => {
-                let e = match e {
-                    StoreError::Unavailable(why) => why,
-                    other => other.to_string(),
-                };
                 metrics.fsync_failures.inc();
                 tracing::error!(error = %e, "fsync failed; refusing further writes");
                 self.fail(format!("fsync failed: {e}"));
@@ -657,7 +659,7 @@ impl Store for SledStore {
                 .unwrap_or_else(|p| p.into_inner());
         }
         drop(durable);
-        flush_durably(&self.inner.db, &self.inner.files)
+        flush_durably(&self.inner.db, &self.inner.files).map_err(StoreError::Unavailable)
     }
 
     fn failure(&self) -> Option<String> {
@@ -826,7 +828,6 @@ fn finish_last_commit(db: &sled::Db, path: &Path) -> Result<Revision, StoreError
     let (revision, writes) = decode_commit(&raw)
         .ok_or_else(|| StoreError::Corrupt(format!("{}: damaged commit record", path.display())))?;
     apply_group(db, revision, writes.iter()).map_err(io)?;
-    db.flush().map_err(io)?;
     Ok(revision)
 }
 
@@ -842,7 +843,6 @@ fn upgrade_from_format_1(db: &sled::Db, path: &Path) -> Result<Revision, StoreEr
     apply_group(db, revision, [].iter()).map_err(io)?;
     db.remove(KEY_REVISION_1).map_err(io)?;
     db.insert(KEY_FORMAT, FORMAT).map_err(io)?;
-    db.flush().map_err(io)?;
     Ok(revision)
 }
 
@@ -966,12 +966,13 @@ impl SledFiles {
 }
 
 /// Make everything written into sled so far durable: sled's flush, then [`SledFiles::sync`].
-fn flush_durably(db: &sled::Db, files: &SledFiles) -> Result<(), StoreError> {
-    db.flush().map_err(io)?;
+/// The error says which step failed.
+fn flush_durably(db: &sled::Db, files: &SledFiles) -> Result<(), String> {
+    db.flush().map_err(|e| e.to_string())?;
     files
         .sync()
         .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(format!("fdatasync: {e}")))
+        .map_err(|e| format!("fdatasync: {e}"))
 }
 
 /// Refuse, before sled touches it, a database directory sled would not recognise: given a
