@@ -8,7 +8,7 @@ use http::StatusCode;
 use ipam_apiserver::api::IPPrefix;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const PREFIXES: &str = "/apis/ipam.miloapis.com/v1alpha1/ipprefixes";
 /// What client-go's metadata client (kube-controller-manager's garbage collector, quota and
@@ -562,6 +562,33 @@ async fn lists_page_with_limit_and_continue_and_filter_by_selectors() {
         }
     }
     assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    // The same first page as YAML, as `kubectl get --raw` with that Accept would show it.
+    let req = http::Request::builder()
+        .uri("/apis/ipam.miloapis.com/v1alpha1/ipprefixes?limit=2")
+        .header(http::header::ACCEPT, "application/yaml")
+        .body(Vec::new())
+        .unwrap();
+    let (code, headers, body) = server.send(req).await;
+    assert_eq!(code, 200);
+    assert_eq!(headers[http::header::CONTENT_TYPE], "application/yaml");
+    let page: serde_json::Value = serde_yaml::from_slice(&body).unwrap();
+    assert_eq!(page["apiVersion"], "ipam.miloapis.com/v1alpha1");
+    assert_eq!(page["kind"], "IPPrefixList");
+    assert!(page["metadata"]["resourceVersion"].as_str().is_some());
+    assert!(!page["metadata"]["continue"].as_str().unwrap().is_empty());
+    let yaml_names: Vec<_> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (&p["metadata"]["name"], &p["spec"]["prefix"]))
+        .collect();
+    assert_eq!(
+        yaml_names,
+        [
+            (&json!("p0"), &json!("10.0.0.0/16")),
+            (&json!("p1"), &json!("10.1.0.0/16"))
+        ]
+    );
     let odd = api
         .list(&ListParams::default().labels("parity=odd"))
         .await
