@@ -267,7 +267,7 @@ fn invalid_flags_are_all_reported_with_exit_code_2() {
 
 /// The load tool against a real server: every create it counts is a Bound claim with its own
 /// address, and it reports the server's memory and CPU per operation, its own CPU, and where
-/// the server's writes waited.
+/// the server's writes waited. In list mode it says how full the pages it measures are.
 #[test]
 fn the_load_tool_makes_the_creates_it_reports_and_measures_the_server() {
     let server = TestServer::start();
@@ -331,4 +331,27 @@ fn the_load_tool_makes_the_creates_it_reports_and_measures_the_server() {
         })
         .collect();
     assert_eq!(prefixes.len(), 500, "every claim has its own /128");
+
+    // Paged lists of those claims, and of a namespace with none.
+    let list_mode = |namespace: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-load"));
+        cmd.arg("--data-dir")
+            .arg(&server.data_dir)
+            .args(["--mode", "list", "--clients", "2", "--count", "20"])
+            .args(["--page", "100", "--namespace", namespace, "--progress", "0"]);
+        let out = run_command_to_exit(cmd, Duration::from_secs(120));
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let full = list_mode("loadtest");
+    assert!(
+        full.contains("list: a page holds 100 claims (--page 100)\n"),
+        "{full}"
+    );
+    assert!(full.contains(" ok=20 failed=0 "), "{full}");
+    let empty = list_mode("nothing-here");
+    assert!(
+        empty.contains("list: a page holds 0 claims (--page 100); for full pages, create claims"),
+        "{empty}"
+    );
 }

@@ -102,6 +102,30 @@ async fn run(args: Args) -> Result<(), Error> {
     let target = Arc::new(Target::load(&args)?);
     let mut setup = target.connect().await?;
     ensure_parent(&mut setup, &args).await?;
+    if args.mode == Mode::List {
+        // Pages of an empty namespace measure little more than the request floor.
+        let (_, _, body) = setup
+            .request(
+                "GET",
+                &format!(
+                    "{GV}/namespaces/{}/ipprefixclaims?limit={}",
+                    args.namespace, args.page
+                ),
+                None,
+            )
+            .await?;
+        let page: serde_json::Value = serde_json::from_slice(&body)?;
+        let items = page["items"].as_array().map_or(0, Vec::len);
+        println!(
+            "list: a page holds {items} claims (--page {}){}",
+            args.page,
+            if items < args.page {
+                "; for full pages, create claims in the namespace first (--mode create --count N)"
+            } else {
+                ""
+            }
+        );
+    }
 
     let stats = Arc::new(Stats::default());
     let done = Arc::new(AtomicBool::new(false));
