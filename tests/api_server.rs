@@ -571,7 +571,7 @@ async fn lists_page_with_limit_and_continue_and_filter_by_selectors() {
     let (code, headers, body) = server.send(req).await;
     assert_eq!(code, 200);
     assert_eq!(headers[http::header::CONTENT_TYPE], "application/yaml");
-    let page: serde_json::Value = serde_yaml::from_slice(&body).unwrap();
+    let page: Value = serde_yaml::from_slice(&body).unwrap();
     assert_eq!(page["apiVersion"], "ipam.miloapis.com/v1alpha1");
     assert_eq!(page["kind"], "IPPrefixList");
     assert!(page["metadata"]["resourceVersion"].as_str().is_some());

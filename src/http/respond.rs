@@ -147,71 +147,68 @@ pub fn list_response<K: Served>(
     repr: Representation,
     include: IncludeObject,
 ) -> ApiResult<Response> {
-    let v = match repr {
-        Representation::Table { .. } => table::table(
-            items,
-            Some(resource_version),
+    let metas = || items.iter().map(|i| i.meta()).collect::<Vec<_>>();
+    let list = || ObjectList {
+        api_version: K::api_version(&()).into_owned(),
+        kind: format!("{}List", K::KIND),
+        metadata: ListMeta {
+            resource_version,
             continue_token,
-            include,
-            jiff::Timestamp::now(),
-        ),
-        Representation::PartialObjectMetadataProtobuf => {
-            let metas: Vec<_> = items.iter().map(|i| i.meta()).collect();
-            let body = protobuf::partial_object_metadata_list(
-                &metas,
+        },
+        items,
+    };
+    match repr {
+        Representation::Table { .. } => {
+            let table = table::table(
+                items,
+                Some(resource_version),
+                continue_token,
+                include,
+                jiff::Timestamp::now(),
+            );
+            Ok(json_response(StatusCode::OK, &table, &[]))
+        }
+        Representation::PartialObjectMetadataProtobuf => Ok(bytes_response(
+            StatusCode::OK,
+            protobuf::MEDIA_TYPE,
+            protobuf::partial_object_metadata_list(
+                &metas(),
+                Some(resource_version),
+                continue_token,
+            ),
+            &[],
+        )),
+        Representation::PartialObjectMetadata { beta } => {
+            let list = table::partial_object_metadata_list_for(
+                meta_api_version(beta),
+                &metas(),
                 Some(resource_version),
                 continue_token,
             );
-            return Ok(bytes_response(
-                StatusCode::OK,
-                protobuf::MEDIA_TYPE,
-                body,
-                &[],
-            ));
+            Ok(json_response(StatusCode::OK, &list, &[]))
         }
-        Representation::PartialObjectMetadata { beta } => {
-            let metas: Vec<_> = items.iter().map(|i| i.meta()).collect();
-            table::partial_object_metadata_list_for(
-                meta_api_version(beta),
-                &metas,
-                Some(resource_version),
-                continue_token,
-            )
-        }
-        Representation::Object { .. } | Representation::Discovery { .. } => {
-            let list = ObjectList {
-                api_version: &K::api_version(&()),
-                kind: &format!("{}List", K::KIND),
-                metadata: ListMeta {
-                    resource_version,
-                    continue_token,
-                },
-                items,
-            };
-            if let Representation::Object { yaml: true } = repr {
-                return yaml_response(StatusCode::OK, &list);
-            }
+        Representation::Object { yaml: true } => yaml_response(StatusCode::OK, &list()),
+        Representation::Object { yaml: false } | Representation::Discovery { .. } => {
             // Written straight from the typed items: a `Value` tree per item cost more than
             // reading them from the store.
-            let body = serde_json::to_vec(&list)
+            let body = serde_json::to_vec(&list())
                 .map_err(|e| ApiError::Internal(format!("encode: {e}")))?;
-            return Ok(bytes_response(
+            Ok(bytes_response(
                 StatusCode::OK,
                 "application/json",
                 body,
                 &[],
-            ));
+            ))
         }
-    };
-    Ok(json_response(StatusCode::OK, &v, &[]))
+    }
 }
 
 /// A list of full objects (`<Kind>List`), as its wire format has it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ObjectList<'a, K> {
-    api_version: &'a str,
-    kind: &'a str,
+    api_version: String,
+    kind: String,
     metadata: ListMeta<'a>,
     items: &'a [K],
 }
