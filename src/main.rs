@@ -112,9 +112,16 @@ async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fat
     let addr = listener.local_addr()?;
     let kubeconfig = pki.write_kubeconfig(&data_dir, addr)?;
 
-    let app = http::router(registry).merge(http::health::routes()).layer(
-        axum::middleware::from_fn_with_state(authn, auth::authenticate),
-    );
+    let health = http::health::routes({
+        let registry = registry.clone();
+        move || registry.store_failed()
+    });
+    let app = http::router(registry)
+        .merge(health)
+        .layer(axum::middleware::from_fn_with_state(
+            authn,
+            auth::authenticate,
+        ));
 
     eprintln!(
         "Standalone mode: admin kubeconfig written to {kc}\n  export KUBECONFIG={kc}\n  kubectl --kubeconfig {kc} get ipprefixes",
@@ -157,8 +164,12 @@ async fn serve_cluster(
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
     // Layers run outside-in: authenticate, then authorize, then the API.
+    let health = http::health::routes({
+        let registry = registry.clone();
+        move || registry.store_failed()
+    });
     let app = http::router_with(registry, Some(hooks))
-        .merge(http::health::routes())
+        .merge(health)
         .layer(axum::middleware::from_fn_with_state(
             authorizer,
             auth::authz::authorize,

@@ -1,4 +1,5 @@
-//! A full disk: writes turn into 503s, and nothing that was acknowledged is lost.
+//! A full disk: writes turn into 503s, the health probes fail, and nothing that was acknowledged
+//! is lost.
 //!
 //! Needs to mount a small tmpfs (root with CAP_SYS_ADMIN, as on the project's machines); where
 //! that is not allowed the test says it was skipped and why.
@@ -42,8 +43,14 @@ impl Drop for SmallDisk {
     }
 }
 
+/// `GET /readyz?verbose`: its code and the checks it lists.
+async fn readyz(server: &TestServer) -> (u16, String) {
+    let (code, _, body) = server.raw("GET", "/readyz?verbose", None, Vec::new()).await;
+    (code.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_gives_503s_and_loses_no_acknowledged_claim() {
+async fn a_full_disk_gives_503s_fails_the_probes_and_loses_no_acknowledged_claim() {
     let scratch = tempfile::tempdir().unwrap();
     let disk = match SmallDisk::mount(scratch.path(), "6m") {
         Ok(d) => d,
@@ -51,7 +58,7 @@ async fn a_full_disk_gives_503s_and_loses_no_acknowledged_claim() {
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
-                "SKIPPED a_full_disk_gives_503s: cannot mount a tmpfs here ({why})"
+                "SKIPPED a_full_disk_gives_503s_fails_the_probes: cannot mount a tmpfs here ({why})"
             );
             return;
         }
@@ -70,6 +77,7 @@ async fn a_full_disk_gives_503s_and_loses_no_acknowledged_claim() {
         )
         .await
         .unwrap();
+    assert_eq!(readyz(&server).await.0, 200);
     let claims: Api<IPPrefixClaim> = Api::namespaced(client, "ns");
     let mut acknowledged = Vec::new();
     let mut unavailable = None;
@@ -113,6 +121,14 @@ async fn a_full_disk_gives_503s_and_loses_no_acknowledged_claim() {
     assert!(
         server.stderr().contains("fsync failed") || server.stderr().contains("No space"),
         "a clear log line"
+    );
+    // Probes fail too, so kubelet restarts the pod and its Service stops sending it requests.
+    assert_eq!(
+        readyz(&server).await,
+        (
+            500,
+            "[+]ping ok\n[-]store failed: reason withheld\nreadyz check failed\n".to_string()
+        )
     );
 
     // Room again, restart: every acknowledged claim is there with the prefix it was given.

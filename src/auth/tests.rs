@@ -73,7 +73,7 @@ fn app(authn: Arc<Authenticator>) -> Router {
                 format!("{}|{}", user.username, user.groups.join(","))
             }),
         )
-        .merge(crate::http::health::routes())
+        .merge(crate::http::health::routes(|| false))
         .fallback(|| async { "fallback" })
         .layer(axum::middleware::from_fn_with_state(authn, authenticate))
 }

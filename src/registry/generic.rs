@@ -225,6 +225,12 @@ impl Registry {
         }
     }
 
+    /// Whether the store has failed (a failed fsync): every API request is answered 503 from
+    /// then on, and the health checks fail, until a restart.
+    pub fn store_failed(&self) -> bool {
+        self.inner.store.failure().is_some()
+    }
+
     /// 503 once the store has failed: its memory may hold writes that never reached the disk,
     /// and serving them (a retried create answered AlreadyExists, a GET of a lost object) would
     /// make clients act on state a restart takes back.
