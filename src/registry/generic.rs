@@ -615,6 +615,7 @@ impl Registry {
                 return Err(ApiError::not_found(K::RESOURCE, name));
             };
             check_preconditions::<K>(&old, &opts.preconditions, name)?;
+            old.obj.check_delete(&mut tx)?;
             let mut obj = old.obj.clone();
             let mut finalizers = obj.meta().finalizers.clone().unwrap_or_default();
             let policy_finalizer = match opts.propagation_policy {

@@ -76,6 +76,11 @@ pub trait Kind:
     fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()>;
     /// Effects of an update inside its transaction.
     fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()>;
+    /// Whether a DELETE may start at all (409 if not). Checked before finalizers or a
+    /// propagation policy could merely mark the object terminating, and again in `on_remove`.
+    fn check_delete(&self, _tx: &mut Txn<'_>) -> ApiResult<()> {
+        Ok(())
+    }
     /// The object is about to be removed for good: release, refuse (409), or keep it in use.
     fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal>;
 }

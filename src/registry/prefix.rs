@@ -182,7 +182,8 @@ impl Kind for IPPrefix {
         refresh_prefix_status(self, tx.state)
     }
 
-    fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+    /// Refused while bound to a live claim or while it has children, whatever its finalizers.
+    fn check_delete(&self, tx: &mut Txn<'_>) -> ApiResult<()> {
         let name = name_of(self);
         if let Some(claim_ref) = &self.spec.claim_ref {
             if self.phase() != prefix_phase::RELEASED {
@@ -210,6 +211,11 @@ impl Kind for IPPrefix {
                 format!("ipprefix \"{name}\" has {children} child prefixes; delete them first"),
             ));
         }
+        Ok(())
+    }
+
+    fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+        self.check_delete(tx)?;
         // Freeing a Released block may be the last child a terminating claim waits for.
         if let Some(parent) = release_prefix(tx, self)? {
             super::claim::finish_waiting_claim(tx, parent)?;

@@ -214,6 +214,43 @@ async fn bound_prefix_and_parent_with_children_refuse_delete() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("has 1 child prefixes"), "{err}");
+
+    // Neither a propagation policy nor a finalizer turns the refusal into "terminating": a
+    // terminating parent would refuse every new claim while keeping all its children.
+    let mut with_finalizer = reg.get::<IPPrefix>("", "r").unwrap();
+    with_finalizer.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+    reg.update("", "r", with_finalizer, Subresource::Main, false)
+        .await
+        .unwrap();
+    for policy in [
+        None,
+        Some(PropagationPolicy::Orphan),
+        Some(PropagationPolicy::Foreground),
+        Some(PropagationPolicy::Background),
+    ] {
+        let opts = DeleteOptions {
+            propagation_policy: policy,
+            ..DeleteOptions::default()
+        };
+        for (name, says) in [("ns.c", "delete claim ns/c instead"), ("r", "has 1 child")] {
+            let before = reg.get::<IPPrefix>("", name).unwrap();
+            let err = reg.delete::<IPPrefix>("", name, &opts).await.unwrap_err();
+            assert_eq!(err.code(), 409, "{name} {policy:?}");
+            assert!(err.to_string().contains(says), "{name} {policy:?}: {err}");
+            let after = reg.get::<IPPrefix>("", name).unwrap();
+            assert_eq!(after.metadata, before.metadata, "{name} {policy:?}");
+        }
+    }
+    // Free of children, the parent goes into terminating behind its finalizer as usual.
+    reg.delete::<IPPrefixClaim>("ns", "c", &no_finalizers())
+        .await
+        .unwrap();
+    let (r, gone) = reg
+        .delete::<IPPrefix>("", "r", &no_finalizers())
+        .await
+        .unwrap();
+    assert!(!gone);
+    assert!(r.metadata.deletion_timestamp.is_some());
 }
 
 /// A taken claim name is found by the commit, not by a read first; it is still AlreadyExists,
