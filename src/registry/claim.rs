@@ -415,17 +415,28 @@ fn candidate_parents(
         .try_into()
         .map_err(|e: kube::core::ParseExpressionError| ApiError::BadRequest(e.to_string()))?;
     // Listed in key order, which is name order: the documented tie-break.
-    Ok(tx
+    let matching: Vec<_> = tx
         .list_all::<IPPrefix>()?
         .into_iter()
         .filter(|p| super::selector::matches(&selector, p.obj.metadata.labels.as_ref()))
+        .filter(|p| family.is_none_or(|f| p.obj.prefix().is_some_and(|n| IpFamily::of(&n) == f)))
+        .collect();
+    let any_matched = !matching.is_empty();
+    let usable: Vec<_> = matching
+        .into_iter()
         .filter(|p| {
             tx.allowed_parents
                 .as_ref()
                 .is_none_or(|a| a.contains(&name_of(&p.obj)))
         })
-        .filter(|p| family.is_none_or(|f| p.obj.prefix().is_some_and(|n| IpFamily::of(&n) == f)))
-        .collect())
+        .collect();
+    if any_matched && usable.is_empty() {
+        // Parents match but the caller may use none of them: forbidden, not exhausted.
+        return Err(ApiError::Forbidden(format!(
+            "ipprefixclaims.ipam.miloapis.com \"{name}\" is forbidden: not allowed to use any ipprefix matching spec.parentSelector (verb \"use\" on ipprefixes)"
+        )));
+    }
+    Ok(usable)
 }
 
 fn forbidden_parent(claim: &str, parent: &str) -> ApiError {
@@ -581,6 +592,14 @@ fn rebind_compatible(
         .as_ref()
         .map(|p| p.name.clone())
         .unwrap_or_default();
+    // Getting the block back is allocating from its parent: it needs `use` there as well.
+    if tx
+        .allowed_parents
+        .as_ref()
+        .is_some_and(|a| !a.contains(&parent_name))
+    {
+        return Ok(false);
+    }
     if let Some(r) = &claim.spec.parent_ref {
         return Ok(r.name == parent_name);
     }

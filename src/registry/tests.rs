@@ -185,7 +185,18 @@ async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
         bound(&reg, claim("p", "other", "subnet", 128)).await,
         "fd20::1/128"
     );
-    // The same name does, with reason Rebound.
+    // The same name does, with reason Rebound, if the caller may still use the parent.
+    let only = |n: &str| Some(std::collections::HashSet::from([n.to_string()]));
+    let err = reg
+        .create_with_access("p", nic.clone(), false, only("elsewhere"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 403, "{err}");
+    assert!(err.to_string().contains("\"subnet\""), "{err}");
+    assert_eq!(
+        reg.get::<IPPrefix>("", "p.nic").unwrap().phase(),
+        "Released"
+    );
     let again = reg.create("p", nic, false).await.unwrap();
     let st = again.status.unwrap();
     assert_eq!(st.prefix.as_deref(), Some("fd20::/128"));
@@ -645,6 +656,57 @@ async fn claims_allocate_only_from_parents_the_caller_may_use() {
         .await
         .unwrap();
     assert_eq!(ok.status.unwrap().prefix.as_deref(), Some("10.0.0.0/32"));
+
+    // By selector: parents the caller may not use are passed over; if it may use none of those
+    // that match, the claim is forbidden, not exhausted.
+    for name in ["allowed", "secret"] {
+        let mut p = reg.get::<IPPrefix>("", name).unwrap();
+        p.metadata.labels = Some(BTreeMap::from([("pool".to_string(), "a".to_string())]));
+        reg.update("", name, p, Subresource::Main, false)
+            .await
+            .unwrap();
+    }
+    let by_selector = |name: &str, pool: &str| {
+        let mut c = claim("ns", name, "", 32);
+        c.spec.parent_ref = None;
+        c.spec.parent_selector = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(BTreeMap::from([("pool".to_string(), pool.to_string())])),
+                ..Default::default()
+            },
+        );
+        c
+    };
+    let picked = reg
+        .create_with_access("ns", by_selector("s1", "a"), false, only("secret"))
+        .await
+        .unwrap();
+    assert_eq!(
+        picked.status.unwrap().prefix.as_deref(),
+        Some("10.1.0.0/32")
+    );
+    let rev = reg.store().revision();
+    let err = reg
+        .create_with_access("ns", by_selector("s2", "a"), false, only("other"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 403, "{err}");
+    assert!(
+        err.to_string()
+            .contains("not allowed to use any ipprefix matching spec.parentSelector"),
+        "{err}"
+    );
+    assert_eq!(reg.store().revision(), rev);
+    // No parent matches at all: nothing to be forbidden from, so exhausted as before.
+    let err = reg
+        .create_with_access("ns", by_selector("s3", "b"), false, only("other"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code().as_u16(), err.reason()),
+        (409, "Exhausted"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
