@@ -73,10 +73,13 @@ impl Kind for IPPrefixClaim {
         self.status = Some(status);
     }
 
-    fn default_on_create(&mut self) {
+    fn default_spec(&mut self) {
         self.spec
             .reclaim_policy
             .get_or_insert_with(|| ReclaimPolicy::Delete.as_str().to_string());
+    }
+
+    fn default_on_create(&mut self) {
         self.status = None;
     }
 
@@ -107,12 +110,6 @@ impl Kind for IPPrefixClaim {
             "spec.childPrefixTemplate",
             new.child_prefix_template != old.child_prefix_template,
         );
-        if new.reclaim_policy.is_none() {
-            errs.push(FieldError::required(
-                "spec.reclaimPolicy",
-                "Delete or Retain",
-            ));
-        }
         errs
     }
 

@@ -434,6 +434,7 @@ impl Registry {
             ));
         }
         meta::prepare_for_create(meta);
+        obj.default_spec();
         obj.default_on_create();
         let mut errs = Vec::new();
         meta::validate_object_meta(obj.meta(), K::NAMESPACED, &mut errs);
@@ -555,7 +556,10 @@ impl Registry {
             let old_obj = &old.obj;
             meta::keep_system_fields(new.meta_mut(), old_obj.meta());
             match sub {
-                Subresource::Main => new.keep_status_of(old_obj),
+                Subresource::Main => {
+                    new.keep_status_of(old_obj);
+                    new.default_spec();
+                }
                 Subresource::Status => {
                     // Status writes change status only: metadata and spec stay as stored.
                     let status_meta = new.meta().clone();

@@ -65,7 +65,11 @@ pub trait Kind:
     /// may write.
     fn keep_spec_of(&mut self, old: &Self);
 
-    /// Defaults on create, before validation.
+    /// Defaults of fields a client may leave out, on every write of the main resource (create
+    /// and update), before validation: Kubernetes defaults on decode, so a `replace` without
+    /// the field gets the default rather than a 422.
+    fn default_spec(&mut self) {}
+    /// What a create resets besides (status the server writes), before validation.
     fn default_on_create(&mut self) {}
     /// Every problem with the object's own fields (metadata rules are checked by the pipeline).
     fn validate(&self) -> Vec<FieldError>;

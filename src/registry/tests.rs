@@ -204,6 +204,28 @@ async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
     assert_eq!(reg.get::<IPPrefix>("", "p.nic").unwrap().phase(), "Bound");
 }
 
+/// A replace that leaves out `reclaimPolicy` gets the default, as a create does, and the bound
+/// IPPrefix follows; it is not refused as a missing field.
+#[tokio::test]
+async fn an_update_without_reclaim_policy_gets_the_default() {
+    let (reg, _dir) = open();
+    reg.create("", root("subnet", "fd20::/64"), false)
+        .await
+        .unwrap();
+    let mut nic = claim("p", "nic", "subnet", 128);
+    nic.spec.reclaim_policy = Some("Retain".into());
+    bound(&reg, nic).await;
+    let mut replaced = reg.get::<IPPrefixClaim>("p", "nic").unwrap();
+    replaced.spec.reclaim_policy = None;
+    let updated = reg
+        .update("p", "nic", replaced, Subresource::Main, false)
+        .await
+        .unwrap();
+    assert_eq!(updated.spec.reclaim_policy.as_deref(), Some("Delete"));
+    let child = reg.get::<IPPrefix>("", "p.nic").unwrap();
+    assert_eq!(child.spec.reclaim_policy.as_deref(), Some("Delete"));
+}
+
 #[tokio::test]
 async fn bound_prefix_and_parent_with_children_refuse_delete() {
     let (reg, _dir) = open();
