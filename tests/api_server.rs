@@ -429,6 +429,22 @@ async fn bad_input_gets_a_status_with_the_right_code_and_changes_nothing() {
             "172.16.0.0/12",
         ),
         (
+            "required field left out",
+            valid("").replace("\"prefix\":\"172.16.0.0/12\"", ""),
+            Some("application/json"),
+            422,
+            "Invalid",
+            "IPPrefix.ipam.miloapis.com \"x\" is invalid: spec.prefix: Required value",
+        ),
+        (
+            "no spec",
+            r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{"name":"x"}}"#.into(),
+            Some("application/json"),
+            422,
+            "Invalid",
+            "IPPrefix.ipam.miloapis.com \"x\" is invalid: spec: Required value",
+        ),
+        (
             "wrong type",
             valid("").replace("\"172.16.0.0/12\"", "42"),
             Some("application/json"),

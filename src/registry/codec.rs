@@ -68,6 +68,12 @@ pub fn decode_body<K: Kind>(
     validation: FieldValidation,
 ) -> ApiResult<(K, Vec<String>)> {
     check_type_meta::<K>(&value)?;
+    // For a field error's subject; the value itself goes to the deserializer.
+    let body_name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path<'_>| {
         let p = path.to_string();
@@ -80,6 +86,19 @@ pub fn decode_body<K: Kind>(
     let obj: K = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        if let Some(field) = missing_field(&inner.to_string()) {
+            // Well-formed but incomplete: a field error, as Kubernetes' schema validation
+            // reports a required field (422 `Required value`), not a decoding failure.
+            let field = match path.as_str() {
+                "." | "" => field.to_string(),
+                parent => format!("{parent}.{field}"),
+            };
+            return ApiError::invalid(
+                K::KIND,
+                &body_name,
+                vec![crate::error::FieldError::required(field, "")],
+            );
+        }
         if path == "." || path.is_empty() {
             ApiError::BadRequest(format!("unable to decode {}: {inner}", K::KIND))
         } else {
@@ -98,6 +117,15 @@ pub fn decode_body<K: Kind>(
         FieldValidation::Ignore => Ok((obj, Vec::new())),
         _ => Ok((obj, warnings)),
     }
+}
+
+/// The field serde found missing, from its error message (``missing field `prefix` ``).
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")?
+        .split('`')
+        .next()
+        .filter(|f| !f.is_empty())
 }
 
 fn check_type_meta<K: Kind>(value: &Value) -> ApiResult<()> {
