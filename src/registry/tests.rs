@@ -45,6 +45,23 @@ fn no_finalizers() -> DeleteOptions {
     DeleteOptions::default()
 }
 
+/// The parents a caller may `use`: just `name`.
+fn only(name: &str) -> Option<std::collections::HashSet<String>> {
+    Some(std::collections::HashSet::from([name.to_string()]))
+}
+
+/// A registry with the root `subnet` (fd20::/64), and the claim p/nic for a /128 from it that
+/// keeps its block when deleted (`Retain`), not yet created.
+async fn subnet_and_retained_nic() -> (Registry, tempfile::TempDir, IPPrefixClaim) {
+    let (reg, dir) = open();
+    reg.create("", root("subnet", "fd20::/64"), false)
+        .await
+        .unwrap();
+    let mut nic = claim("p", "nic", "subnet", 128);
+    nic.spec.reclaim_policy = Some("Retain".into());
+    (reg, dir, nic)
+}
+
 #[tokio::test]
 async fn address_plan_for_a_cloud_network_gets_exact_first_fit_answers() {
     let (reg, _dir) = open();
@@ -168,12 +185,7 @@ async fn exhausted_message_names_parent_and_largest_free_block() {
 
 #[tokio::test]
 async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
-    let (reg, _dir) = open();
-    reg.create("", root("subnet", "fd20::/64"), false)
-        .await
-        .unwrap();
-    let mut nic = claim("p", "nic", "subnet", 128);
-    nic.spec.reclaim_policy = Some("Retain".into());
+    let (reg, _dir, nic) = subnet_and_retained_nic().await;
     assert_eq!(bound(&reg, nic.clone()).await, "fd20::/128");
     reg.delete::<IPPrefixClaim>("p", "nic", &no_finalizers())
         .await
@@ -186,7 +198,6 @@ async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
         "fd20::1/128"
     );
     // The same name does, with reason Rebound, if the caller may still use the parent.
-    let only = |n: &str| Some(std::collections::HashSet::from([n.to_string()]));
     let err = reg
         .create_with_access("p", nic.clone(), false, only("elsewhere"))
         .await
@@ -208,12 +219,7 @@ async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
 /// IPPrefix follows; it is not refused as a missing field.
 #[tokio::test]
 async fn an_update_without_reclaim_policy_gets_the_default() {
-    let (reg, _dir) = open();
-    reg.create("", root("subnet", "fd20::/64"), false)
-        .await
-        .unwrap();
-    let mut nic = claim("p", "nic", "subnet", 128);
-    nic.spec.reclaim_policy = Some("Retain".into());
+    let (reg, _dir, nic) = subnet_and_retained_nic().await;
     bound(&reg, nic).await;
     let mut replaced = reg.get::<IPPrefixClaim>("p", "nic").unwrap();
     replaced.spec.reclaim_policy = None;
@@ -661,7 +667,6 @@ async fn claims_allocate_only_from_parents_the_caller_may_use() {
     reg.create("", root("secret", "10.1.0.0/24"), false)
         .await
         .unwrap();
-    let only = |n: &str| Some(std::collections::HashSet::from([n.to_string()]));
     let err = reg
         .create_with_access("ns", claim("ns", "c", "secret", 32), false, only("allowed"))
         .await
