@@ -100,6 +100,12 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `/healthz`, `/livez`, `/readyz`, failing once `registry`'s store has failed.
+fn health_routes(registry: &Registry) -> axum::Router {
+    let registry = registry.clone();
+    http::health::routes(move || registry.store_failed())
+}
+
 async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fatal> {
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
@@ -112,10 +118,7 @@ async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fat
     let addr = listener.local_addr()?;
     let kubeconfig = pki.write_kubeconfig(&data_dir, addr)?;
 
-    let health = http::health::routes({
-        let registry = registry.clone();
-        move || registry.store_failed()
-    });
+    let health = health_routes(&registry);
     let app = http::router(registry)
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(
@@ -164,10 +167,7 @@ async fn serve_cluster(
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
     // Layers run outside-in: authenticate, then authorize, then the API.
-    let health = http::health::routes({
-        let registry = registry.clone();
-        move || registry.store_failed()
-    });
+    let health = health_routes(&registry);
     let app = http::router_with(registry, Some(hooks))
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(

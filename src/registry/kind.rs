@@ -69,7 +69,7 @@ pub trait Kind:
     /// and update), before validation: Kubernetes defaults on decode, so a `replace` without
     /// the field gets the default rather than a 422.
     fn default_spec(&mut self) {}
-    /// What a create resets besides (status the server writes), before validation.
+    /// What a create clears that only the server writes (status), before validation.
     fn default_on_create(&mut self) {}
     /// Every problem with the object's own fields (metadata rules are checked by the pipeline).
     fn validate(&self) -> Vec<FieldError>;
