@@ -383,11 +383,7 @@ fn candidate_parents(
                 )],
             ));
         };
-        if tx
-            .allowed_parents
-            .as_ref()
-            .is_some_and(|a| !a.contains(&r.name))
-        {
+        if !tx.may_use(&r.name) {
             return Err(forbidden_parent(name, &r.name));
         }
         let pnet = parse_stored(&parent.obj)?;
@@ -421,11 +417,7 @@ fn candidate_parents(
     let any_matched = !matching.is_empty();
     let usable: Vec<_> = matching
         .into_iter()
-        .filter(|p| {
-            tx.allowed_parents
-                .as_ref()
-                .is_none_or(|a| a.contains(&name_of(&p.obj)))
-        })
+        .filter(|p| tx.may_use(&name_of(&p.obj)))
         .collect();
     if any_matched && usable.is_empty() {
         // Parents match but the caller may use none of them: forbidden, not exhausted.
@@ -590,11 +582,7 @@ fn rebind_compatible(
         .map(|p| p.name.clone())
         .unwrap_or_default();
     // Getting the block back is allocating from its parent: it needs `use` there as well.
-    if tx
-        .allowed_parents
-        .as_ref()
-        .is_some_and(|a| !a.contains(&parent_name))
-    {
+    if !tx.may_use(&parent_name) {
         return Ok(false);
     }
     if let Some(r) = &claim.spec.parent_ref {

@@ -86,6 +86,14 @@ impl<'a> Txn<'a> {
         )
     }
 
+    /// Whether the caller may allocate from `parent` (verb `use`; always, without
+    /// authorization).
+    pub fn may_use(&self, parent: &str) -> bool {
+        self.allowed_parents
+            .as_ref()
+            .is_none_or(|a| a.contains(parent))
+    }
+
     /// Read an object, seeing this transaction's own writes.
     pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<Option<Stored<K>>> {
         let key = Self::key::<K>(namespace, name);
