@@ -193,8 +193,12 @@ async fn server_side_apply<K: Served>(
             "apiVersion and kind must be set in an apply configuration".into(),
         ));
     }
-    // Type errors and unknown fields are judged on the configuration itself.
-    let (_, warnings) = decode_body::<K>(config.clone(), validation)?;
+    // Type errors are judged on the configuration itself, before ownership; a field it leaves
+    // out may be set by other managers, so what is required is judged on the merged object.
+    match decode_body::<K>(config.clone(), validation) {
+        Ok(_) | Err(ApiError::Invalid { .. }) => {}
+        Err(e) => return Err(e),
+    }
     let scope = match sub {
         Subresource::Main => Scope::Main,
         Subresource::Status => Scope::Status,
@@ -224,7 +228,9 @@ async fn server_side_apply<K: Served>(
         if let (Some(obj), false) = (&current, pinned_rv) {
             set_resource_version(&mut doc, obj.meta().resource_version.as_deref());
         }
-        let (mut obj, _) = decode_body::<K>(doc, FieldValidation::Ignore)?;
+        // Unknown fields can only have come from the configuration: warned about (or refused)
+        // here, once, with the merged object's required fields.
+        let (mut obj, warnings) = decode_body::<K>(doc, validation)?;
         obj.meta_mut().managed_fields = Some(applied.managed_fields).filter(|m| !m.is_empty());
         let result = match current {
             Some(_) => app
