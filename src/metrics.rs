@@ -54,6 +54,9 @@ pub struct Metrics {
     pub durable_wait: Histogram,
     /// Kubernetes Events not written because the recorder's queue was full (cluster mode).
     pub events_dropped: Counter,
+    /// SubjectAccessReviews sent to the cluster (cluster mode; answers from the cache are not
+    /// counted): the load authorization puts on kube-apiserver.
+    pub access_reviews: Counter,
     /// Per root IPPrefix: (allocated + excluded) / total, refreshed at every scrape.
     pub root_utilization: Family<RootLabels, Gauge<f64, AtomicU64>>,
     pub root_children: Family<RootLabels, Gauge>,
@@ -85,6 +88,7 @@ impl Metrics {
         let writer_lock_wait = stage_histogram();
         let durable_wait = stage_histogram();
         let events_dropped = Counter::default();
+        let access_reviews = Counter::default();
         let root_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
         let root_children = Family::<RootLabels, Gauge>::default();
         registry.register(
@@ -143,6 +147,11 @@ impl Metrics {
             events_dropped.clone(),
         );
         registry.register(
+            "subject_access_reviews",
+            "SubjectAccessReviews sent to the cluster (cached answers not counted)",
+            access_reviews.clone(),
+        );
+        registry.register(
             "root_prefix_utilization_ratio",
             "(allocated + excluded) / total addresses of each root IPPrefix",
             root_utilization.clone(),
@@ -165,6 +174,7 @@ impl Metrics {
             writer_lock_wait,
             durable_wait,
             events_dropped,
+            access_reviews,
             root_utilization,
             root_children,
         }

@@ -203,6 +203,7 @@ impl Authorizer {
             ..Default::default()
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        crate::metrics::global().access_reviews.inc();
         let reviewed = api
             .create(&PostParams::default(), &sar)
             .await

@@ -2,20 +2,20 @@
 //! parents, NamespaceLifecycle, and Events on claims. The HTTP layer holds an
 //! `Option<Arc<Cluster>>` (`None` in standalone mode) and calls the hooks here; `Released`
 //! events come from a background task following the store's event stream instead.
+pub mod access;
 pub mod events;
 pub mod namespaces;
 pub mod tls;
 
-use crate::api::{IPPrefix, IPPrefixClaim};
-use crate::auth::authz::{Attributes, Authorizer, Decision};
+use crate::api::IPPrefixClaim;
+use crate::auth::authz::Authorizer;
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
-use crate::registry::{ListOptions, Registry, WatchEvent, WatchOptions};
+use crate::registry::{Registry, WatchEvent, WatchOptions};
+use access::ParentAccess;
 use events::{EventRecorder, EventType};
-use kube::core::Selector;
 use namespaces::NamespaceLifecycle;
 use std::any::Any;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The cluster the server is aggregated into, as the request path needs it.
@@ -27,9 +27,9 @@ pub struct Cluster {
 
 impl Cluster {
     /// Admission for a create of `obj` in `namespace` (empty for cluster-scoped kinds).
-    /// Namespaced kinds: the namespace must exist and not be terminating. Claims: the parents
-    /// the caller may `use` (the registry allocates only from those, and names a forbidden
-    /// `parentRef` in its 403); `None` for other kinds.
+    /// Namespaced kinds: the namespace must exist and not be terminating. Claims: a child name
+    /// the caller may take, and the parents it may `use` (the registry allocates only from
+    /// those, and names a forbidden `parentRef` in its 403); see [`access`].
     pub async fn admit_create<K: Any>(
         &self,
         registry: &Registry,
@@ -38,7 +38,7 @@ impl Cluster {
         obj: &K,
         namespaced: bool,
         resource: &str,
-    ) -> ApiResult<Option<HashSet<String>>> {
+    ) -> ApiResult<ParentAccess> {
         let claim = (obj as &dyn Any).downcast_ref::<IPPrefixClaim>();
         if namespaced {
             let name = claim
@@ -49,46 +49,12 @@ impl Cluster {
                 .await?;
         }
         let Some(claim) = claim else {
-            return Ok(None);
+            return Ok(ParentAccess::default());
         };
         let Some(user) = user else {
             return Err(ApiError::Unauthorized("Unauthorized".into()));
         };
-        let candidates: Vec<String> = match (&claim.spec.parent_ref, &claim.spec.parent_selector) {
-            (Some(r), _) => vec![r.name.clone()],
-            (None, Some(sel)) => {
-                // A selector the registry will reject anyway yields no candidates here.
-                let Ok(selector) = Selector::try_from(sel.clone()) else {
-                    return Ok(Some(HashSet::new()));
-                };
-                let opts = ListOptions {
-                    label_selector: Some(selector),
-                    ..Default::default()
-                };
-                registry
-                    .list::<IPPrefix>(None, &opts)?
-                    .items
-                    .into_iter()
-                    .filter_map(|p| p.metadata.name)
-                    .collect()
-            }
-            (None, None) => Vec::new(),
-        };
-        let checks = candidates.iter().map(|name| async move {
-            let attrs = Attributes::ipprefix("use", name);
-            (name, self.authorizer.authorize(user, &attrs).await)
-        });
-        let mut allowed = HashSet::new();
-        for (name, decision) in futures::future::join_all(checks).await {
-            match decision {
-                Ok(Decision::Allow) => {
-                    allowed.insert(name.clone());
-                }
-                Ok(Decision::Deny(_)) => {}
-                Err(e) => return Err(ApiError::Internal(e)),
-            }
-        }
-        Ok(Some(allowed))
+        access::admit_claim(&self.authorizer, registry, user, namespace, claim).await
     }
 
     /// Events for the outcome of a claim create: Allocated or Rebound, or Exhausted.

@@ -355,20 +355,29 @@ pub(super) async fn create_admitted<K: Served>(
             .create_managed::<K>(namespace, obj, dry_run, None, manager)
             .await;
     };
-    let allowed = cluster
-        .admit_create(
-            &app.registry,
-            user,
-            namespace,
-            &obj,
-            K::NAMESPACED,
-            K::RESOURCE,
-        )
-        .await?;
-    let result = app
-        .registry
-        .create_managed::<K>(namespace, obj.clone(), dry_run, allowed, manager)
-        .await;
-    cluster.created(namespace, &obj, &result, dry_run);
-    result
+    // A claim narrowed to the one parent that had room may find it taken by a concurrent
+    // create: admission asks again (at most twice), as allocation would have moved on.
+    let mut again = 2;
+    loop {
+        let access = cluster
+            .admit_create(
+                &app.registry,
+                user,
+                namespace,
+                &obj,
+                K::NAMESPACED,
+                K::RESOURCE,
+            )
+            .await?;
+        let result = app
+            .registry
+            .create_managed::<K>(namespace, obj.clone(), dry_run, access.allowed, manager)
+            .await;
+        if access.narrowed && again > 0 && matches!(result, Err(ApiError::Exhausted { .. })) {
+            again -= 1;
+            continue;
+        }
+        cluster.created(namespace, &obj, &result, dry_run);
+        return result;
+    }
 }

@@ -260,6 +260,27 @@ fn validate_claim_spec(spec: &IPPrefixClaimSpec) -> Vec<FieldError> {
     errs
 }
 
+/// The name a claim chooses for its IPPrefix when it lies outside its namespace's own names
+/// (`<namespace>.`). IPPrefix names are cluster-wide, so in a cluster such a name needs the
+/// right to create ipprefixes of that name: a tenant may not take another tenant's names.
+pub fn child_name_outside_namespace<'a>(
+    claim: &'a IPPrefixClaim,
+    namespace: &str,
+) -> Option<&'a str> {
+    let name = claim
+        .spec
+        .child_prefix_template
+        .as_ref()?
+        .metadata
+        .as_ref()?
+        .name
+        .as_deref()?;
+    let own = name
+        .strip_prefix(namespace)
+        .is_some_and(|rest| rest.starts_with('.'));
+    (!own).then_some(name)
+}
+
 /// The IPPrefix bound to this claim, if it still is.
 fn bound_prefix(claim: &IPPrefixClaim, tx: &Txn<'_>) -> ApiResult<Option<Stored<IPPrefix>>> {
     let Some(name) = claim
@@ -281,9 +302,10 @@ fn bound_prefix(claim: &IPPrefixClaim, tx: &Txn<'_>) -> ApiResult<Option<Stored<
     Ok(bound.then_some(child))
 }
 
-fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
-    let ns = claim.metadata.namespace.clone().unwrap_or_default();
-    let name = claim.metadata.name.clone().unwrap_or_default();
+/// What a claim asks for: the length, the exact block if any, and the family.
+pub(super) type Request = (u8, Option<IpNet>, Option<IpFamily>);
+
+pub(super) fn requested(claim: &IPPrefixClaim) -> ApiResult<Request> {
     let exact: Option<IpNet> = claim.spec.prefix.as_deref().and_then(|p| p.parse().ok());
     let len: u8 = match (exact, claim.spec.prefix_length) {
         (Some(p), _) => p.prefix_len(),
@@ -300,14 +322,34 @@ fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
         .as_deref()
         .and_then(IpFamily::parse)
         .or(exact.map(|p| IpFamily::of(&p)));
+    Ok((len, exact, family))
+}
 
-    // An interface that comes back under the same name gets its old block.
-    if let Some(released_name) = tx.state.released.get(&(ns.clone(), name.clone())).cloned() {
-        if let Some(released) = tx.get::<IPPrefix>("", &released_name)? {
-            if rebind_compatible(claim, &released.obj, len, exact, tx)? {
-                return rebind(claim, tx, released);
-            }
-        }
+/// The Released IPPrefix this claim would get back (an interface that comes back under the
+/// same name gets its old block).
+pub(super) fn rebind_target(
+    claim: &IPPrefixClaim,
+    tx: &Txn<'_>,
+    (len, exact, _): Request,
+) -> ApiResult<Option<Stored<IPPrefix>>> {
+    let key = (
+        claim.metadata.namespace.clone().unwrap_or_default(),
+        claim.metadata.name.clone().unwrap_or_default(),
+    );
+    let Some(released_name) = tx.state.released.get(&key) else {
+        return Ok(None);
+    };
+    let Some(released) = tx.get::<IPPrefix>("", released_name)? else {
+        return Ok(None);
+    };
+    Ok(rebind_compatible(claim, &released.obj, len, exact, tx)?.then_some(released))
+}
+
+fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let request @ (len, exact, family) = requested(claim)?;
+    if let Some(released) = rebind_target(claim, tx, request)? {
+        return rebind(claim, tx, released);
     }
 
     let by_selector = claim.spec.parent_ref.is_none();
@@ -315,28 +357,8 @@ fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
     let mut tried = Vec::new();
     for parent in candidates {
         let pnet = parse_stored(&parent.obj)?;
-        if by_selector && (len <= pnet.prefix_len() || len > pnet.max_prefix_len()) {
+        let Some(found) = fit(tx, &parent, request, by_selector, &name)? else {
             continue;
-        }
-        if parent.obj.metadata.deletion_timestamp.is_some() {
-            if by_selector {
-                continue;
-            }
-            return Err(ApiError::conflict(
-                IPPrefixClaim::RESOURCE,
-                &name,
-                format!(
-                    "parent ipprefix \"{}\" is being deleted",
-                    name_of(&parent.obj)
-                ),
-            ));
-        }
-        let found = {
-            let entry = tx.state.pool_mut(&parent.obj)?;
-            match exact {
-                Some(p) => entry.pool.check_exact(p).map(|_| p),
-                None => entry.pool.find_first_fit(len),
-            }
         };
         match found {
             Ok(block) => return bind(claim, tx, parent, block),
@@ -365,7 +387,40 @@ fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
     Err(exhausted(&name, len, exact, by_selector, &tried))
 }
 
-fn candidate_parents(
+/// The block `parent` would give the claim, or why not; `None` when a selector skips it (the
+/// length cannot fit in it, it is being deleted). Takes nothing.
+pub(super) fn fit(
+    tx: &mut Txn<'_>,
+    parent: &Stored<IPPrefix>,
+    (len, exact, _): Request,
+    by_selector: bool,
+    claim: &str,
+) -> ApiResult<Option<Result<IpNet, AllocError>>> {
+    let pnet = parse_stored(&parent.obj)?;
+    if by_selector && (len <= pnet.prefix_len() || len > pnet.max_prefix_len()) {
+        return Ok(None);
+    }
+    if parent.obj.metadata.deletion_timestamp.is_some() {
+        if by_selector {
+            return Ok(None);
+        }
+        return Err(ApiError::conflict(
+            IPPrefixClaim::RESOURCE,
+            claim,
+            format!(
+                "parent ipprefix \"{}\" is being deleted",
+                name_of(&parent.obj)
+            ),
+        ));
+    }
+    let entry = tx.state.pool_mut(&parent.obj)?;
+    Ok(Some(match exact {
+        Some(p) => entry.pool.check_exact(p).map(|_| p),
+        None => entry.pool.find_first_fit(len),
+    }))
+}
+
+pub(super) fn candidate_parents(
     claim: &IPPrefixClaim,
     tx: &mut Txn<'_>,
     family: Option<IpFamily>,

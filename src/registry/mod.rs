@@ -8,6 +8,7 @@ mod generic;
 pub mod kind;
 pub mod managed_fields;
 pub mod meta;
+mod parents;
 mod prefix;
 pub mod selector;
 mod state;
@@ -17,12 +18,14 @@ mod txn;
 mod validate;
 mod watch;
 
+pub use claim::child_name_outside_namespace;
 pub use codec::FieldValidation;
 pub use generic::{
     DeleteOptions, ListOptions, ObjectList, Preconditions, PropagationPolicy, Registry, Subresource,
 };
 pub use kind::Kind;
 pub use managed_fields::{FieldManager, Operation};
+pub use parents::ParentPlan;
 pub use stats::RootUsage;
 pub use status::STATUS_BATCH_PERIOD;
 pub use watch::{Watch, WatchEvent, WatchOptions};
