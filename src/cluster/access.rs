@@ -28,6 +28,7 @@ pub struct ParentAccess {
 }
 
 impl ParentAccess {
+    /// Only `names` (none: no parent at all, and the create answers 403 or 422).
     fn only(names: impl IntoIterator<Item = String>, narrowed: bool) -> Self {
         ParentAccess {
             allowed: Some(names.into_iter().collect()),
@@ -72,6 +73,14 @@ pub async fn admit_claim(
         let ok = allowed(authz, user, &Attributes::ipprefix("use", &parent.name)).await?;
         return Ok(ParentAccess::only(ok.then(|| parent.name.clone()), false));
     }
+    if claim.spec.parent_selector.is_none() {
+        // Invalid: the create answers 422.
+        return Ok(ParentAccess::only(None, false));
+    }
+    // Asked before the plan, which reads every matching IPPrefix under the writer lock.
+    if allowed(authz, user, &Attributes::ipprefix("use", "")).await? {
+        return Ok(ParentAccess::default());
+    }
     // One more than may be asked about, to know when the bound cut the list short.
     let Some(plan) = registry
         .claim_parents(namespace, claim, MAX_PARENT_REVIEWS + 1)
@@ -80,9 +89,6 @@ pub async fn admit_claim(
         // Nothing to allocate from: the create answers (422 for an invalid claim).
         return Ok(ParentAccess::only(None, false));
     };
-    if allowed(authz, user, &Attributes::ipprefix("use", "")).await? {
-        return Ok(ParentAccess::default());
-    }
     // In allocation's order: the block it would get back, the parents with room, the others
     // (whose answer is 409 Exhausted for a caller who may use one of them).
     if let Some(parent) = plan.rebind {
