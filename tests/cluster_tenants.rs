@@ -32,6 +32,10 @@ fn cluster_tenants() {
             "parent_selector_reviews_only_parents_that_could_take_the_claim",
             parent_selector_reviews_only_parents_that_could_take_the_claim,
         ),
+        (
+            "concurrent_selector_claims_move_on_when_the_first_parent_fills",
+            concurrent_selector_claims_move_on_when_the_first_parent_fills,
+        ),
     ] {
         let t = Instant::now();
         eprintln!("--- {name}");
@@ -323,4 +327,64 @@ fn parent_selector_reviews_only_parents_that_could_take_the_claim(env: &Envtest)
         reviews <= 3.0,
         "{reviews} SubjectAccessReviews for one create"
     );
+}
+
+/// Reviews stop at the first usable parent with room; when concurrent creates fill it first,
+/// each moves on to the next parent as allocation does, rather than answering 409 Exhausted.
+fn concurrent_selector_claims_move_on_when_the_first_parent_fills(env: &Envtest) {
+    env.apply(
+        r#"apiVersion: ipam.miloapis.com/v1alpha1
+kind: IPPrefix
+metadata: {name: race-a, labels: {sar: race}}
+spec: {prefix: "fd50::/127"}
+---
+apiVersion: ipam.miloapis.com/v1alpha1
+kind: IPPrefix
+metadata: {name: race-b, labels: {sar: race}}
+spec: {prefix: "fd50:1::/64"}
+"#,
+    );
+    grant(env, "alice", "race", &[("use", &["race-a", "race-b"])]);
+    let alice = env.user_kubeconfig("alice");
+    // Eight kubectl processes at once.
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let path = env.dir.path().join(format!("race-{i}.yaml"));
+            let manifest =
+                selector_claim("race", &format!("c{i}"), 128, "{matchLabels: {sar: race}}");
+            std::fs::write(&path, manifest).expect("write manifest");
+            env.kubectl_cmd(&alice, &["create", "-f", &path.display().to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run kubectl")
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("kubectl create"))
+        .collect();
+    for out in &outs {
+        env.assert_ok(&["create (as alice, concurrently)"], out);
+    }
+    let claims: Value =
+        serde_json::from_str(&env.kubectl_ok(&["get", "ippc", "-n", "race", "-o", "json"]))
+            .expect("claims JSON");
+    let mut parents: Vec<String> = claims["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|c| {
+            c["status"]["parentRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    parents.sort();
+    let expected: Vec<String> = std::iter::repeat_n("race-a", 2)
+        .chain(std::iter::repeat_n("race-b", 6))
+        .map(String::from)
+        .collect();
+    assert_eq!(parents, expected);
 }
