@@ -63,7 +63,8 @@ pub struct ChildPrefixTemplate {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateMetadata {
-    /// The IPPrefix name; default `<namespace>.<claim>` (hashed when too long).
+    /// The IPPrefix name; default `<namespace>.<claim>` (hashed when too long). In a cluster a
+    /// chosen name must start with `<namespace>.` unless the caller may create ipprefixes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Labels of the IPPrefix, e.g. for the `parentSelector` of further claims.
