@@ -1,9 +1,9 @@
 //! What creating a claim needs beyond `create` on the claim, asked with SubjectAccessReviews
 //! (cached by the authorizer):
-//! - `use` on the parent it allocates from. For a `parentSelector` the reviews follow the order
-//!   allocation tries the parents, only those that could take the claim first, start with one
-//!   without a name (RBAC may grant `use` on every IPPrefix), stop at the first allowed and are
-//!   bounded per request: one create cannot turn into thousands of reviews.
+//! - `use` on the parent it allocates from. For a `parentSelector`: one review without a name
+//!   (RBAC may grant `use` on every IPPrefix), then the parents in the order allocation tries
+//!   them, those that could take the claim first, stopping at the first allowed and after
+//!   [`MAX_PARENT_REVIEWS`]: one create cannot turn into thousands of reviews.
 //! - `create` on ipprefixes of the name it chooses for its IPPrefix, when that name does not
 //!   start with `<namespace>.`: names are cluster-wide, and a tenant may not take another's.
 use crate::api::IPPrefixClaim;
