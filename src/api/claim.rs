@@ -119,6 +119,16 @@ pub mod claim_phase {
     pub const BOUND: &str = "Bound";
 }
 
+/// The condition of a deleted claim that waits (`status: "False"`) for the Bound prefixes
+/// below its IPPrefix.
+pub const RELEASED_CONDITION: &str = "Released";
+
+/// `reason` values of the `Released` condition.
+pub mod released_reason {
+    /// Bound IPPrefixes below the claim's own hold it; the message says how many and names a few.
+    pub const WAITING_FOR_CHILDREN: &str = "WaitingForChildren";
+}
+
 /// `reason` values of the `Bound` condition.
 pub mod bound_reason {
     pub const ALLOCATED: &str = "Allocated";

@@ -57,7 +57,8 @@ pub struct ClaimReference {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPrefixStatus {
-    /// `Available` (no claim), `Bound`, or `Released` (claim gone, reclaimPolicy Retain).
+    /// `Available` (no claim), `Bound`, or `Released` (claim gone: kept by reclaimPolicy
+    /// Retain, or, being deleted, by a finalizer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// `IPv4` or `IPv6`, derived from `spec.prefix`.

@@ -5,7 +5,8 @@
 //! parent's status in one transaction. Nothing is written when there is no room.
 use super::kind::{Kind, Removal};
 use super::meta;
-use super::prefix::{block_error, name_of, release_prefix, take_block};
+use super::prefix::{block_error, name_of, take_block};
+use super::release;
 use super::state::{parse_stored, reserve_of};
 use super::status::fill_prefix_status;
 use super::txn::{Stored, Txn};
@@ -118,6 +119,14 @@ impl Kind for IPPrefixClaim {
     }
 
     fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()> {
+        // The binding still holds for the new spec: say so for this generation, or clients
+        // waiting for the condition (`kubectl wait`) take it as stale.
+        let generation = self.metadata.generation;
+        for c in self.status.iter_mut().flat_map(|s| s.conditions.iter_mut()) {
+            if c.type_ == BOUND_CONDITION && c.status == "True" {
+                c.observed_generation = generation;
+            }
+        }
         // The bound IPPrefix follows the claim's reclaimPolicy (the only mutable spec field).
         if self.spec.reclaim_policy != old.spec.reclaim_policy {
             if let Some(mut child) = bound_prefix(self, tx)? {
@@ -129,14 +138,19 @@ impl Kind for IPPrefixClaim {
         Ok(())
     }
 
-    fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+    fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
         let Some(child) = bound_prefix(self, tx)? else {
             return Ok(Removal::Remove);
         };
-        if tx.state.children(&name_of(&child.obj)) > 0 {
+        // Only Bound descendants hold it; the rest go with its block.
+        let child_name = name_of(&child.obj);
+        let bound = release::bound_below(tx, &child_name)?;
+        if !bound.is_empty() {
+            let waiting = release::waiting_condition(&child_name, &bound, self.metadata.generation);
+            release::set_condition(self, waiting);
             return Ok(Removal::KeepInUse);
         }
-        release_claimed_prefix(tx, child)?;
+        release::release_claimed_prefix(tx, child)?;
         Ok(Removal::Remove)
     }
 }
@@ -622,6 +636,9 @@ fn rebind_compatible(
     let Some(net) = released.prefix() else {
         return Ok(false);
     };
+    if released.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
     if net.prefix_len() != len || exact.is_some_and(|e| e != net) {
         return Ok(false);
     }
@@ -705,82 +722,6 @@ fn rebind(
         format!("rebound to {block} (ipprefix \"{child_name}\"), retained from an earlier claim of this name"),
         claim.metadata.generation,
     ));
-    Ok(())
-}
-
-/// Release the block held by a claim that is going away, following the prefix's reclaimPolicy:
-/// `Delete` frees it in the parent at once, `Retain` keeps it `Released` for a claim of the same
-/// name. Cascades: a parent whose last child goes may let its own terminating claim go too.
-fn release_claimed_prefix(tx: &mut Txn<'_>, child: Stored<IPPrefix>) -> ApiResult<()> {
-    let Stored {
-        obj: mut prefix,
-        revision,
-    } = child;
-    let name = name_of(&prefix);
-    let retain = prefix
-        .spec
-        .reclaim_policy
-        .as_deref()
-        .and_then(ReclaimPolicy::parse)
-        == Some(ReclaimPolicy::Retain);
-    if retain {
-        prefix.status.get_or_insert_with(Default::default).phase =
-            Some(prefix_phase::RELEASED.into());
-        prefix.metadata.resource_version = None;
-        tx.put(&prefix, Precondition::Revision(revision))?;
-        if let Some(c) = &prefix.spec.claim_ref {
-            let key = (c.namespace.clone(), c.name.clone());
-            tx.state.released.insert(key.clone(), name);
-            tx.on_undo(move |s| {
-                s.released.remove(&key);
-            });
-        }
-        return Ok(());
-    }
-    let parent = release_prefix(tx, &prefix)?;
-    tx.delete::<IPPrefix>("", &name, Precondition::Revision(revision));
-    if let Some(parent) = parent {
-        finish_waiting_claim(tx, parent)?;
-    }
-    Ok(())
-}
-
-/// `parent` just lost a child. If that was its last one and its claim is terminating behind the
-/// in-use finalizer, the claim goes now, in this same transaction.
-pub(super) fn finish_waiting_claim(tx: &mut Txn<'_>, parent: Stored<IPPrefix>) -> ApiResult<()> {
-    if tx.state.children(&name_of(&parent.obj)) > 0 || parent.obj.phase() != prefix_phase::BOUND {
-        return Ok(());
-    }
-    let Some(cr) = parent.obj.spec.claim_ref.clone() else {
-        return Ok(());
-    };
-    let Some(claim) = tx.get::<IPPrefixClaim>(&cr.namespace, &cr.name)? else {
-        return Ok(());
-    };
-    let finalizers = claim.obj.metadata.finalizers.clone().unwrap_or_default();
-    if claim.obj.metadata.deletion_timestamp.is_none()
-        || !finalizers.iter().any(|f| f == PREFIX_IN_USE_FINALIZER)
-    {
-        return Ok(());
-    }
-    let remaining: Vec<String> = finalizers
-        .into_iter()
-        .filter(|f| f != PREFIX_IN_USE_FINALIZER)
-        .collect();
-    if remaining.is_empty() {
-        release_claimed_prefix(tx, parent)?;
-        tx.delete::<IPPrefixClaim>(
-            &cr.namespace,
-            &cr.name,
-            Precondition::Revision(claim.revision),
-        );
-    } else {
-        // Other finalizers still hold it; the release happens when the last of them goes.
-        let mut obj = claim.obj;
-        obj.metadata.finalizers = Some(remaining);
-        obj.metadata.resource_version = None;
-        tx.put(&obj, Precondition::Revision(claim.revision))?;
-    }
     Ok(())
 }
 

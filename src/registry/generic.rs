@@ -438,6 +438,7 @@ impl Registry {
         obj.default_on_create();
         let mut errs = Vec::new();
         meta::validate_object_meta(obj.meta(), K::NAMESPACED, &mut errs);
+        meta::validate_new_finalizers(obj.meta(), None, &mut errs);
         errs.extend(obj.validate());
         if !errs.is_empty() {
             return Err(ApiError::invalid(
@@ -577,6 +578,7 @@ impl Registry {
             }
             let mut errs = Vec::new();
             meta::validate_object_meta(new.meta(), K::NAMESPACED, &mut errs);
+            meta::validate_new_finalizers(new.meta(), Some(old_obj.meta()), &mut errs);
             errs.extend(new.validate());
             errs.extend(new.validate_update(old_obj));
             if !errs.is_empty() {
@@ -588,9 +590,10 @@ impl Registry {
                 return Ok(old.obj);
             }
             new.meta_mut().resource_version = None;
-            if new.meta().deletion_timestamp.is_some()
-                && new.meta().finalizers.as_ref().is_none_or(Vec::is_empty)
-            {
+            let last_user_finalizer_gone = meta::user_finalizers(new.meta()).is_empty()
+                && (!meta::user_finalizers(old_obj.meta()).is_empty()
+                    || new.meta().finalizers.as_ref().is_none_or(Vec::is_empty));
+            if new.meta().deletion_timestamp.is_some() && last_user_finalizer_gone {
                 // The last finalizer is gone: the object goes now (or waits, in use).
                 let (obj, _) = remove_or_keep(&mut tx, new, old.revision)?;
                 (obj, tx.commit(dry_run)?)
@@ -621,7 +624,9 @@ impl Registry {
             check_preconditions::<K>(&old, &opts.preconditions, name)?;
             old.obj.check_delete(&mut tx)?;
             let mut obj = old.obj.clone();
-            let mut finalizers = obj.meta().finalizers.clone().unwrap_or_default();
+            // The server's in-use finalizer is decided afresh below (`remove_or_keep`): a
+            // claim with nothing bound below never waits behind it.
+            let mut finalizers = meta::user_finalizers(obj.meta());
             let policy_finalizer = match opts.propagation_policy {
                 Some(PropagationPolicy::Orphan) => Some("orphan"),
                 Some(PropagationPolicy::Foreground) => Some("foregroundDeletion"),
@@ -632,10 +637,26 @@ impl Registry {
                     finalizers.push(f.to_string());
                 }
             }
-            if obj.meta().deletion_timestamp.is_some() {
-                // Already terminating: only a new propagation finalizer changes anything.
-                if finalizers == obj.meta().finalizers.clone().unwrap_or_default() {
+            if obj.meta().deletion_timestamp.is_some() && finalizers.is_empty() {
+                // Waiting behind the in-use finalizer only: check again whether it must.
+                let (obj, gone) = remove_or_keep(&mut tx, obj, old.revision)?;
+                if !gone && obj == old.obj {
                     return Ok((old.obj, false));
+                }
+                (obj, gone, tx.commit(opts.dry_run)?)
+            } else if obj.meta().deletion_timestamp.is_some() {
+                // Already terminating: only a new propagation finalizer changes anything.
+                if finalizers == meta::user_finalizers(obj.meta()) {
+                    return Ok((old.obj, false));
+                }
+                let in_use = obj
+                    .meta()
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == PREFIX_IN_USE_FINALIZER);
+                if in_use {
+                    finalizers.push(PREFIX_IN_USE_FINALIZER.to_string());
                 }
                 obj.meta_mut().finalizers = Some(finalizers);
                 obj.meta_mut().resource_version = None;
@@ -728,6 +749,7 @@ fn record_update_fields<K: Kind>(
 fn remove_or_keep<K: Kind>(tx: &mut Txn<'_>, mut obj: K, revision: u64) -> ApiResult<(K, bool)> {
     let ns = obj.meta().namespace.clone().unwrap_or_default();
     let name = obj.meta().name.clone().unwrap_or_default();
+    let before = obj.clone();
     match obj.on_remove(tx)? {
         Removal::Remove => {
             tx.delete::<K>(&ns, &name, Precondition::Revision(revision));
@@ -741,6 +763,11 @@ fn remove_or_keep<K: Kind>(tx: &mut Txn<'_>, mut obj: K, revision: u64) -> ApiRe
             if !finalizers.iter().any(|f| f == PREFIX_IN_USE_FINALIZER) {
                 finalizers.push(PREFIX_IN_USE_FINALIZER.to_string());
             }
+            if obj == before && before.meta().resource_version.is_some() {
+                // Already waiting, for the same reason: nothing to write.
+                return Ok((obj, false));
+            }
+            let meta = obj.meta_mut();
             meta.resource_version = None;
             tx.put(&obj, Precondition::Revision(revision))?;
             Ok((obj, false))

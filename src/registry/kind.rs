@@ -85,6 +85,7 @@ pub trait Kind:
     fn check_delete(&self, _tx: &mut Txn<'_>) -> ApiResult<()> {
         Ok(())
     }
-    /// The object is about to be removed for good: release, refuse (409), or keep it in use.
-    fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal>;
+    /// The object is about to be removed for good: release, refuse (409), or keep it in use
+    /// (the hook may say why in the object's status).
+    fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal>;
 }

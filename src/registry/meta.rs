@@ -160,6 +160,84 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, errs: &mut Vec<
             ));
         }
     }
+    validate_owner_references(meta, errs);
+}
+
+/// Kubernetes' checks of `metadata.ownerReferences`: each names its owner completely.
+fn validate_owner_references(meta: &ObjectMeta, errs: &mut Vec<FieldError>) {
+    for (i, r) in meta.owner_references.iter().flatten().enumerate() {
+        let path = format!("metadata.ownerReferences[{i}]");
+        if r.api_version.is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.apiVersion"),
+                "\"\"",
+                "version must not be empty",
+            ));
+        }
+        if r.kind.is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.kind"),
+                "\"\"",
+                "kind must not be empty",
+            ));
+        }
+        if r.name.is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.name"),
+                "\"\"",
+                "name must not be empty",
+            ));
+        }
+        if r.uid.is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{path}.uid"),
+                "\"\"",
+                "uid must not be empty",
+            ));
+        }
+    }
+}
+
+/// Finalizers a write may not add: the server's own (`ipam.miloapis.com/prefix-in-use`, which
+/// only the server sets on an object that waits for its children), and any finalizer at all
+/// on an object being deleted, as Kubernetes. `old` is `None` on create.
+pub fn validate_new_finalizers(
+    new: &ObjectMeta,
+    old: Option<&ObjectMeta>,
+    errs: &mut Vec<FieldError>,
+) {
+    let had = |f: &String| {
+        old.and_then(|o| o.finalizers.as_ref())
+            .is_some_and(|fs| fs.contains(f))
+    };
+    let terminating = old.is_some_and(|o| o.deletion_timestamp.is_some());
+    for (i, f) in new.finalizers.iter().flatten().enumerate() {
+        if had(f) {
+            continue;
+        }
+        let path = format!("metadata.finalizers[{i}]");
+        if f == crate::api::PREFIX_IN_USE_FINALIZER {
+            errs.push(FieldError::forbidden(
+                path,
+                format!("{f} is set by the server on a deleted object whose children are still bound; it cannot be added by a client"),
+            ));
+        } else if terminating {
+            errs.push(FieldError::forbidden(
+                path,
+                "no new finalizers can be added if the object is being deleted",
+            ));
+        }
+    }
+}
+
+/// The finalizers of `meta` other than the server's in-use finalizer.
+pub fn user_finalizers(meta: &ObjectMeta) -> Vec<String> {
+    meta.finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != crate::api::PREFIX_IN_USE_FINALIZER)
+        .cloned()
+        .collect()
 }
 
 /// A name from `generateName`: the prefix plus five random characters, as Kubernetes does.

@@ -10,6 +10,7 @@ pub mod managed_fields;
 pub mod meta;
 mod parents;
 mod prefix;
+mod release;
 pub mod selector;
 mod state;
 mod stats;

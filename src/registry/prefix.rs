@@ -214,11 +214,16 @@ impl Kind for IPPrefix {
         Ok(())
     }
 
-    fn on_remove(&self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+    fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+        if self.metadata.deletion_timestamp.is_some() && tx.state.children(&name_of(self)) > 0 {
+            // Freed with its claim's block, its last user finalizer gone: it still waits for
+            // children kept by theirs.
+            return Ok(Removal::KeepInUse);
+        }
         self.check_delete(tx)?;
-        // Freeing a Released block may be the last child a terminating claim waits for.
+        // Freeing a block may end the wait of a terminating claim above.
         if let Some(parent) = release_prefix(tx, self)? {
-            super::claim::finish_waiting_claim(tx, parent)?;
+            super::release::settle(tx, parent)?;
         }
         Ok(Removal::Remove)
     }

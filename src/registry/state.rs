@@ -211,7 +211,9 @@ impl IndexEntry {
             .prefix
             .parse()
             .map_err(|_| format!("ipprefix {name:?}: damaged spec.prefix"))?;
-        let released_for = (p.phase() == crate::api::prefix_phase::RELEASED)
+        // A Delete prefix is Released only while a finalizer keeps it: never rebound.
+        let retained = p.spec.reclaim_policy.as_deref() != Some("Delete");
+        let released_for = (p.phase() == crate::api::prefix_phase::RELEASED && retained)
             .then(|| {
                 p.spec
                     .claim_ref
