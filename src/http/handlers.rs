@@ -128,10 +128,23 @@ fn decode<K: Served>(
     body: &[u8],
 ) -> ApiResult<(K, Vec<String>)> {
     let value: Value = parse_body(headers, body)?;
-    decode_body::<K>(
-        value,
-        FieldValidation::parse(params.get("fieldValidation"))?,
-    )
+    let validation = FieldValidation::parse(params.get("fieldValidation"))?;
+    let duplicates: Vec<String> =
+        super::duplicates::duplicate_fields(body, super::negotiate::body_is_yaml(headers))
+            .iter()
+            .map(|p| format!("duplicate field \"{p}\""))
+            .collect();
+    if validation == FieldValidation::Strict && !duplicates.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "strict decoding error: {}",
+            duplicates.join(", ")
+        )));
+    }
+    let (obj, mut warnings) = decode_body::<K>(value, validation)?;
+    if validation == FieldValidation::Warn {
+        warnings.extend(duplicates);
+    }
+    Ok((obj, warnings))
 }
 
 pub async fn create<K: Served>(
@@ -174,8 +187,9 @@ pub async fn replace<K: Served, const STATUS: bool>(
 ) -> ApiResult<Response> {
     let sub = subresource::<STATUS>();
     let repr = negotiate(&headers)?;
-    let (obj, warnings) = decode::<K>(&headers, &params, &body)?;
+    let (obj, mut warnings) = decode::<K>(&headers, &params, &body)?;
     let manager = update_manager(&params, &headers)?;
+    let written = (sub == Subresource::Status).then(|| obj.clone());
     let updated = app
         .registry
         .update_managed::<K>(
@@ -187,6 +201,9 @@ pub async fn replace<K: Served, const STATUS: bool>(
             Some(&manager),
         )
         .await?;
+    if let Some(written) = written {
+        warnings.extend(ignored_status(&written, &updated)?);
+    }
     object_response(
         StatusCode::OK,
         &updated,
@@ -218,6 +235,14 @@ pub async fn patch<K: Served, const STATUS: bool>(
     )
     .await?;
     object_response(code, &obj, repr, IncludeObject::Object, &warnings)
+}
+
+/// Warnings for the server-owned status fields a `/status` write tried to change.
+pub(super) fn ignored_status<K: Served>(written: &K, stored: &K) -> ApiResult<Vec<String>> {
+    Ok(crate::registry::ignored_status_writes(
+        &crate::registry::codec::to_value(written)?,
+        &crate::registry::codec::to_value(stored)?,
+    ))
 }
 
 fn subresource<const STATUS: bool>() -> Subresource {

@@ -1,6 +1,7 @@
 //! HTTP: routing, content negotiation and the Kubernetes endpoints. Resource endpoints are
 //! written once (`handlers.rs`) and instantiated per kind here.
 pub mod discovery;
+mod duplicates;
 mod handlers;
 pub mod health;
 pub mod metrics;

@@ -116,6 +116,18 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     }
 }
 
+/// Whether the body is YAML by its `Content-Type` (else JSON; `parse_body` refused others).
+pub fn body_is_yaml(headers: &HeaderMap) -> bool {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    matches!(
+        essence(content_type).as_str(),
+        "application/yaml" | "application/x-yaml" | "text/yaml"
+    )
+}
+
 pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request body is empty".into()));

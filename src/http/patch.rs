@@ -120,13 +120,19 @@ pub async fn apply_patch<K: Served>(
         if !pinned_rv {
             set_resource_version(&mut doc, current.meta().resource_version.as_deref());
         }
-        let (obj, warnings) = decode_body::<K>(doc, validation)?;
+        let (obj, mut warnings) = decode_body::<K>(doc, validation)?;
+        let written = (sub == Subresource::Status).then(|| obj.clone());
         match app
             .registry
             .update_managed::<K>(namespace, name, obj, sub, dry_run, Some(&manager))
             .await
         {
-            Ok(updated) => return Ok((updated, StatusCode::OK, warnings)),
+            Ok(updated) => {
+                if let Some(written) = written {
+                    warnings.extend(super::handlers::ignored_status(&written, &updated)?);
+                }
+                return Ok((updated, StatusCode::OK, warnings));
+            }
             Err(ApiError::Conflict { .. }) if !pinned_rv && attempt + 1 < PATCH_RETRIES => continue,
             Err(e) => return Err(e),
         }
@@ -230,8 +236,9 @@ async fn server_side_apply<K: Served>(
         }
         // Unknown fields can only have come from the configuration: warned about (or refused)
         // here, once, with the merged object's required fields.
-        let (mut obj, warnings) = decode_body::<K>(doc, validation)?;
+        let (mut obj, mut warnings) = decode_body::<K>(doc, validation)?;
         obj.meta_mut().managed_fields = Some(applied.managed_fields).filter(|m| !m.is_empty());
+        let written = (sub == Subresource::Status).then(|| obj.clone());
         let result = match current {
             Some(_) => app
                 .registry
@@ -246,7 +253,12 @@ async fn server_side_apply<K: Served>(
             }
         };
         match result {
-            Ok((obj, code)) => return Ok((obj, code, warnings)),
+            Ok((obj, code)) => {
+                if let Some(written) = written {
+                    warnings.extend(super::handlers::ignored_status(&written, &obj)?);
+                }
+                return Ok((obj, code, warnings));
+            }
             Err(ApiError::Conflict { .. } | ApiError::AlreadyExists(_)) if retry => continue,
             Err(e) => return Err(e),
         }

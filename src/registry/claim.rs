@@ -12,6 +12,7 @@ use super::status::fill_prefix_status;
 use super::txn::{Stored, Txn};
 use super::validate::{
     validate_cidr, validate_ip_family, validate_reclaim_policy, validate_reserve,
+    validate_reserve_fits,
 };
 use crate::alloc::{AllocError, Pool};
 use crate::api::*;
@@ -215,12 +216,16 @@ fn validate_claim_spec(spec: &IPPrefixClaimSpec) -> Vec<FieldError> {
             }
         }
         (None, Some(sel)) => {
-            if let Err(e) = Selector::try_from(sel.clone()) {
-                errs.push(FieldError::invalid(
-                    "spec.parentSelector",
-                    "",
-                    e.to_string(),
-                ));
+            let before = errs.len();
+            validate_match_expressions(sel, &mut errs);
+            if errs.len() == before {
+                if let Err(e) = Selector::try_from(sel.clone()) {
+                    errs.push(FieldError::invalid(
+                        "spec.parentSelector",
+                        "",
+                        e.to_string(),
+                    ));
+                }
             }
             for (k, v) in sel.match_labels.iter().flatten() {
                 if meta::validate_label_key(k).is_err() || meta::validate_label_value(v).is_err() {
@@ -262,6 +267,23 @@ fn validate_claim_spec(spec: &IPPrefixClaimSpec) -> Vec<FieldError> {
                 s.reserve.as_ref(),
                 &mut errs,
             );
+            // The block's size is known when its length and family are; otherwise the
+            // allocated block is checked when it is bound.
+            let len = prefix
+                .map(|p| p.prefix_len())
+                .or(spec.prefix_length.and_then(|l| u8::try_from(l).ok()));
+            if let (Some(len), Some(f)) = (len, family.or(prefix.map(|p| IpFamily::of(&p)))) {
+                if len <= f.max_prefix_len() {
+                    validate_reserve_fits(
+                        "spec.childPrefixTemplate.spec.reserve",
+                        s.reserve.as_ref(),
+                        len,
+                        f.max_prefix_len(),
+                        &format!("the /{len} block this claim gets"),
+                        &mut errs,
+                    );
+                }
+            }
             for (i, ex) in s.exclude.iter().enumerate() {
                 validate_cidr(
                     &format!("spec.childPrefixTemplate.spec.exclude[{i}]"),
@@ -293,6 +315,41 @@ pub fn child_name_outside_namespace<'a>(
         .strip_prefix(namespace)
         .is_some_and(|rest| rest.starts_with('.'));
     (!own).then_some(name)
+}
+
+/// Kubernetes' rules for a LabelSelector's expressions: `In`/`NotIn` need values,
+/// `Exists`/`DoesNotExist` take none.
+fn validate_match_expressions(
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    errs: &mut Vec<FieldError>,
+) {
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let path = format!("spec.parentSelector.matchExpressions[{i}]");
+        if let Err(why) = meta::validate_label_key(&e.key) {
+            errs.push(FieldError::invalid(
+                format!("{path}.key"),
+                format!("\"{}\"", e.key),
+                why,
+            ));
+        }
+        let values = e.values.as_ref().map_or(0, Vec::len);
+        match e.operator.as_str() {
+            "In" | "NotIn" if values == 0 => errs.push(FieldError::required(
+                format!("{path}.values"),
+                "must be specified when `operator` is 'In' or 'NotIn'",
+            )),
+            "Exists" | "DoesNotExist" if values > 0 => errs.push(FieldError::forbidden(
+                format!("{path}.values"),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errs.push(FieldError::not_supported(
+                format!("{path}.operator"),
+                other,
+                &["In", "NotIn", "Exists", "DoesNotExist"],
+            )),
+        }
+    }
 }
 
 /// The IPPrefix bound to this claim, if it still is.
@@ -551,6 +608,18 @@ fn bind(
         .name
         .clone()
         .unwrap_or_else(|| default_child_name(&ns, &name));
+    let mut errs = Vec::new();
+    validate_reserve_fits(
+        "spec.childPrefixTemplate.spec.reserve",
+        tspec.reserve.as_ref(),
+        block.prefix_len(),
+        block.max_prefix_len(),
+        &format!("the allocated block {block}"),
+        &mut errs,
+    );
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(IPPrefixClaim::KIND, &name, errs));
+    }
     // The template's exclusions must fit the block actually allocated.
     let exclusions: Vec<IpNet> = tspec
         .exclude

@@ -75,11 +75,34 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
-/// The continue token: where the next page starts, and the revision the list began at.
+/// The continue token: where the next page starts, the revision the list began at, and which
+/// list it continues (a digest of resource, namespace and selectors).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContinueToken {
     rv: u64,
     start: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    list: Option<String>,
+}
+
+/// What a continue token is valid for: the next page of the same list only.
+fn list_identity(resource: &str, namespace: Option<&str>, opts: &ListOptions) -> String {
+    use sha2::Digest;
+    let labels = opts
+        .label_selector
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let whole = format!(
+        "{resource}\n{}\n{labels}\n{:?}",
+        namespace.unwrap_or("*"),
+        opts.field_selector
+    );
+    sha2::Sha256::digest(whole.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Registry {
@@ -262,10 +285,16 @@ impl Registry {
             resource: K::RESOURCE,
             namespace: namespace.map(str::to_string),
         };
+        let identity = list_identity(K::RESOURCE, namespace, opts);
         let (start_after, list_rv) = match opts.continue_token.as_deref().filter(|t| !t.is_empty())
         {
             Some(token) => {
                 let t = decode_continue(token)?;
+                if t.list.as_deref().is_some_and(|l| l != identity) {
+                    return Err(ApiError::BadRequest(format!(
+                        "continue token {token:?} belongs to another list (another resource, namespace or selector); repeat the list it came from, or start a new list without continue"
+                    )));
+                }
                 if t.rv < self.inner.store.oldest_watchable() {
                     return Err(ApiError::Expired(
                         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
@@ -308,6 +337,7 @@ impl Registry {
             (true, Some(last)) => Some(encode_continue(&ContinueToken {
                 rv,
                 start: format!("{}/{}", last.key.namespace, last.key.name),
+                list: Some(identity),
             })),
             _ => None,
         };

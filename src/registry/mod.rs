@@ -28,7 +28,7 @@ pub use kind::Kind;
 pub use managed_fields::{FieldManager, Operation};
 pub use parents::ParentPlan;
 pub use stats::RootUsage;
-pub use status::STATUS_BATCH_PERIOD;
+pub use status::{ignored_status_writes, STATUS_BATCH_PERIOD};
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ use super::kind::{Kind, Removal};
 use super::state::{exclusions_of, parse_stored, reserve_of, PoolEntry};
 use super::status::refresh_prefix_status;
 use super::txn::{Stored, Txn};
-use super::validate::{validate_cidr, validate_reclaim_policy, validate_reserve};
+use super::validate::{
+    validate_cidr, validate_reclaim_policy, validate_reserve, validate_reserve_fits,
+};
 use crate::alloc::{AllocError, Holder};
 use crate::api::{prefix_phase, IPPrefix, IPPrefixClaim, IpFamily};
 use crate::error::{ApiError, ApiResult, FieldError};
@@ -70,6 +72,16 @@ impl Kind for IPPrefix {
             }
         }
         validate_reserve("spec.reserve", self.spec.reserve.as_ref(), &mut errs);
+        if let Some(net) = net {
+            validate_reserve_fits(
+                "spec.reserve",
+                self.spec.reserve.as_ref(),
+                net.prefix_len(),
+                net.max_prefix_len(),
+                &format!("spec.prefix {net}"),
+                &mut errs,
+            );
+        }
         validate_reclaim_policy(
             "spec.reclaimPolicy",
             self.spec.reclaim_policy.as_deref(),

@@ -59,3 +59,46 @@ pub fn store_current_status(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiRe
     tx.put(&prefix, Precondition::Revision(revision))?;
     Ok(true)
 }
+
+/// The status fields a `/status` write asked to change that the server owns and kept: every
+/// such write succeeds with the server's values, and says which of its values it ignored (a
+/// `Warning` each), whatever the verb (PUT, merge or JSON patch, server-side apply).
+/// `written` is the object the client's write produced, `stored` what the server stored.
+/// Conditions are compared by type (a client may write conditions of its own types).
+pub fn ignored_status_writes(
+    written: &serde_json::Value,
+    stored: &serde_json::Value,
+) -> Vec<String> {
+    use serde_json::Value;
+    let fields = |v: &Value| v.get("status").and_then(Value::as_object).cloned();
+    let (Some(written), stored) = (fields(written), fields(stored).unwrap_or_default()) else {
+        return Vec::new();
+    };
+    let mut ignored = Vec::new();
+    for (key, value) in &written {
+        if key == "conditions" {
+            let by_type = |v: Option<&Value>| -> Vec<(String, Value)> {
+                v.and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        let t = c.get("type").and_then(Value::as_str).unwrap_or_default();
+                        (t.to_string(), c.clone())
+                    })
+                    .collect()
+            };
+            let kept = by_type(stored.get("conditions"));
+            for (t, c) in by_type(Some(value)) {
+                if !kept.iter().any(|(kt, kc)| *kt == t && *kc == c) {
+                    ignored.push(format!("status.conditions[type={t}]"));
+                }
+            }
+        } else if stored.get(key) != Some(value) && (!value.is_null() || stored.contains_key(key)) {
+            ignored.push(format!("status.{key}"));
+        }
+    }
+    ignored
+        .into_iter()
+        .map(|f| format!("{f} is set by the server: the value written was ignored"))
+        .collect()
+}

@@ -56,6 +56,31 @@ pub fn validate_reserve(path: &str, reserve: Option<&ReserveSpec>, errs: &mut Ve
     }
 }
 
+/// `reserve` may not hold more addresses than the block it applies to: a block of
+/// `max_len - len` host bits (`block` names it in the message).
+pub fn validate_reserve_fits(
+    path: &str,
+    reserve: Option<&ReserveSpec>,
+    len: u8,
+    max_len: u8,
+    block: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(r) = reserve else { return };
+    let n = |v: Option<i64>| u128::try_from(v.unwrap_or(0)).unwrap_or(0);
+    let wanted = n(r.leading) + n(r.trailing);
+    let Some(total) = 1u128.checked_shl(u32::from(max_len.saturating_sub(len))) else {
+        return; // 2^128 addresses: more than any reserve can name
+    };
+    if wanted > total {
+        errs.push(FieldError::invalid(
+            path,
+            format!("{{leading: {}, trailing: {}}}", n(r.leading), n(r.trailing)),
+            format!("reserves {wanted} addresses, more than the {total} of {block}"),
+        ));
+    }
+}
+
 pub fn validate_reclaim_policy(path: &str, policy: Option<&str>, errs: &mut Vec<FieldError>) {
     if let Some(p) = policy {
         if ReclaimPolicy::parse(p).is_none() {
