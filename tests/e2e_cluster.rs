@@ -90,6 +90,11 @@ fn claim(ns: &str, name: &str, parent: &str, len: u8) -> String {
     )
 }
 
+/// `claim` with `reclaimPolicy: Retain`.
+fn retain(claim: String) -> String {
+    claim.replace("spec: {", "spec: {reclaimPolicy: Retain, ")
+}
+
 fn json(env: &Envtest, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
@@ -464,10 +469,12 @@ fn deleting_a_namespace_releases_nested_claims(env: &Envtest) {
     for i in 0..3 {
         env.apply(&claim("team-d", &format!("subnet-{i}"), "team-d.pool", 64));
     }
+    // A Retain host: once its claim goes, its Released block is freed with the subnet.
+    env.apply(&retain(claim("team-d", "nic", "team-d.subnet-0", 128)));
     let subnets = json(env, &["get", "ippc", "-n", "team-d"]);
     assert_eq!(
         subnets["items"].as_array().map(Vec::len),
-        Some(4),
+        Some(5),
         "{subnets}"
     );
 
@@ -499,12 +506,23 @@ fn every_claim_that_goes_gets_a_released_event(env: &Envtest) {
     env.apply(&namespace("team-e"));
     env.apply(&claim("team-e", "pool", "root-e", 48));
     env.apply(&claim("team-e", "subnet", "team-e.pool", 64));
+    env.apply(&retain(claim("team-e", "nic", "team-e.subnet", 128)));
     env.apply(&claim("team-e", "solo", "root-e", 48));
     env.apply(&claim("team-e", "bulk", "root-e", 48));
 
-    // The pool waits for its subnet; deleting the subnet releases both in one commit.
-    env.kubectl_ok(&["delete", "ippc", "pool", "-n", "team-e", "--wait=false"]);
-    env.kubectl_ok(&["delete", "ippc", "subnet", "-n", "team-e"]);
+    // The pool waits for its subnet, the subnet for its Bound host; once the host goes
+    // (Retain: its block stays Released), the subnet, its Released host block and the pool
+    // are released in one commit.
+    env.kubectl_ok(&[
+        "delete",
+        "ippc",
+        "pool",
+        "subnet",
+        "-n",
+        "team-e",
+        "--wait=false",
+    ]);
+    env.kubectl_ok(&["delete", "ippc", "nic", "-n", "team-e"]);
     env.kubectl_ok(&["delete", "ippc", "solo", "-n", "team-e"]);
     // DELETE on the collection: a deletecollection, as the namespace controller sends.
     env.kubectl_ok(&[
@@ -518,6 +536,7 @@ fn every_claim_that_goes_gets_a_released_event(env: &Envtest) {
     let expected = [
         ("pool", "fd50::/48"),
         ("subnet", "fd50::/64"),
+        ("nic", "fd50::/128"),
         ("solo", "fd50:0:1::/48"),
         ("bulk", "fd50:0:2::/48"),
     ];
@@ -554,6 +573,19 @@ fn every_claim_that_goes_gets_a_released_event(env: &Envtest) {
             "{name}: {message}"
         );
     }
+    env.wait_for("a RetainedPrefixFreed event for the host", || {
+        json(env, &["get", "events", "-n", "team-e"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| {
+                e["reason"] == "RetainedPrefixFreed"
+                    && e["involvedObject"]["name"] == "nic"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("ipprefix \"team-e.nic\" (fd50::/128)"))
+            })
+    });
     wait_allocated(env, "root-e", |a| a == "0");
 }
 

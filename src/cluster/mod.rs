@@ -7,7 +7,7 @@ pub mod events;
 pub mod namespaces;
 pub mod tls;
 
-use crate::api::IPPrefixClaim;
+use crate::api::{IPPrefix, IPPrefixClaim};
 use crate::auth::authz::Authorizer;
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
@@ -104,44 +104,76 @@ impl Cluster {
 
     /// Start writing the Released event of every claim that leaves the store, however it
     /// left: a DELETE, a deletecollection (namespace deletion), the release of its last child
-    /// (the `prefix-in-use` finalizer) or the removal of a user's finalizer. Driven by the
-    /// store's durable event stream, like a controller, so no delete path can skip it.
+    /// (the `prefix-in-use` finalizer) or the removal of a user's finalizer; and the
+    /// RetainedPrefixFreed event of every Released IPPrefix that goes (an admin's delete, or
+    /// freed with the block of a claim above it). Driven by the store's durable event stream,
+    /// like a controller, so no delete path can skip it.
     pub fn spawn_release_events(&self, registry: Registry) {
-        let events = self.events.clone();
-        tokio::spawn(async move {
+        follow_deletions::<IPPrefixClaim>(registry.clone(), self.events.clone(), record_released);
+        follow_deletions::<IPPrefix>(registry, self.events.clone(), record_retained_freed);
+    }
+}
+
+/// Call `on_deleted` for every object of kind `K` deleted from now on, for as long as the
+/// store runs.
+fn follow_deletions<K: crate::registry::Kind>(
+    registry: Registry,
+    events: EventRecorder,
+    on_deleted: fn(&EventRecorder, &K),
+) {
+    tokio::spawn(async move {
+        loop {
+            let opts = WatchOptions {
+                resource_version: Some(registry.store().revision().to_string()),
+                ..Default::default()
+            };
+            let mut watch = match registry.watch::<K>(None, opts) {
+                Ok(mut w) => {
+                    w.deletions_only();
+                    w
+                }
+                Err(e) => {
+                    tracing::warn!("cannot watch {} for events: {e}", K::RESOURCE);
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
             loop {
-                let opts = WatchOptions {
-                    resource_version: Some(registry.store().revision().to_string()),
-                    ..Default::default()
-                };
-                let mut watch = match registry.watch::<IPPrefixClaim>(None, opts) {
-                    Ok(mut w) => {
-                        w.deletions_only();
-                        w
+                match watch.next().await {
+                    // The store closed: the server is shutting down.
+                    None => return,
+                    Some(WatchEvent::Deleted(obj)) => on_deleted(&events, &obj),
+                    Some(WatchEvent::Error(e)) => {
+                        // Fell behind the retained history: some events are lost (Events
+                        // are best-effort); carry on from now.
+                        tracing::warn!("{} events skipped: {e}", K::RESOURCE);
+                        break;
                     }
-                    Err(e) => {
-                        tracing::warn!("cannot watch claims for Released events: {e}");
-                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                        continue;
-                    }
-                };
-                loop {
-                    match watch.next().await {
-                        // The store closed: the server is shutting down.
-                        None => return,
-                        Some(WatchEvent::Deleted(claim)) => record_released(&events, &claim),
-                        Some(WatchEvent::Error(e)) => {
-                            // Fell behind the retained history: some Released events are lost
-                            // (Events are best-effort); carry on from now.
-                            tracing::warn!("Released events skipped: {e}");
-                            break;
-                        }
-                        Some(_) => {}
-                    }
+                    Some(_) => {}
                 }
             }
-        });
-    }
+        }
+    });
+}
+
+/// A block kept for a claim that is gone was freed: tell the claim's namespace. The object
+/// is as last stored: `Released`, or still `Bound` when a Retain claim and the block it left
+/// went in one commit (its parent's claim waited only for it).
+fn record_retained_freed(events: &EventRecorder, prefix: &IPPrefix) {
+    let kept = prefix.phase() == crate::api::prefix_phase::RELEASED
+        || prefix.spec.reclaim_policy.as_deref() == Some("Retain");
+    let (Some(claim_ref), true) = (&prefix.spec.claim_ref, kept) else {
+        return;
+    };
+    let mut claim = IPPrefixClaim::new(&claim_ref.name, Default::default());
+    claim.metadata.namespace = Some(claim_ref.namespace.clone());
+    claim.metadata.uid = claim_ref.uid.clone();
+    let name = prefix.metadata.name.clone().unwrap_or_default();
+    let message = format!(
+        "ipprefix \"{name}\" ({}), released by this claim, is deleted and its block is free again",
+        prefix.spec.prefix
+    );
+    events.record(&claim, EventType::Normal, "RetainedPrefixFreed", message);
 }
 
 fn record_released(events: &EventRecorder, claim: &IPPrefixClaim) {
