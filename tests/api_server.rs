@@ -55,6 +55,13 @@ fn kubectl_lists_resources_explains_fields_and_prints_tables() {
         explain.contains("prefixLength") && explain.contains("parentSelector"),
         "{explain}"
     );
+    // A field's description, not followed by its type's in other words.
+    let status = server.kubectl_ok(&["explain", "ipprefix.status"]);
+    assert_eq!(
+        status.matches("What the server computed").count(),
+        1,
+        "{status}"
+    );
 
     let manifest = write_manifest(
         &server,

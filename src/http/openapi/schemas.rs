@@ -118,7 +118,30 @@ pub fn definitions() -> Map<String, Value> {
         defs.insert(qualified(&kind.list_kind), list_schema(kind));
     }
     add_enums(&mut defs);
+    drop_repeated_descriptions(&mut defs);
     defs
+}
+
+/// `kubectl explain` prints a field's description followed by its type's: where every field of
+/// a type says what it holds, the type's own description would repeat it in other words, so
+/// it is dropped.
+fn drop_repeated_descriptions(defs: &mut Map<String, Value>) {
+    let mut described = std::collections::HashMap::<String, bool>::new();
+    for schema in defs.values_mut() {
+        walk(schema, &mut |obj| {
+            if let Some(Value::String(r)) = obj.get("$ref") {
+                let name = r.trim_start_matches(V2_REF).to_string();
+                let has = obj.contains_key("description");
+                *described.entry(name).or_insert(true) &= has;
+            }
+        });
+    }
+    // Kubernetes' own types keep theirs, as in Kubernetes' documents.
+    for (name, always) in described.into_iter().filter(|(n, _)| n.starts_with(PREFIX)) {
+        if let (true, Some(Value::Object(def))) = (always, defs.get_mut(&name)) {
+            def.remove("description");
+        }
+    }
 }
 
 /// Names without a dot are ours; qualified names (k8s-openapi's) are kept.

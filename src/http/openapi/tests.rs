@@ -520,7 +520,9 @@ fn every_field_of_our_types_is_described_for_kubectl_explain() {
         if !def_name.starts_with("com.miloapis.ipam.v1alpha1.") {
             continue;
         }
-        let mut described = vec![(def_name.clone(), &def["description"])];
+        // A type's own description is dropped where every field of that type has one
+        // (`drop_repeated_descriptions`); the fields are what `kubectl explain` shows.
+        let mut described = Vec::new();
         for (field, schema) in def["properties"].as_object().unwrap() {
             described.push((format!("{def_name}.{field}"), &schema["description"]));
         }
@@ -580,4 +582,25 @@ fn kubectl_explain_finds_each_kind_from_its_resource_path() {
             );
         }
     }
+}
+
+/// `kubectl explain ipprefix.status` prints the field's description and then its type's:
+/// a type reached only through described fields has none, so the text appears once.
+#[test]
+fn a_described_fields_type_does_not_repeat_the_description() {
+    let doc = openapi_v2();
+    let defs = doc["definitions"].as_object().unwrap();
+    let prefix = &defs["com.miloapis.ipam.v1alpha1.IPPrefix"];
+    assert!(prefix["properties"]["status"]["description"].is_string());
+    for ty in [
+        "IPPrefixStatus",
+        "IPPrefixSpec",
+        "IPPrefixClaimStatus",
+        "IPPrefixClaimSpec",
+    ] {
+        let def = &defs[&format!("com.miloapis.ipam.v1alpha1.{ty}")];
+        assert!(def["description"].is_null(), "{ty}: {}", def["description"]);
+    }
+    // The kinds themselves keep theirs (`kubectl explain ipprefix`).
+    assert!(prefix["description"].is_string());
 }
