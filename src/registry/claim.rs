@@ -145,7 +145,7 @@ impl Kind for IPPrefixClaim {
         };
         // Only Bound descendants hold it; the rest go with its block.
         let child_name = name_of(&child.obj);
-        let bound = release::bound_below(tx, &child_name)?;
+        let bound = release::holders_of(tx, &child_name);
         if !bound.is_empty() {
             let waiting = release::waiting_condition(&child_name, &bound, self.metadata.generation);
             release::set_condition(self, waiting);
@@ -771,6 +771,7 @@ fn rebind(
     child.status.get_or_insert_with(Default::default).phase = Some(prefix_phase::BOUND.into());
     child.metadata.resource_version = None;
     tx.put(&child, Precondition::Revision(revision))?;
+    release::set_bound(tx, &child_name, true);
     let key = (ns, name);
     tx.state.released.remove(&key);
     let undo_name = child_name.clone();

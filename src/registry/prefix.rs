@@ -254,6 +254,8 @@ pub(super) fn release_prefix(
         let n = name.clone();
         tx.on_undo(move |s| s.insert_pool(n, entry));
     }
+    // Gone from the index: neither Bound nor unbound.
+    super::release::set_bound(tx, &name, true);
     if let Some(c) = &prefix.spec.claim_ref {
         let key = (c.namespace.clone(), c.name.clone());
         if tx.state.released.get(&key) == Some(&name) {
@@ -315,6 +317,8 @@ fn carve_static(tx: &mut Txn<'_>, name: &str, net: IpNet, parent_name: &str) -> 
         ));
     }
     tx.state.mark_status_stale(parent_name);
+    // A carve is Available: it holds no deleting claim above it.
+    super::release::set_bound(tx, name, false);
     Ok(())
 }
 

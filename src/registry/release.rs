@@ -15,24 +15,48 @@ use crate::store::Precondition;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-/// How many holders a waiting claim's condition names; the count is always complete.
+/// How many holders a waiting claim's condition names.
 const NAMED_HOLDERS: usize = 3;
+/// How many Bound descendants a waiting claim's condition counts ("at least" beyond): it is
+/// counted again at each release below it, and a subnet may hold 2^16 hosts.
+const COUNTED_HOLDERS: usize = 1000;
 
-/// The Bound IPPrefixes below `name`, in address order: the topmost ones only (what lies
-/// below a Bound one is its own claim's concern).
-pub(super) fn bound_below(tx: &Txn<'_>, name: &str) -> ApiResult<Vec<String>> {
-    let mut bound = Vec::new();
-    for child in children_of(tx, name) {
-        let Some(c) = tx.get::<IPPrefix>("", &child)? else {
+/// The Bound IPPrefixes below `name`, up to `limit` of them: the topmost ones only (what lies
+/// below a Bound one is its own claim's concern). Read from the index, no object is read.
+pub(super) fn bound_below(tx: &Txn<'_>, name: &str, limit: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut below = vec![name.to_string()];
+    while let Some(p) = below.pop() {
+        let Some(entry) = tx.state.pool(&p) else {
             continue;
         };
-        if c.obj.phase() == prefix_phase::BOUND {
-            bound.push(child);
-        } else {
-            bound.extend(bound_below(tx, &child)?);
+        for child in entry.holders.values() {
+            if found.len() >= limit {
+                return found;
+            }
+            if tx.state.is_bound(child) {
+                found.push(child.clone());
+            } else {
+                below.push(child.clone());
+            }
         }
     }
-    Ok(bound)
+    found
+}
+
+/// [`bound_below`] for a waiting claim's condition.
+pub(super) fn holders_of(tx: &Txn<'_>, name: &str) -> Vec<String> {
+    bound_below(tx, name, COUNTED_HOLDERS)
+}
+
+/// Record that the child `name` is (no longer) Bound, undone with the transaction.
+pub(super) fn set_bound(tx: &mut Txn<'_>, name: &str, bound: bool) {
+    if tx.state.set_bound(name, bound) {
+        let n = name.to_string();
+        tx.on_undo(move |s| {
+            s.set_bound(&n, !bound);
+        });
+    }
 }
 
 /// The direct children of `name`, in address order.
@@ -45,13 +69,16 @@ fn children_of(tx: &Txn<'_>, name: &str) -> Vec<String> {
     kids.into_iter().map(|(_, n)| n.clone()).collect()
 }
 
-/// The condition of a claim that waits for the Bound `holders` below its IPPrefix.
+/// The condition of a claim that waits for the Bound `holders` below its IPPrefix (as
+/// counted by [`holders_of`]).
 pub(super) fn waiting_condition(
     prefix: &str,
     holders: &[String],
     generation: Option<i64>,
 ) -> Condition {
-    let named: Vec<String> = holders
+    let mut named: Vec<&String> = holders.iter().collect();
+    named.sort();
+    let shown: Vec<String> = named
         .iter()
         .take(NAMED_HOLDERS)
         .map(|h| format!("\"{h}\""))
@@ -61,6 +88,11 @@ pub(super) fn waiting_condition(
         format!(" and {more} more")
     } else {
         String::new()
+    };
+    let count = if holders.len() >= COUNTED_HOLDERS {
+        format!("at least {}", holders.len())
+    } else {
+        holders.len().to_string()
     };
     let noun = if holders.len() == 1 {
         "ipprefix"
@@ -72,9 +104,8 @@ pub(super) fn waiting_condition(
         status: "False".into(),
         reason: released_reason::WAITING_FOR_CHILDREN.into(),
         message: format!(
-            "waiting for {} bound {noun} below ipprefix \"{prefix}\": {}{tail}",
-            holders.len(),
-            named.join(", ")
+            "waiting for {count} bound {noun} below ipprefix \"{prefix}\": {}{tail}",
+            shown.join(", ")
         ),
         last_transition_time: meta::now(),
         observed_generation: generation,
@@ -134,6 +165,7 @@ pub(super) fn release_claimed_prefix(tx: &mut Txn<'_>, child: Stored<IPPrefix>) 
             Some(prefix_phase::RELEASED.into());
         prefix.metadata.resource_version = None;
         tx.put(&prefix, Precondition::Revision(revision))?;
+        set_bound(tx, &name, false);
         if let Some(c) = &prefix.spec.claim_ref {
             let key = (c.namespace.clone(), c.name.clone());
             tx.state.released.insert(key.clone(), name.clone());
@@ -179,7 +211,9 @@ fn terminate(tx: &mut Txn<'_>, mut prefix: IPPrefix, revision: u64) -> ApiResult
         prefix.status.get_or_insert_with(Default::default).phase =
             Some(prefix_phase::RELEASED.into());
     }
-    tx.put(&prefix, Precondition::Revision(revision))
+    tx.put(&prefix, Precondition::Revision(revision))?;
+    set_bound(tx, &name_of(&prefix), false);
+    Ok(())
 }
 
 /// Free every prefix below `name` (none is Bound: the caller checked), deepest first. Returns
@@ -271,7 +305,7 @@ fn settle_claim(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()> {
         return Ok(());
     }
     let prefix_name = name_of(&prefix.obj);
-    let holders = bound_below(tx, &prefix_name)?;
+    let holders = holders_of(tx, &prefix_name);
     let mut obj = claim.obj;
     obj.metadata.resource_version = None;
     if !holders.is_empty() {

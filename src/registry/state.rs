@@ -33,6 +33,10 @@ pub struct State {
     /// [`Txn::get_parent`](super::txn::Txn::get_parent); a transaction that writes an IPPrefix
     /// drops its entry first, so an entry is never older than the stored value.
     pub(super) parents: HashMap<String, Stored<IPPrefix>>,
+    /// Child IPPrefixes not in phase Bound (static carves, Released blocks), so that what holds
+    /// a deleting claim (its Bound descendants) is known without reading them; few, unlike
+    /// the Bound ones. See `release.rs`.
+    unbound: std::collections::HashSet<String>,
 }
 
 pub fn reserve_of(spec: Option<&ReserveSpec>) -> Reserve {
@@ -125,6 +129,20 @@ impl State {
         self.status_stale.clone()
     }
 
+    /// Whether the child IPPrefix `name` is in phase Bound.
+    pub fn is_bound(&self, name: &str) -> bool {
+        !self.unbound.contains(name)
+    }
+
+    /// Record whether the child `name` is Bound; returns whether that changed anything.
+    pub fn set_bound(&mut self, name: &str, bound: bool) -> bool {
+        if bound {
+            self.unbound.remove(name)
+        } else {
+            self.unbound.insert(name.to_string())
+        }
+    }
+
     /// Forget a pool (its IPPrefix is gone).
     pub fn drop_pool(&mut self, name: &str) -> Option<PoolEntry> {
         self.pools.remove(name)
@@ -156,6 +174,9 @@ impl State {
             }
             if let Some(claim) = e.released_for {
                 state.released.insert(claim, e.name.clone());
+            }
+            if e.parent.is_some() && !e.bound {
+                state.unbound.insert(e.name.clone());
             }
             match e.parent {
                 Some(parent) => match children.get_mut(&parent) {
@@ -198,6 +219,8 @@ pub struct IndexEntry {
     pub reserve: Reserve,
     /// The claim (namespace, name) a `Released` prefix waits for.
     pub released_for: Option<(String, String)>,
+    /// Whether it is in phase Bound.
+    pub bound: bool,
     /// `status.children` as stored: a prefix that had children when the process stopped may
     /// have a status to bring up to date.
     pub stored_children: i64,
@@ -227,6 +250,7 @@ impl IndexEntry {
             exclude: exclusions_of(p),
             reserve: reserve_of(p.spec.reserve.as_ref()),
             released_for,
+            bound: p.phase() == crate::api::prefix_phase::BOUND,
             stored_children: p.status.as_ref().and_then(|s| s.children).unwrap_or(0),
             name,
         })

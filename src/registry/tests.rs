@@ -982,3 +982,63 @@ async fn every_commit_is_announced_and_no_announcement_outlives_its_request() {
     reg.write_stale_statuses().await.unwrap();
     assert_eq!(left(), (0, 0), "(intents alive, commits made unannounced)");
 }
+
+/// What holds a deleting claim (its Bound descendants) is indexed, and the index is rebuilt
+/// at start: after a restart, a Released host and a static carve under a subnet hold nothing,
+/// a Bound host does, and a rebound host holds again.
+#[tokio::test]
+async fn only_bound_descendants_hold_a_deleting_claim_also_after_a_restart() {
+    let (reg, dir) = open();
+    reg.create("", root("r", "fd20::/48"), false).await.unwrap();
+    bound(&reg, claim("ns", "subnet", "r", 64)).await;
+    let mut nic = claim("ns", "nic", "ns.subnet", 128);
+    nic.spec.reclaim_policy = Some("Retain".into());
+    bound(&reg, nic.clone()).await;
+    bound(&reg, claim("ns", "other", "ns.subnet", 128)).await;
+    let mut carve = IPPrefix::root("carve", "fd20::100/120".parse().unwrap());
+    carve.spec.parent_ref = Some(PrefixReference::new("ns.subnet"));
+    reg.create("", carve, false).await.unwrap();
+    reg.delete::<IPPrefixClaim>("ns", "nic", &no_finalizers())
+        .await
+        .unwrap();
+    reg.store().flush().unwrap();
+    drop(reg);
+    let reg = reopen(dir.path()).await;
+
+    // Only the Bound host holds the subnet's claim, and its condition says so.
+    let (waiting, gone) = reg
+        .delete::<IPPrefixClaim>("ns", "subnet", &no_finalizers())
+        .await
+        .unwrap();
+    assert!(!gone);
+    let released = waiting.status.unwrap().conditions;
+    let released = released.iter().find(|c| c.type_ == "Released").unwrap();
+    assert_eq!(released.reason, "WaitingForChildren");
+    assert_eq!(
+        released.message,
+        "waiting for 1 bound ipprefix below ipprefix \"ns.subnet\": \"ns.other\""
+    );
+    // A host that comes back under its name is Bound again, and holds it too.
+    bound(&reg, nic).await;
+    reg.delete::<IPPrefixClaim>("ns", "other", &no_finalizers())
+        .await
+        .unwrap();
+    let still: IPPrefixClaim = reg.get("ns", "subnet").unwrap();
+    let message = &still.status.unwrap().conditions[1].message;
+    assert!(message.contains("\"ns.nic\""), "{message}");
+    // Once it goes (Retain: Released), the subnet, the Released host and the carve go.
+    reg.delete::<IPPrefixClaim>("ns", "nic", &no_finalizers())
+        .await
+        .unwrap();
+    assert!(matches!(
+        reg.get::<IPPrefixClaim>("ns", "subnet"),
+        Err(ApiError::NotFound(_))
+    ));
+    for gone in ["ns.subnet", "ns.nic", "ns.other", "carve"] {
+        assert!(
+            matches!(reg.get::<IPPrefix>("", gone), Err(ApiError::NotFound(_))),
+            "{gone}"
+        );
+    }
+    assert_eq!(status_of(&reg, "r").await.children, Some(0));
+}
