@@ -109,7 +109,9 @@ pub struct IPPrefixClaimStatus {
     /// The parent actually used (resolved from a selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_ref: Option<PrefixReference>,
-    /// `Bound` (status True) with reason `Allocated` or `Rebound`.
+    /// `Bound` (status True) with reason `Allocated` or `Rebound`, at the generation it was
+    /// last evaluated; once deleted, while Bound prefixes below its own hold it, `Released`
+    /// (status False, reason `WaitingForChildren`) saying how many and naming a few.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
