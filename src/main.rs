@@ -132,7 +132,7 @@ async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fat
     );
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
-    server::run(listener, tls, app, shutdown).await?;
+    server::run(listener, tls, app, connection_limits(config), shutdown).await?;
     Ok(())
 }
 
@@ -180,8 +180,39 @@ async fn serve_cluster(
         ));
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
-    server::run(listener, tls, app, shutdown).await?;
+    server::run(listener, tls, app, connection_limits(config), shutdown).await?;
     Ok(())
+}
+
+/// `--max-connections` and `--idle-connection-timeout`, the former derived from the open-file
+/// limit unless given.
+fn connection_limits(config: &Config) -> server::ConnectionLimits {
+    let fd_limit = server::connections::raise_fd_limit();
+    let derived = fd_limit.map(server::ConnectionLimits::max_for_fd_limit);
+    let max_connections = match (config.max_connections, derived) {
+        (Some(max), Some(derived)) if max > derived => {
+            tracing::warn!(
+                max_connections = max,
+                fd_limit,
+                "--max-connections is above the {derived} the open-file limit leaves room for; \
+                 running out of file descriptors fails writes until connections close"
+            );
+            max
+        }
+        (Some(max), _) => max,
+        (None, Some(derived)) => derived,
+        (None, None) => usize::MAX,
+    };
+    tracing::info!(
+        max_connections,
+        fd_limit,
+        idle_timeout = ?config.idle_connection_timeout,
+        "connection limits"
+    );
+    server::ConnectionLimits {
+        max_connections,
+        idle_timeout: config.idle_connection_timeout,
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Fatal> {

@@ -24,6 +24,14 @@ pub struct RequestLabels {
     pub code: u16,
 }
 
+/// Why the server closed a connection that had no request in flight.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// `idle_timeout`, or `evicted`: the oldest idle connection, closed to admit a new one at
+    /// the connection limit.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RootLabels {
     pub name: String,
@@ -60,6 +68,11 @@ pub struct Metrics {
     /// Per root IPPrefix: (allocated + excluded) / total, refreshed at every scrape.
     pub root_utilization: Family<RootLabels, Gauge<f64, AtomicU64>>,
     pub root_children: Family<RootLabels, Gauge>,
+    /// TLS connections open (admitted, not yet closed).
+    pub open_connections: Gauge,
+    /// Connections closed at once on accept: at the limit with none idle to close instead.
+    pub refused_connections: Counter,
+    pub closed_connections: Family<ClosedLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -91,6 +104,9 @@ impl Metrics {
         let access_reviews = Counter::default();
         let root_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
         let root_children = Family::<RootLabels, Gauge>::default();
+        let open_connections = Gauge::default();
+        let refused_connections = Counter::default();
+        let closed_connections = Family::<ClosedLabels, Counter>::default();
         registry.register(
             "apiserver_requests",
             "HTTP requests by verb, resource, subresource and code",
@@ -128,7 +144,7 @@ impl Metrics {
         );
         registry.register(
             "store_fsync_failures",
-            "Failed fsyncs (the store then refuses writes)",
+            "Failed fsyncs (an I/O error fences the store; a lack of file descriptors or memory fails only the commits it covered)",
             fsync_failures.clone(),
         );
         registry.register(
@@ -161,6 +177,21 @@ impl Metrics {
             "Direct children of each root IPPrefix",
             root_children.clone(),
         );
+        registry.register(
+            "apiserver_open_connections",
+            "TLS connections open",
+            open_connections.clone(),
+        );
+        registry.register(
+            "apiserver_refused_connections",
+            "Connections closed on accept: at --max-connections with none idle to close instead",
+            refused_connections.clone(),
+        );
+        registry.register(
+            "apiserver_closed_idle_connections",
+            "Connections without a request in flight closed by the server, by reason",
+            closed_connections.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -177,6 +208,9 @@ impl Metrics {
             access_reviews,
             root_utilization,
             root_children,
+            open_connections,
+            refused_connections,
+            closed_connections,
         }
     }
 

@@ -102,6 +102,26 @@ pub struct ServeOptions {
     /// gets 410 Expired.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub watch_history: usize,
+
+    /// TLS connections open at once. At the limit a new connection closes the one idle the
+    /// longest, or is refused when none is idle. Default: three quarters of what the open-file
+    /// limit (raised to its hard limit at start) leaves after 256 for the rest of the server.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// How long a connection may go without a request in flight (before its first request,
+    /// between requests, HTTP/2 without open streams) before the server closes it; a watch is
+    /// a request in flight. 0 disables.
+    #[arg(long, default_value = "90s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_connection_timeout: std::time::Duration,
+}
+
+/// A duration as Kubernetes' flags write it (`90s`, `1m30s`, `500ms`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let parsed: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 90s or 1m30s: {e}"))?;
+    std::time::Duration::try_from(parsed).map_err(|_| format!("{s:?} is negative"))
 }
 
 /// Validated configuration: every combination here is one the server can run.
@@ -112,6 +132,10 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Events retained for watch resumption.
     pub watch_history: usize,
+    /// `None`: derived from the open-file limit at start.
+    pub max_connections: Option<usize>,
+    /// `None`: idle connections are kept.
+    pub idle_connection_timeout: Option<std::time::Duration>,
     pub mode: Mode,
 }
 
@@ -162,6 +186,9 @@ impl ServeOptions {
         }
         if self.watch_history == 0 {
             errs.push("--watch-history must be at least 1".to_string());
+        }
+        if self.max_connections == Some(0) {
+            errs.push("--max-connections must be at least 1".to_string());
         }
         for (flag, headers) in [
             (
@@ -280,6 +307,9 @@ impl ServeOptions {
                 data_dir: self.data_dir,
                 bind,
                 watch_history: self.watch_history,
+                max_connections: self.max_connections,
+                idle_connection_timeout: Some(self.idle_connection_timeout)
+                    .filter(|t| !t.is_zero()),
                 mode,
             }),
             _ => Err(InvalidOptions(errs)),
@@ -304,6 +334,11 @@ mod tests {
         assert_eq!(cfg.bind, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(cfg.mode, Mode::Standalone);
         assert_eq!(cfg.watch_history, 100_000);
+        assert_eq!(cfg.max_connections, None);
+        assert_eq!(
+            cfg.idle_connection_timeout,
+            Some(std::time::Duration::from_secs(90))
+        );
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
     }
 
@@ -365,6 +400,32 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.0[0].contains("not a valid HTTP header name"), "{err}");
+    }
+
+    #[test]
+    fn connection_flags_take_kubernetes_durations() {
+        let cfg = parse(&[
+            "--standalone",
+            "--max-connections",
+            "500",
+            "--idle-connection-timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        assert_eq!(cfg.max_connections, Some(500));
+        assert_eq!(
+            cfg.idle_connection_timeout,
+            Some(std::time::Duration::from_secs(90))
+        );
+        let cfg = parse(&["--standalone", "--idle-connection-timeout", "0"]).unwrap();
+        assert_eq!(cfg.idle_connection_timeout, None);
+        let cfg = parse(&["--standalone", "--idle-connection-timeout", "500ms"]).unwrap();
+        assert_eq!(
+            cfg.idle_connection_timeout,
+            Some(std::time::Duration::from_millis(500))
+        );
+        let err = parse(&["--standalone", "--max-connections", "0"]).unwrap_err();
+        assert!(err.0[0].contains("--max-connections"), "{err}");
     }
 
     #[test]

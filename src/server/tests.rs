@@ -20,6 +20,10 @@ struct Harness {
 }
 
 async fn start(app: Router, drain_timeout: Duration) -> Harness {
+    start_with(app, drain_timeout, ConnectionLimits::default()).await
+}
+
+async fn start_with(app: Router, drain_timeout: Duration, limits: ConnectionLimits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let pki = StandalonePki::load_or_create(dir.path(), IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -30,6 +34,7 @@ async fn start(app: Router, drain_timeout: Duration) -> Harness {
         listener,
         tls,
         app,
+        limits,
         async {
             let _ = stopped.await;
         },
@@ -55,6 +60,15 @@ impl Harness {
         with_cert: bool,
         alpn: &[&[u8]],
     ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        self.try_connect_alpn(with_cert, alpn).await.unwrap()
+    }
+
+    /// A TLS connection, or why the handshake failed.
+    async fn try_connect_alpn(
+        &self,
+        with_cert: bool,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let builder =
             rustls::ClientConfig::builder_with_provider(crate::auth::x509::crypto_provider())
                 .with_safe_default_protocol_versions()
@@ -73,11 +87,10 @@ impl Harness {
             builder.with_no_client_auth()
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let tcp = TcpStream::connect(self.addr).await?;
         TlsConnector::from(Arc::new(config))
             .connect("localhost".try_into().unwrap(), tcp)
             .await
-            .unwrap()
     }
 
     /// `GET path` over HTTP/1.1 with `Connection: close`; the whole response as text.
@@ -231,4 +244,131 @@ async fn streams_that_watch_for_shutdown_end_promptly() {
     );
     h.done.await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+fn limits(max_connections: usize, idle_timeout: Duration) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections,
+        idle_timeout: Some(idle_timeout),
+    }
+}
+
+/// Read until the server closes the connection (EOF or an error); fails after `within`.
+async fn closed_by_server(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, within: Duration) {
+    let mut sink = Vec::new();
+    tokio::time::timeout(within, tls.read_to_end(&mut sink))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let h = start_with(
+        app,
+        Duration::from_secs(5),
+        limits(100, Duration::from_millis(300)),
+    )
+    .await;
+    // HTTP/1.1 (no ALPN: hyper waits for the first bytes to tell the protocol).
+    let mut silent = h.connect(false).await;
+    closed_by_server(&mut silent, Duration::from_secs(10)).await;
+    // HTTP/2: the preface and SETTINGS, then no stream; the server answers with a GOAWAY and
+    // closes.
+    let mut h2 = h.connect_alpn(false, &[b"h2"]).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    h2.flush().await.unwrap();
+    closed_by_server(&mut h2, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_is_closed_once_idle_after_its_request() {
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let h = start_with(
+        app,
+        Duration::from_secs(5),
+        limits(100, Duration::from_millis(300)),
+    )
+    .await;
+    let mut tls = h.connect(false).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+        .await
+        .expect("the server closes the idle keep-alive connection")
+        .ok();
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("hello"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_outlives_the_idle_timeout() {
+    let app = Router::new().route("/watch", get(|| async { endless() }));
+    let h = start_with(
+        app,
+        Duration::from_secs(1),
+        limits(100, Duration::from_millis(100)),
+    )
+    .await;
+    let mut tls = h.connect(true).await;
+    send_get(&mut tls, "/watch").await;
+    // Ten idle timeouts later the stream still delivers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0;
+    while seen < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("events keep coming")
+            .unwrap();
+        assert!(n > 0, "the stream was cut");
+        seen += 1;
+    }
+}
+
+#[tokio::test]
+async fn at_the_limit_the_connection_idle_the_longest_makes_room() {
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let h = start_with(
+        app,
+        Duration::from_secs(5),
+        limits(2, Duration::from_secs(600)),
+    )
+    .await;
+    let mut oldest = h.connect(false).await;
+    let _newer = h.connect(false).await;
+    let resp = tokio::time::timeout(Duration::from_secs(10), h.get("/", false))
+        .await
+        .expect("a third client is served at the limit of two");
+    assert!(resp.ends_with("hello"), "{resp}");
+    closed_by_server(&mut oldest, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn at_the_limit_with_every_connection_busy_a_new_one_is_refused() {
+    let app = Router::new().route("/watch", get(|| async { endless() }));
+    let h = start_with(
+        app,
+        Duration::from_secs(1),
+        limits(1, Duration::from_secs(600)),
+    )
+    .await;
+    let mut watching = h.connect(true).await;
+    send_get(&mut watching, "/watch").await;
+    let mut buf = [0u8; 256];
+    assert!(watching.read(&mut buf).await.unwrap() > 0);
+    let refused = tokio::time::timeout(Duration::from_secs(10), h.try_connect_alpn(false, &[]))
+        .await
+        .expect("refused at once, not left waiting");
+    assert!(refused.is_err(), "a second connection is refused");
+    // The busy one is untouched.
+    assert!(watching.read(&mut buf).await.unwrap() > 0);
 }

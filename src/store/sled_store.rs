@@ -167,6 +167,18 @@ struct Queue {
     gathering: bool,
 }
 
+/// What became of a [`Inner::flush_batch`].
+enum Flushed {
+    Durable,
+    /// Failed for a reason that says nothing about the disk (see [`FlushError`]): retried.
+    Deferred,
+    /// Failed: the store is fenced.
+    Failed,
+}
+
+/// How soon a deferred fsync is tried again.
+const FLUSH_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What the store thread has put into sled since its last fsync.
 #[derive(Default)]
 struct Batch {
@@ -217,7 +229,7 @@ impl SledStore {
         // Whatever opening wrote (a finished commit, an upgrade, a new marker) is durable
         // before the first request.
         let files = SledFiles::open(&path)?;
-        flush_durably(&db, &files).map_err(StoreError::Unavailable)?;
+        flush_durably(&db, &files).map_err(StoreError::from)?;
         let durable = Mutex::new(Durable {
             revision,
             failed: None,
@@ -266,7 +278,7 @@ impl SledStore {
             match open_sled(&path) {
                 Ok(db) => {
                     let files = SledFiles::open(&path)?;
-                    return flush_durably(&db, &files).map_err(StoreError::Unavailable);
+                    return flush_durably(&db, &files).map_err(StoreError::from);
                 }
                 Err(StoreError::Unavailable(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
@@ -315,8 +327,10 @@ impl Inner {
                 continue;
             }
             last_flush = std::time::Instant::now();
-            if !self.flush_batch(std::mem::take(&mut batch)) {
-                return;
+            match self.flush_batch(&mut batch) {
+                Flushed::Durable => {}
+                Flushed::Deferred => std::thread::sleep(FLUSH_RETRY_AFTER),
+                Flushed::Failed => return,
             }
         }
     }
@@ -393,9 +407,8 @@ impl Inner {
         true
     }
 
-    /// One fsync for every commit in `batch`, then its events and its waiters. False (and the
-    /// store failed) if the fsync did.
-    fn flush_batch(&self, batch: Batch) -> bool {
+    /// One fsync for every commit in `batch` (taking it), then its events and its waiters.
+    fn flush_batch(&self, batch: &mut Batch) -> Flushed {
         let metrics = crate::metrics::global();
         let started = std::time::Instant::now();
         let flushed = flush_durably(&self.db, &self.files);
@@ -404,16 +417,42 @@ impl Inner {
             .observe(started.elapsed().as_secs_f64());
         match flushed {
             Ok(_) => {
+                let batch = std::mem::take(batch);
                 metrics.commit_batch.observe(batch.commits as f64);
                 self.history.publish(batch.events);
                 self.advance(|d| d.revision = batch.revision);
-                true
+                Flushed::Durable
+            }
+            Err(e) if e.transient && !lock(&self.queue).shutdown => {
+                // Nothing is known to be wrong on disk: the batch stays for the next fsync,
+                // and only the writers waiting for this one are told.
+                metrics.fsync_failures.inc();
+                tracing::warn!(error = %e.message, "fsync failed; its writes are answered 503 and synced again");
+                self.give_up_until(
+                    batch.revision,
+                    format!(
+                        "fsync failed ({}); the change was kept in memory and is made durable by a later fsync",
+                        e.message
+                    ),
+                );
+                Flushed::Deferred
             }
             Err(e) => {
                 metrics.fsync_failures.inc();
-                tracing::error!(error = %e, "fsync failed; refusing further writes");
-                self.fail(format!("fsync failed: {e}"));
-                false
+                tracing::error!(error = %e.message, "fsync failed; refusing further writes");
+                self.fail(format!("fsync failed: {}", e.message));
+                Flushed::Failed
+            }
+        }
+    }
+
+    /// Tell the writers waiting for revisions up to `revision` that their commit failed,
+    /// without failing the store.
+    fn give_up_until(&self, revision: Revision, message: String) {
+        let mut durable = lock(&self.durable);
+        while durable.waiters.front().is_some_and(|(r, _)| *r <= revision) {
+            if let Some((_, waiter)) = durable.waiters.pop_front() {
+                let _ = waiter.send(Err(StoreError::Unavailable(message.clone())));
             }
         }
     }
@@ -659,7 +698,7 @@ impl Store for SledStore {
                 .unwrap_or_else(|p| p.into_inner());
         }
         drop(durable);
-        flush_durably(&self.inner.db, &self.inner.files).map_err(StoreError::Unavailable)
+        flush_durably(&self.inner.db, &self.inner.files).map_err(StoreError::from)
     }
 
     fn failure(&self) -> Option<String> {
@@ -966,13 +1005,43 @@ impl SledFiles {
 }
 
 /// Make everything written into sled so far durable: sled's flush, then [`SledFiles::sync`].
-/// The error says which step failed.
-fn flush_durably(db: &sled::Db, files: &SledFiles) -> Result<(), String> {
-    db.flush().map_err(|e| e.to_string())?;
-    files
-        .sync()
-        .map(|_| ())
-        .map_err(|e| format!("fdatasync: {e}"))
+fn flush_durably(db: &sled::Db, files: &SledFiles) -> Result<(), FlushError> {
+    db.flush().map_err(|e| FlushError {
+        transient: matches!(&e, sled::Error::Io(io) if says_nothing_about_disk(io)),
+        message: e.to_string(),
+    })?;
+    files.sync().map(|_| ()).map_err(|e| FlushError {
+        transient: says_nothing_about_disk(&e),
+        message: format!("fdatasync: {e}"),
+    })
+}
+
+/// A failed [`flush_durably`].
+struct FlushError {
+    /// Which step failed, and how.
+    message: String,
+    /// The failure says nothing about the data on disk (see [`says_nothing_about_disk`]): the
+    /// store may go on, and the next fsync covers what this one did not. Otherwise (EIO,
+    /// ENOSPC, ...) the kernel may have dropped the pages it could not write: the store fences
+    /// itself.
+    transient: bool,
+}
+
+impl From<FlushError> for StoreError {
+    fn from(e: FlushError) -> StoreError {
+        StoreError::Unavailable(e.message)
+    }
+}
+
+/// The process ran short of file descriptors (opening a blob or the blob directory to sync
+/// it: a connection flood) or of memory, or a signal interrupted the call: nothing was written,
+/// nothing was lost, and the same call may succeed later.
+fn says_nothing_about_disk(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::INTR)
+    )
 }
 
 /// Refuse, before sled touches it, a database directory sled would not recognise: given a
