@@ -116,8 +116,11 @@ pub struct ServeOptions {
     pub idle_connection_timeout: std::time::Duration,
 }
 
-/// A duration as Kubernetes' flags write it (`90s`, `1m30s`, `500ms`).
+/// A duration as Kubernetes' flags write it (`90s`, `1m30s`, `500ms`, or Go's bare `0`).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
     let parsed: jiff::SignedDuration = s
         .parse()
         .map_err(|e| format!("{s:?} is not a duration like 90s or 1m30s: {e}"))?;

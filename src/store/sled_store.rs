@@ -307,6 +307,8 @@ impl Inner {
     fn run(&self) {
         let mut batch = Batch::default();
         let mut last_flush = std::time::Instant::now();
+        // Deferred fsyncs in a row (logged when the first fails and when they end).
+        let mut deferred = 0u64;
         loop {
             let commits = {
                 let mut q = lock(&self.queue);
@@ -327,9 +329,16 @@ impl Inner {
                 continue;
             }
             last_flush = std::time::Instant::now();
-            match self.flush_batch(&mut batch) {
+            match self.flush_batch(&mut batch, deferred == 0) {
+                Flushed::Durable if deferred > 0 => {
+                    tracing::info!(failed = deferred, "fsync succeeds again");
+                    deferred = 0;
+                }
                 Flushed::Durable => {}
-                Flushed::Deferred => std::thread::sleep(FLUSH_RETRY_AFTER),
+                Flushed::Deferred => {
+                    deferred += 1;
+                    std::thread::sleep(FLUSH_RETRY_AFTER);
+                }
                 Flushed::Failed => return,
             }
         }
@@ -408,7 +417,8 @@ impl Inner {
     }
 
     /// One fsync for every commit in `batch` (taking it), then its events and its waiters.
-    fn flush_batch(&self, batch: &mut Batch) -> Flushed {
+    /// `log_deferral`: say so if it is deferred.
+    fn flush_batch(&self, batch: &mut Batch, log_deferral: bool) -> Flushed {
         let metrics = crate::metrics::global();
         let started = std::time::Instant::now();
         let flushed = flush_durably(&self.db, &self.files);
@@ -427,7 +437,9 @@ impl Inner {
                 // Nothing is known to be wrong on disk: the batch stays for the next fsync,
                 // and only the writers waiting for this one are told.
                 metrics.fsync_failures.inc();
-                tracing::warn!(error = %e.message, "fsync failed; its writes are answered 503 and synced again");
+                if log_deferral {
+                    tracing::warn!(error = %e.message, "fsync failed; its writes are answered 503 and it is retried every {FLUSH_RETRY_AFTER:?}");
+                }
                 self.give_up_until(
                     batch.revision,
                     format!(

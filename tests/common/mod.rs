@@ -46,6 +46,10 @@ pub struct TestServer {
     scratch: TempDir,
     child: Option<Child>,
     stderr: Arc<Mutex<String>>,
+    /// A command the server runs under (e.g. `prlimit --nofile=256:256`); empty: none.
+    wrapper: Vec<String>,
+    /// Flags after the harness's own.
+    args: Vec<String>,
 }
 
 impl TestServer {
@@ -63,7 +67,26 @@ impl TestServer {
         Self::launch(scratch, dir.as_ref().to_path_buf())
     }
 
+    /// Start on a fresh temporary data directory with more `serve` flags, under `wrapper`: a
+    /// command that execs the rest of its arguments, so the pid stays the server's (e.g.
+    /// `["prlimit", "--nofile=256:256"]`).
+    pub fn start_with(wrapper: &[&str], args: &[&str]) -> TestServer {
+        let scratch = tempfile::tempdir().expect("create temp dir");
+        let data_dir = scratch.path().join("data");
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Self::launch_with(scratch, data_dir, owned(wrapper), owned(args))
+    }
+
     fn launch(scratch: TempDir, data_dir: PathBuf) -> TestServer {
+        Self::launch_with(scratch, data_dir, Vec::new(), Vec::new())
+    }
+
+    fn launch_with(
+        scratch: TempDir,
+        data_dir: PathBuf,
+        wrapper: Vec<String>,
+        args: Vec<String>,
+    ) -> TestServer {
         let kubeconfig = data_dir.join("kubeconfig");
         let mut server = TestServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -72,6 +95,8 @@ impl TestServer {
             scratch,
             child: None,
             stderr: Arc::default(),
+            wrapper,
+            args,
         };
         server.spawn();
         server
@@ -80,7 +105,25 @@ impl TestServer {
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "server already running");
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut child = server_command(&self.data_dir)
+        let plain = server_command(&self.data_dir);
+        let mut cmd = match self.wrapper.split_first() {
+            None => plain,
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args)
+                    .arg(plain.get_program())
+                    .args(plain.get_args());
+                for (key, value) in plain.get_envs() {
+                    match value {
+                        Some(value) => cmd.env(key, value),
+                        None => cmd.env_remove(key),
+                    };
+                }
+                cmd
+            }
+        };
+        let mut child = cmd
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
