@@ -74,6 +74,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), Fatal> {
+    // First: it raises the open-file limit for everything opened after it.
+    let limits = connection_limits(&config);
     // The registry first: it takes the data directory's lock, so a second process stops here,
     // before touching the PKI, the kubeconfig or the cluster.
     let registry = Registry::open(&config.data_dir, config.watch_history)?;
@@ -89,8 +91,8 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
     );
     match &config.mode {
-        Mode::Standalone => serve_standalone(&config, registry.clone()).await?,
-        Mode::Cluster(cluster) => serve_cluster(&config, cluster, registry.clone()).await?,
+        Mode::Standalone => serve_standalone(&config, limits, registry.clone()).await?,
+        Mode::Cluster(cluster) => serve_cluster(&config, cluster, limits, registry.clone()).await?,
     }
     // Requests are drained: store what the status writer has not yet.
     if let Err(e) = registry.write_stale_statuses().await {
@@ -106,7 +108,11 @@ fn health_routes(registry: &Registry) -> axum::Router {
     http::health::routes(move || registry.store_failed())
 }
 
-async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fatal> {
+async fn serve_standalone(
+    config: &Config,
+    limits: server::ConnectionLimits,
+    registry: Registry,
+) -> Result<(), Fatal> {
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
 
@@ -132,7 +138,7 @@ async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fat
     );
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
-    server::run(listener, tls, app, connection_limits(config), shutdown).await?;
+    server::run(listener, tls, app, limits, shutdown).await?;
     Ok(())
 }
 
@@ -140,6 +146,7 @@ async fn serve_standalone(config: &Config, registry: Registry) -> Result<(), Fat
 async fn serve_cluster(
     config: &Config,
     cluster: &ClusterConfig,
+    limits: server::ConnectionLimits,
     registry: Registry,
 ) -> Result<(), Fatal> {
     let client = kube_client(cluster.kubeconfig.as_deref()).await?;
@@ -180,7 +187,7 @@ async fn serve_cluster(
         ));
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
-    server::run(listener, tls, app, connection_limits(config), shutdown).await?;
+    server::run(listener, tls, app, limits, shutdown).await?;
     Ok(())
 }
 
