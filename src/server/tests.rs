@@ -372,3 +372,50 @@ async fn at_the_limit_with_every_connection_busy_a_new_one_is_refused() {
     // The busy one is untouched.
     assert!(watching.read(&mut buf).await.unwrap() > 0);
 }
+
+#[tokio::test]
+async fn an_http2_stream_outlives_the_idle_timeout_and_the_idle_connection_then_closes() {
+    let app = Router::new().route("/watch", get(|| async { endless() }));
+    let h = start_with(
+        app,
+        Duration::from_secs(1),
+        limits(100, Duration::from_millis(200)),
+    )
+    .await;
+    let tls = h.connect_alpn(true, &[b"h2"]).await;
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/watch")
+        .body(Body::empty())
+        .unwrap();
+    let mut body = client.send_request(req).await.unwrap().into_body();
+    // Five idle timeouts later the stream still delivers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        let frame = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx)),
+        )
+        .await
+        .expect("events keep coming");
+        assert!(matches!(frame, Some(Ok(_))), "the stream was cut");
+    }
+    // No stream left: the server closes the connection (GOAWAY) after the idle timeout.
+    drop(body);
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap()
+        .ok();
+}
+
+#[test]
+fn the_connection_limit_leaves_room_below_the_fd_limit() {
+    assert_eq!(ConnectionLimits::max_for_fd_limit(256), 16);
+    assert_eq!(ConnectionLimits::max_for_fd_limit(512), 192);
+    assert_eq!(ConnectionLimits::max_for_fd_limit(1024), 576);
+    assert_eq!(ConnectionLimits::max_for_fd_limit(1 << 20), 786_240);
+}
