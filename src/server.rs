@@ -272,8 +272,18 @@ async fn serve_connection(
         why = slot.idle_close(idle_timeout) => {
             slot.closing(why);
             conn.as_mut().graceful_shutdown();
-            // An HTTP/2 peer that neither answers nor closes is dropped: nothing is in flight.
-            tokio::time::timeout(CLOSE_GRACE, conn).await.unwrap_or(Ok(()))
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    () = tokio::time::sleep(CLOSE_GRACE) => {
+                        // An HTTP/2 peer that neither answers nor closes is dropped, unless a
+                        // request arrived as the close began: that one may finish.
+                        if !slot.busy() {
+                            break Ok(());
+                        }
+                    }
+                }
+            }
         }
     };
     if let Err(e) = result {

@@ -270,6 +270,15 @@ impl Slot {
         }
     }
 
+    /// Whether a request is in flight.
+    pub(super) fn busy(&self) -> bool {
+        let table = self.tracker.connections.lock();
+        table
+            .open
+            .get(&self.tracker.id)
+            .is_some_and(|entry| entry.in_flight > 0)
+    }
+
     /// Count a close the server decided.
     pub(super) fn closing(&self, why: Close) {
         crate::metrics::global()
