@@ -259,3 +259,60 @@ async fn running_out_of_file_descriptors_fails_writes_but_does_not_fence_the_sto
         assert_eq!(code, 200, "{name}: {body}");
     }
 }
+
+/// Read until the server closes `stream` (EOF or error); panics after `within`.
+async fn closed_within(stream: &mut (impl AsyncReadExt + Unpin), within: Duration, what: &str) {
+    let mut sink = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut sink))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {within:?}"))
+        .ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_level_abuse_is_cut_off_and_the_server_serves_on() {
+    let server = TestServer::start_with(&[], &["--idle-connection-timeout", "1s"]);
+    let tls = Tls::new(&server);
+
+    // Half a TLS handshake: a ClientHello's first bytes, then nothing.
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    closed_within(&mut half, Duration::from_secs(15), "half a handshake").await;
+
+    // Slowloris: a request head trickled a byte at a time never completes a request, so the
+    // connection stays idle and is closed on time however steady the trickle.
+    let mut slow = tls.connect(false).await.unwrap();
+    let trickle = async {
+        for b in b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), trickle)
+        .await
+        .expect("a trickled request head is cut off");
+
+    // Bytes that are no HTTP at all.
+    let mut garbage = tls.connect(false).await.unwrap();
+    garbage.write_all(&[0xff; 4096]).await.unwrap();
+    closed_within(&mut garbage, Duration::from_secs(15), "garbage").await;
+
+    // An HTTP/2 preface followed by junk frames.
+    let mut h2 = tls.connect(false).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff")
+        .await
+        .unwrap();
+    closed_within(&mut h2, Duration::from_secs(15), "HTTP/2 junk").await;
+
+    let (code, body) = request(&server, "GET", "/readyz?verbose", Vec::new()).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = request(&server, "POST", PREFIXES, prefix("fine", "10.0.0.0/8")).await;
+    assert_eq!(code, 201, "{body}");
+}
