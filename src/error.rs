@@ -184,6 +184,9 @@ pub enum ApiError {
     /// 404: the object does not exist.
     #[error("{} \"{}\" not found", .0.qualified(), .0.name)]
     NotFound(Subject),
+    /// 404 for a path the server does not serve (no kind, no name), in kube-apiserver's words.
+    #[error("the server could not find the requested resource")]
+    UnknownPath,
     /// 409: create of a name that exists.
     #[error("{} \"{}\" already exists", .0.qualified(), .0.name)]
     AlreadyExists(Subject),
@@ -275,7 +278,7 @@ impl ApiError {
 
     pub fn code(&self) -> StatusCode {
         match self {
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::UnknownPath => StatusCode::NOT_FOUND,
             ApiError::AlreadyExists(_)
             | ApiError::Conflict { .. }
             | ApiError::ApplyConflict { .. }
@@ -298,7 +301,7 @@ impl ApiError {
     /// `Status.reason`, the machine-readable word clients switch on.
     pub fn reason(&self) -> &'static str {
         match self {
-            ApiError::NotFound(_) => "NotFound",
+            ApiError::NotFound(_) | ApiError::UnknownPath => "NotFound",
             ApiError::AlreadyExists(_) => "AlreadyExists",
             ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Exhausted { .. } => "Exhausted",
@@ -353,13 +356,17 @@ impl ApiError {
             ),
             _ => None,
         };
-        let details = self.subject().map(|s| StatusDetails {
-            name: Some(s.name.clone()).filter(|n| !n.is_empty()),
-            group: Some(s.group.clone()).filter(|g| !g.is_empty()),
-            kind: Some(s.kind.clone()),
-            causes,
-            ..Default::default()
-        });
+        let details = match self {
+            // kube-apiserver's `details: {}`: no kind for clients to print as `"" not found`.
+            ApiError::UnknownPath => Some(StatusDetails::default()),
+            _ => self.subject().map(|s| StatusDetails {
+                name: Some(s.name.clone()).filter(|n| !n.is_empty()),
+                group: Some(s.group.clone()).filter(|g| !g.is_empty()),
+                kind: Some(s.kind.clone()),
+                causes,
+                ..Default::default()
+            }),
+        };
         Status {
             status: Some("Failure".into()),
             message: Some(self.to_string()),
@@ -447,5 +454,17 @@ mod tests {
         assert_eq!(v["code"], 404);
         assert_eq!(v["details"]["kind"], "ipprefixes");
         assert_eq!(v["details"]["group"], "ipam.miloapis.com");
+    }
+
+    #[test]
+    fn unknown_paths_are_kube_apiservers_404_without_details() {
+        let v = status_json(&ApiError::UnknownPath.to_status());
+        assert_eq!(v["code"], 404);
+        assert_eq!(v["reason"], "NotFound");
+        assert_eq!(
+            v["message"],
+            "the server could not find the requested resource"
+        );
+        assert_eq!(v["details"], serde_json::json!({}));
     }
 }

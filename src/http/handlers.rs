@@ -1,5 +1,5 @@
 //! The resource endpoints, written once for every kind (`K: Served`).
-use super::negotiate::{negotiate, parse_body, Body, Params, Representation};
+use super::negotiate::{negotiate, parse_body, Body, Params, PathParams, Representation};
 use super::patch::{apply_patch, update_manager};
 use super::respond::{list_response, object_response, Served};
 use super::table::IncludeObject;
@@ -14,14 +14,12 @@ use crate::registry::{
     WatchOptions,
 };
 use crate::server::Shutdown;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use std::collections::HashMap;
-
-type PathParams = Path<HashMap<String, String>>;
 
 fn namespace_of(path: &HashMap<String, String>) -> &str {
     path.get("namespace")
@@ -58,7 +56,7 @@ fn include_object(params: &Params) -> ApiResult<IncludeObject> {
 /// GET on a collection: a list, or a watch with `watch=true`.
 pub async fn list_or_watch<K: Served>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
     shutdown: Option<Extension<Shutdown>>,
@@ -87,7 +85,7 @@ pub async fn list_or_watch<K: Served>(
 /// The legacy `/watch/...` paths: a watch of a collection or, with a name, of one object.
 pub async fn watch_legacy<K: Served>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
     shutdown: Option<Extension<Shutdown>>,
@@ -112,7 +110,7 @@ pub async fn watch_legacy<K: Served>(
 
 pub async fn get<K: Served>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -149,7 +147,7 @@ fn decode<K: Served>(
 
 pub async fn create<K: Served>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
     user: Option<Extension<UserInfo>>,
@@ -180,7 +178,7 @@ pub async fn create<K: Served>(
 /// PUT on an object (`STATUS = false`) or on its `/status` subresource (`STATUS = true`).
 pub async fn replace<K: Served, const STATUS: bool>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
@@ -216,7 +214,7 @@ pub async fn replace<K: Served, const STATUS: bool>(
 /// PATCH on an object (`STATUS = false`) or on its `/status` subresource (`STATUS = true`).
 pub async fn patch<K: Served, const STATUS: bool>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
     user: Option<Extension<UserInfo>>,
@@ -307,7 +305,7 @@ fn parse_policy(p: &str) -> ApiResult<PropagationPolicy> {
 
 pub async fn delete<K: Served>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
@@ -329,7 +327,7 @@ pub async fn delete<K: Served>(
 
 pub async fn delete_collection<K: Served>(
     State(app): State<AppState>,
-    Path(path): PathParams,
+    PathParams(path): PathParams,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,

@@ -4,6 +4,7 @@ pub mod discovery;
 mod duplicates;
 mod handlers;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod negotiate;
 pub mod openapi;
@@ -12,6 +13,7 @@ pub mod protobuf;
 mod respond;
 pub mod table;
 mod watch;
+mod yaml;
 
 use crate::api::{IPPrefix, IPPrefixClaim};
 use crate::cluster::Cluster;
@@ -95,7 +97,7 @@ pub fn router_with(registry: Registry, cluster: Option<Arc<Cluster>>) -> Router 
             &format!("{GV}/watch/namespaces/{{namespace}}/ipprefixclaims/{{name}}"),
             get(handlers::watch_legacy::<IPPrefixClaim>),
         )
-        .fallback(|| async { ApiError::not_found_path() })
+        .fallback(|| async { ApiError::UnknownPath })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed(
                 "the server does not allow this method on the requested resource".into(),
@@ -165,14 +167,4 @@ async fn openapi_v2(headers: HeaderMap) -> ApiResult<Response> {
         ));
     }
     Ok(ok_json(openapi::openapi_v2()))
-}
-
-impl ApiError {
-    fn not_found_path() -> ApiError {
-        ApiError::NotFound(crate::error::Subject {
-            kind: String::new(),
-            group: String::new(),
-            name: String::new(),
-        })
-    }
 }

@@ -1,16 +1,14 @@
 //! What the client sent and what it accepts: query parameters, bodies (JSON or YAML), and the
 //! representation of the response (object, Table, PartialObjectMetadata).
+use super::limits::MAX_BODY_BYTES;
 use super::protobuf;
 use crate::error::{ApiError, ApiResult};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use bytes::Bytes;
 use http::request::Parts;
 use http::HeaderMap;
 use serde_json::Value;
 use std::collections::HashMap;
-
-/// The largest request body accepted, as kube-apiserver's default.
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// Query parameters by name (the last value wins, except where noted).
 #[derive(Debug, Default, Clone)]
@@ -66,10 +64,46 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let query = parts.uri.query().unwrap_or_default();
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-            .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
-        Ok(Params(pairs.into_iter().collect()))
+        parse_query(parts.uri.query().unwrap_or_default()).map(Params)
+    }
+}
+
+/// `a=1&b=x+y`: percent-decoded, `+` as a space. A name or value that is not UTF-8 once decoded
+/// is a 400, never silently replaced by U+FFFD (which could select or name something else).
+fn parse_query(query: &str) -> ApiResult<HashMap<String, String>> {
+    let decode = |s: &str| {
+        let plus_as_space = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus_as_space)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "the query parameter {s:?} is not valid UTF-8 once percent-decoded"
+                ))
+            })
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// The parameters of the route's path (`{namespace}`, `{name}`), percent-decoded. A segment
+/// that is not UTF-8 once decoded (`/ipprefixes/%ff`) is a 400 `Status`, as every error.
+pub struct PathParams(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| PathParams(p))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
     }
 }
 
@@ -137,8 +171,7 @@ pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
 }
 
 pub fn parse_yaml(body: &[u8]) -> ApiResult<Value> {
-    let v: Value = serde_yaml::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))?;
+    let v = super::yaml::parse(body)?;
     if v.is_null() {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
@@ -288,6 +321,16 @@ mod tests {
             negotiate(&accept("*/*")).unwrap(),
             Representation::Object { yaml: false }
         );
+    }
+
+    #[test]
+    fn query_parameters_are_decoded_and_must_be_utf8() {
+        let q = parse_query("labelSelector=a%3Db+c&&flag&x=%E2%9C%93").unwrap();
+        assert_eq!(q["labelSelector"], "a=b c");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["x"], "✓");
+        assert_eq!(parse_query("fieldManager=%ff").unwrap_err().code(), 400);
+        assert_eq!(parse_query("%c3=1").unwrap_err().code(), 400);
     }
 
     #[test]

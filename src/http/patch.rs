@@ -1,10 +1,15 @@
 //! PATCH: merge, strategic-merge (as merge: our types have no patch strategies), JSON patch and
 //! server-side apply, each read-modify-written through the registry's update with optimistic
-//! concurrency, recording the field manager.
+//! concurrency, recording the field manager. Every kind of patch is bounded: the object it
+//! makes may not exceed [`super::limits::MAX_OBJECT_BYTES`], and a JSON patch is checked per
+//! operation (`json.rs`).
+mod json;
+
+use super::limits::check_object_size;
 use super::negotiate::{parse_json, parse_yaml, Params};
 use super::respond::{to_value, Served};
 use super::AppState;
-use crate::error::{ApiError, ApiResult, FieldError};
+use crate::error::{ApiError, ApiResult};
 use crate::registry::codec::decode_body;
 use crate::registry::managed_fields::{self, Scope};
 use crate::registry::{FieldManager, FieldValidation, Subresource};
@@ -83,10 +88,7 @@ pub async fn apply_patch<K: Served>(
     let manager = update_manager(params, headers)?;
     let mut patch: Value = parse_json(body)?;
     let json_patch: Option<json_patch::Patch> = match kind {
-        PatchType::Json => Some(
-            serde_json::from_value(patch.clone())
-                .map_err(|e| ApiError::BadRequest(format!("the JSON patch is not valid: {e}")))?,
-        ),
+        PatchType::Json => Some(json::decode(std::mem::take(&mut patch))?),
         _ => {
             if !patch.is_object() {
                 return Err(ApiError::BadRequest(
@@ -104,19 +106,10 @@ pub async fn apply_patch<K: Served>(
         let current = app.registry.get::<K>(namespace, name)?;
         let mut doc = to_value(&current)?;
         match &json_patch {
-            Some(p) => json_patch::patch(&mut doc, p).map_err(|e| {
-                ApiError::invalid(
-                    K::KIND,
-                    name,
-                    vec![FieldError::invalid(
-                        "",
-                        "",
-                        format!("the JSON patch could not be applied: {e}"),
-                    )],
-                )
-            })?,
+            Some(p) => json::apply(&mut doc, p, K::KIND, name)?,
             None => json_patch::merge(&mut doc, &patch),
         }
+        check_object_size(&doc)?;
         if !pinned_rv {
             set_resource_version(&mut doc, current.meta().resource_version.as_deref());
         }
@@ -231,6 +224,7 @@ async fn server_side_apply<K: Served>(
         let applied = managed_fields::apply(&live, managed, &config, manager, scope, &api_version)
             .map_err(|c| managed_fields::conflict_error(K::RESOURCE, name, &api_version, &c))?;
         let mut doc = applied.object;
+        check_object_size(&doc)?;
         if let (Some(obj), false) = (&current, pinned_rv) {
             set_resource_version(&mut doc, obj.meta().resource_version.as_deref());
         }

@@ -40,11 +40,7 @@ pub fn watch_response<K: Served>(
 ) -> ApiResult<Response> {
     let opts = watch_options::<K>(params)?;
     let include = IncludeObject::parse(params.get("includeObject"))?;
-    // Without timeoutSeconds, Kubernetes picks 30–60 minutes so watchers do not reconnect in step.
-    let timeout = match params.number("timeoutSeconds")? {
-        Some(s) => Duration::from_secs(s),
-        None => Duration::from_secs(1800 + (uuid::Uuid::new_v4().as_u128() % 1800) as u64),
-    };
+    let timeout = watch_timeout(params.number("timeoutSeconds")?);
     let bookmarks = opts.allow_bookmarks.then(|| {
         let mut i = tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -77,6 +73,19 @@ pub fn watch_response<K: Served>(
         HeaderValue::from_static(content_type),
     );
     Ok(resp)
+}
+
+/// The longest a watch runs before the server ends it (the client then resumes from its last
+/// resourceVersion): a longer `timeoutSeconds` is clamped to it, so any number is served.
+pub const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a watch runs. Without `timeoutSeconds` (or with 0, as Kubernetes reads it), a
+/// random 30–60 minutes, so watchers do not reconnect in step; at most [`MAX_WATCH_TIMEOUT`].
+fn watch_timeout(requested: Option<u64>) -> Duration {
+    match requested.filter(|s| *s > 0) {
+        Some(s) => Duration::from_secs(s).min(MAX_WATCH_TIMEOUT),
+        None => Duration::from_secs(1800 + (uuid::Uuid::new_v4().as_u128() % 1800) as u64),
+    }
 }
 
 /// The largest chunk [`with_ready_lines`] builds.
@@ -223,4 +232,22 @@ fn bookmark<K: Served>(
 
 fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_timeouts_are_clamped_and_zero_is_the_default() {
+        assert_eq!(watch_timeout(Some(5)), Duration::from_secs(5));
+        assert_eq!(watch_timeout(Some(i64::MAX as u64)), MAX_WATCH_TIMEOUT);
+        assert_eq!(watch_timeout(Some(u64::MAX)), MAX_WATCH_TIMEOUT);
+        for t in [watch_timeout(Some(0)), watch_timeout(None)] {
+            assert!(
+                (Duration::from_secs(1800)..MAX_WATCH_TIMEOUT).contains(&t),
+                "{t:?}"
+            );
+        }
+    }
 }
