@@ -8,14 +8,16 @@ const DNS1123_LABEL_MAX: usize = 63;
 const LABEL_VALUE_MAX: usize = 63;
 const TOTAL_ANNOTATION_SIZE_MAX: usize = 256 * 1024;
 
-/// A DNS-1123 subdomain: lowercase alphanumerics, `-` and `.`, starting and ending alphanumeric.
+/// A DNS-1123 subdomain: lowercase alphanumerics, `-` and `.`, starting and ending alphanumeric,
+/// at most 253 characters. Its dot-separated parts have no length of their own (Kubernetes'
+/// regex does not limit them to 63 as a DNS-1123 label is).
 pub fn validate_dns_subdomain(s: &str) -> Result<(), String> {
     if s.len() > DNS1123_SUBDOMAIN_MAX {
         return Err(format!(
             "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
         ));
     }
-    if s.is_empty() || !s.split('.').all(is_dns_label) {
+    if s.is_empty() || !s.split('.').all(is_dns_label_chars) {
         return Err("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into());
     }
     Ok(())
@@ -28,16 +30,16 @@ pub fn validate_dns_label(s: &str) -> Result<(), String> {
             "must be no more than {DNS1123_LABEL_MAX} characters"
         ));
     }
-    if !is_dns_label(s) {
+    if !is_dns_label_chars(s) {
         return Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name', or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".into());
     }
     Ok(())
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, of any length (the callers bound the length).
+fn is_dns_label_chars(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.len() <= DNS1123_LABEL_MAX
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
@@ -297,6 +299,11 @@ mod tests {
         for bad in ["", "Web", "-a", "a-", "a_b", "a..b", &"a".repeat(254)] {
             assert!(validate_dns_subdomain(bad).is_err(), "{bad}");
         }
+        // Only the total is limited, not each dot-separated part; a namespace (a label) is.
+        let long_part = format!("project-a.{}", "w".repeat(100));
+        assert!(validate_dns_subdomain(&long_part).is_ok());
+        assert!(validate_dns_subdomain(&"a".repeat(253)).is_ok());
+        assert!(validate_dns_label(&"a".repeat(64)).is_err());
     }
 
     #[test]

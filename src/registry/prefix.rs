@@ -360,34 +360,69 @@ pub(super) fn block_error(
         AllocError::Collision { prefix, holder } => {
             let what = match holder {
                 Holder::Allocated(b) => {
-                    let h = tx.state.pool(&parent_name).and_then(|p| p.holders.get(&b).cloned()).unwrap_or_default();
+                    let h = tx
+                        .state
+                        .pool(&parent_name)
+                        .and_then(|p| p.holders.get(&b).cloned())
+                        .unwrap_or_default();
                     format!("ipprefix \"{h}\" ({b})")
                 }
                 Holder::Excluded(b) => format!("exclusion {b} of ipprefix \"{parent_name}\""),
                 Holder::Reserved => format!("the reserved addresses of ipprefix \"{parent_name}\""),
             };
-            ApiError::conflict(resource, name, format!("{prefix} is not free in ipprefix \"{parent_name}\" ({}): held by {what}", parent.spec.prefix))
+            ApiError::conflict(
+                resource,
+                name,
+                format!(
+                    "{prefix} is not free in ipprefix \"{parent_name}\" ({}): held by {what}",
+                    parent.spec.prefix
+                ),
+            )
         }
         AllocError::OutsidePool { prefix, pool } => ApiError::invalid(
             kind_of(resource),
             name,
-            vec![FieldError::invalid(field, format!("\"{prefix}\""), format!("must be inside the parent ipprefix \"{parent_name}\" ({pool})"))],
+            vec![FieldError::invalid(
+                field,
+                format!("\"{prefix}\""),
+                format!("must be inside the parent ipprefix \"{parent_name}\" ({pool})"),
+            )],
         ),
         AllocError::FamilyMismatch { pool, requested } => ApiError::invalid(
             kind_of(resource),
             name,
-            vec![FieldError::invalid(field, format!("\"{requested}\""), format!("is not the IP family of the parent ipprefix \"{parent_name}\" ({pool})"))],
-        ),
-        AllocError::LengthOutOfRange { requested, min, max } => ApiError::invalid(
-            kind_of(resource),
-            name,
             vec![FieldError::invalid(
                 field,
-                requested,
-                format!("must be between {min} and {max}: longer than the parent ipprefix \"{parent_name}\" ({})", parent.spec.prefix),
+                format!("\"{requested}\""),
+                format!("is not the IP family of the parent ipprefix \"{parent_name}\" ({pool})"),
             )],
         ),
-        other => ApiError::invalid(kind_of(resource), name, vec![FieldError::invalid(field, "", other.to_string())]),
+        AllocError::LengthOutOfRange {
+            requested,
+            min,
+            max,
+        } => {
+            let parent = format!("ipprefix \"{parent_name}\" ({})", parent.spec.prefix);
+            let message = if min > max {
+                format!(
+                    "the parent {parent} is a single address: it has no room for a /{requested}"
+                )
+            } else if min == max {
+                format!("must be {max}: the only length longer than the parent {parent}")
+            } else {
+                format!("must be between {min} and {max}: longer than the parent {parent}")
+            };
+            ApiError::invalid(
+                kind_of(resource),
+                name,
+                vec![FieldError::invalid(field, requested, message)],
+            )
+        }
+        other => ApiError::invalid(
+            kind_of(resource),
+            name,
+            vec![FieldError::invalid(field, "", other.to_string())],
+        ),
     }
 }
 

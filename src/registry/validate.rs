@@ -40,7 +40,25 @@ pub fn validate_cidr(path: &str, value: &str, errs: &mut Vec<FieldError>) -> Opt
         ));
         return None;
     }
+    if let Some(v4) = ipv4_mapped(&net) {
+        errs.push(FieldError::invalid(
+            path,
+            format!("\"{value}\""),
+            format!("must not be an IPv4-mapped IPv6 prefix (inside ::ffff:0:0/96), which would give out the same addresses as the IPv4 prefix {v4}: use {v4}"),
+        ));
+        return None;
+    }
     Some(net)
+}
+
+/// The IPv4 prefix an IPv4-mapped IPv6 prefix (`::ffff:10.0.0.0/104`) stands for. The
+/// allocator keeps the families apart, so such a prefix next to the IPv4 one it maps would let
+/// one host be handed out twice; they are refused instead.
+fn ipv4_mapped(net: &IpNet) -> Option<ipnet::Ipv4Net> {
+    let IpNet::V6(v6) = net else { return None };
+    let len = v6.prefix_len().checked_sub(96)?;
+    let v4 = v6.network().to_ipv4_mapped()?;
+    ipnet::Ipv4Net::new(v4, len).ok()
 }
 
 pub fn validate_reserve(path: &str, reserve: Option<&ReserveSpec>, errs: &mut Vec<FieldError>) {
@@ -100,4 +118,41 @@ pub fn validate_ip_family(
         errs.push(FieldError::not_supported(path, f, &IpFamily::ALL));
     }
     parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_prefixes_are_refused_naming_the_ipv4_prefix() {
+        let mut errs = Vec::new();
+        assert_eq!(
+            validate_cidr("spec.prefix", "::ffff:10.0.0.0/104", &mut errs),
+            None
+        );
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].to_string().contains("use 10.0.0.0/8"),
+            "{}",
+            errs[0]
+        );
+        assert_eq!(
+            validate_cidr("spec.prefix", "::ffff:0.0.0.0/96", &mut errs),
+            None
+        );
+        // Around the mapped range, or containing all of it, is ordinary IPv6.
+        for ok in [
+            "::fffe:0:0/96",
+            "::/64",
+            "fd00::ffff:a00:0/104",
+            "::fffe:0:0/95",
+        ] {
+            let mut errs = Vec::new();
+            assert!(
+                validate_cidr("spec.prefix", ok, &mut errs).is_some(),
+                "{ok}: {errs:?}"
+            );
+        }
+    }
 }
