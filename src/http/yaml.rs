@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 use std::cell::Cell;
 use std::fmt;
 
-/// What a YAML body may decode to, in bytes of the equivalent JSON: a few times the body
-/// limit, as plain YAML can be terser than JSON (`[a,b]`), but aliases cannot multiply it.
-pub const MAX_YAML_EXPANSION: usize = 4 * MAX_BODY_BYTES;
+/// What a YAML body may decode to, in bytes of the equivalent JSON: twice the body limit, as
+/// plain YAML can be terser than JSON (`[a,b]`), but aliases cannot multiply it.
+pub const MAX_YAML_EXPANSION: usize = 2 * MAX_BODY_BYTES;
 
 /// Parse one YAML document into a JSON value: 400 when it is not YAML, 413 when it expands
 /// past [`MAX_YAML_EXPANSION`].
@@ -50,6 +50,10 @@ impl Budget {
     }
 }
 
+fn digits(v: u64) -> usize {
+    v.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// One value, charged to the budget as it is built.
 struct Node<'b>(&'b Budget);
 
@@ -74,12 +78,12 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
-        self.0.charge(8)?;
+        self.0.charge(digits(v.unsigned_abs()) + 2)?;
         Ok(Value::from(v))
     }
 
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
-        self.0.charge(8)?;
+        self.0.charge(digits(v) + 1)?;
         Ok(Value::from(v))
     }
 
@@ -144,6 +148,17 @@ mod tests {
             serde_json::json!({"a": 1, "b": ["x", true, null, 1.5], "c": {"d": "e"}})
         );
         assert_eq!(parse(b"a: [").unwrap_err().code(), 400);
+    }
+
+    #[test]
+    fn terse_yaml_as_large_as_a_body_may_be_is_decoded() {
+        // Flow style is the tersest YAML: two bytes an item, four in JSON.
+        let items = (MAX_BODY_BYTES - 16) / 2;
+        let doc = format!("[{}a]", "a,".repeat(items - 1));
+        assert_eq!(
+            parse(doc.as_bytes()).unwrap().as_array().map(Vec::len),
+            Some(items)
+        );
     }
 
     #[test]
