@@ -23,7 +23,7 @@ use axum::response::Response;
 use axum::routing::{get, MethodRouter};
 use axum::Router;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use negotiate::{negotiate, Representation};
+use negotiate::{negotiate, PathParams, Representation};
 use respond::{json_response, Served};
 use serde_json::Value;
 use std::sync::Arc;
@@ -46,8 +46,9 @@ pub fn router(registry: Registry) -> Router {
 /// [`router`] with cluster-mode admission (`use` on claim parents, NamespaceLifecycle) and
 /// Events.
 pub fn router_with(registry: Registry, cluster: Option<Arc<Cluster>>) -> Router {
+    let standalone = cluster.is_none();
     let state = AppState { registry, cluster };
-    Router::new()
+    let router = Router::new()
         .route("/version", get(|| async { ok_json(discovery::version()) }))
         .route("/api", get(|| async { ok_json(discovery::api_versions()) }))
         .route("/apis", get(apis))
@@ -96,7 +97,13 @@ pub fn router_with(registry: Registry, cluster: Option<Arc<Cluster>>) -> Router 
         .route(
             &format!("{GV}/watch/namespaces/{{namespace}}/ipprefixclaims/{{name}}"),
             get(handlers::watch_legacy::<IPPrefixClaim>),
-        )
+        );
+    let router = if standalone {
+        router.route("/api/v1/namespaces/{namespace}", get(standalone_namespace))
+    } else {
+        router
+    };
+    router
         .fallback(|| async { ApiError::UnknownPath })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed(
@@ -105,6 +112,30 @@ pub fn router_with(registry: Registry, cluster: Option<Arc<Cluster>>) -> Router 
         })
         .with_state(state)
         .layer(axum::middleware::from_fn(metrics::track))
+}
+
+/// Standalone, a claim may be in any namespace, so every (well-formed) namespace exists as far
+/// as a client asks. kubectl looks the namespace up after any NotFound in it and prints that
+/// lookup's 404, were it one, instead of the object's.
+async fn standalone_namespace(PathParams(path): PathParams) -> ApiResult<Response> {
+    let name = path
+        .get("namespace")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if crate::registry::meta::validate_dns_label(name).is_err() {
+        return Err(ApiError::NotFound(crate::error::Subject {
+            kind: "namespaces".into(),
+            group: String::new(),
+            name: name.into(),
+        }));
+    }
+    Ok(ok_json(serde_json::json!({
+        "kind": "Namespace",
+        "apiVersion": "v1",
+        "metadata": {"name": name},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })))
 }
 
 /// Collection, object and status routes of one kind under `base`.
