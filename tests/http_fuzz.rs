@@ -1,6 +1,7 @@
 //! Property test of the HTTP layer, in-process (`http::router` + `oneshot`): arbitrary request
-//! bodies, CIDR strings, label and field selectors, patch documents, query parameters and
-//! `Accept`/`Content-Type` headers never cause a panic or a 5xx (but the documented 504 for a
+//! bodies, CIDR strings, label and field selectors, patch documents (among them copies and moves
+//! of the object into itself), query parameters, percent-encoded bytes that are not UTF-8 in
+//! names and parameters, and `Accept`/`Content-Type` headers never cause a panic or a 5xx (but the documented 504 for a
 //! resourceVersion ahead of the store), and a rejected request (or a
 //! dry run) leaves the store exactly as it was (same revision).
 //!
@@ -207,6 +208,51 @@ fn query() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::vec(param, 0..4)
 }
 
+/// Bytes as `%XX` escapes: path segments and query values that need not be UTF-8 once decoded.
+fn pct_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// JSON patches that copy and move parts of the object into themselves (nested,
+/// self-referential paths): each such copy may double the object, the shape of a patch bomb.
+fn self_referential_patch() -> impl Strategy<Value = (String, Vec<u8>)> {
+    let from = prop::sample::select(vec![
+        "",
+        "/metadata",
+        "/metadata/annotations",
+        "/metadata/annotations/a",
+        "/metadata/labels",
+        "/spec",
+        "/spec/parentRef",
+        "/status",
+    ]);
+    let tail = prop::sample::select(vec!["", "/a", "/b", "/c/d", "/-", "/0"]);
+    let op = (
+        prop::sample::select(vec!["copy", "copy", "copy", "move"]),
+        from,
+        tail,
+        prop::bool::ANY,
+    )
+        .prop_map(|(op, from, tail, nested)| {
+            // Into the source itself (nested) or next to it, under the annotations.
+            let path = if nested {
+                format!("{from}{tail}")
+            } else {
+                format!("/metadata/annotations{tail}")
+            };
+            json!({"op": op, "from": from, "path": path})
+        });
+    prop::collection::vec(op, 1..40).prop_map(|ops| {
+        let mut all = vec![json!({"op": "add", "path": "/metadata/annotations",
+                                  "value": {"a": "x".repeat(32)}})];
+        all.extend(ops);
+        (
+            "application/json-patch+json".to_string(),
+            Value::Array(all).to_string().into_bytes(),
+        )
+    })
+}
+
 fn patch_body() -> impl Strategy<Value = (String, Vec<u8>)> {
     let op = (
         prop::sample::select(vec!["add", "remove", "replace", "move", "copy", "test", "x"]),
@@ -260,6 +306,7 @@ fn accept() -> impl Strategy<Value = Option<String>> {
 fn request() -> impl Strategy<Value = Req> {
     let claims = format!("{GV}/namespaces/fz/ipprefixclaims");
     let prefixes = format!("{GV}/ipprefixes");
+    let (c6, p5) = (format!("{claims}/seed"), format!("{prefixes}/fuzz-root"));
     let (c1, c2, c3, c4, c5) = (
         claims.clone(),
         claims.clone(),
@@ -267,7 +314,12 @@ fn request() -> impl Strategy<Value = Req> {
         claims.clone(),
         claims,
     );
-    let (p1, p2, p3) = (prefixes.clone(), prefixes.clone(), prefixes);
+    let (p1, p2, p3, p4) = (
+        prefixes.clone(),
+        prefixes.clone(),
+        prefixes.clone(),
+        prefixes,
+    );
     prop_oneof![
         (body_bytes(claim_body()), query(), accept()).prop_map(move |(body, query, accept)| Req {
             method: "POST",
@@ -334,6 +386,40 @@ fn request() -> impl Strategy<Value = Req> {
                 body,
             }
         ),
+        // Copies and moves of the seed claim or the root into themselves.
+        (self_referential_patch(), prop::bool::ANY, prop::bool::ANY).prop_map(
+            move |((ct, body), claim, status)| Req {
+                method: "PATCH",
+                path: format!(
+                    "{}{}",
+                    if claim { &c6 } else { &p5 },
+                    if status { "/status" } else { "" }
+                ),
+                query: Vec::new(),
+                content_type: Some(ct),
+                accept: None,
+                body,
+            }
+        ),
+        // Names, namespaces and query values that are not UTF-8 once percent-decoded.
+        (
+            prop::collection::vec(any::<u8>(), 1..6),
+            prop::sample::select(vec!["name", "namespace", "query"]),
+            accept(),
+        )
+            .prop_map(move |(bytes, place, accept)| Req {
+                method: "GET",
+                path: match place {
+                    "name" => format!("{p4}/{}", pct_bytes(&bytes)),
+                    "namespace" =>
+                        format!("{GV}/namespaces/{}/ipprefixclaims/seed", pct_bytes(&bytes)),
+                    _ => format!("{p4}?labelSelector={}", pct_bytes(&bytes)),
+                },
+                query: Vec::new(),
+                content_type: None,
+                accept,
+                body: Vec::new(),
+            }),
     ]
 }
 
@@ -461,6 +547,13 @@ fn arbitrary_requests_never_fail_the_server_nor_change_the_store_when_rejected()
             return Err(TestCaseError::fail(format!(
                 "{status} (dry run: {dry_run}) changed the store ({before} → {}) for {r:?}: {text}",
                 store.revision()
+            )));
+        }
+        // A response is never larger than the largest object, whatever the request made.
+        if body.len() > 4 * 1024 * 1024 {
+            return Err(TestCaseError::fail(format!(
+                "{status} with a {} byte body for {r:?}",
+                body.len()
             )));
         }
         if status.is_client_error() || future_version {
