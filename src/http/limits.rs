@@ -22,6 +22,12 @@ pub const JSON_PATCH_MAX_COPY_BYTES: usize = MAX_BODY_BYTES;
 /// nest deeper than a body can.
 pub const MAX_DEPTH: usize = 128;
 
+/// The most values (counting those inside each one) the `move` operations of one JSON patch
+/// may carry deeper into the object: each such move is measured for [`MAX_DEPTH`], and a patch
+/// moving a large value back and forth must not cost seconds of CPU. A patch can add or copy far
+/// fewer values than this (its body and copies are 3 MiB each), so only moves meet it.
+pub const JSON_PATCH_MAX_MOVED_VALUES: usize = 4_000_000;
+
 /// The JSON-encoded length of `v`, or `None` once it exceeds `limit` (counted without
 /// building the text, and stopped as soon as the limit is passed).
 pub fn encoded_len_within(v: &Value, limit: usize) -> Option<usize> {
@@ -46,14 +52,35 @@ pub fn encoded_len_within(v: &Value, limit: usize) -> Option<usize> {
     Some(counter.n)
 }
 
-/// How many levels of arrays and objects `v` nests (a scalar is 0). Recurses once per level:
-/// call it only on values inside a document already known to be at most [`MAX_DEPTH`] deep.
-pub fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
-        _ => 0,
+/// How many levels of arrays and objects `v` nests (a scalar is 0) and how many values it
+/// holds (itself included), or `None` once more than `max_values` were counted (stopped there).
+/// Recurses once per level: call it only on values inside a document already known to be at
+/// most [`MAX_DEPTH`] deep.
+pub fn measure(v: &Value, max_values: usize) -> Option<(usize, usize)> {
+    fn walk(v: &Value, count: &mut usize, max: usize) -> Option<usize> {
+        *count += 1;
+        if *count > max {
+            return None;
+        }
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(m) => Box::new(m.values()),
+            _ => return Some(0),
+        };
+        let mut deepest = 0;
+        for child in children {
+            deepest = deepest.max(walk(child, count, max)?);
+        }
+        Some(deepest + 1)
     }
+    let mut count = 0;
+    let depth = walk(v, &mut count, max_values)?;
+    Some((depth, count))
+}
+
+/// How many levels of arrays and objects `v` nests (see [`measure`]).
+pub fn depth(v: &Value) -> usize {
+    measure(v, usize::MAX).map_or(0, |(d, _)| d)
 }
 
 /// "3 MiB" for the messages that name a limit.
@@ -97,5 +124,7 @@ mod tests {
         assert_eq!(depth(&json!(1)), 0);
         assert_eq!(depth(&json!({})), 1);
         assert_eq!(depth(&json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(measure(&json!({"a": [1, {"b": []}]}), 5), Some((4, 5)));
+        assert_eq!(measure(&json!({"a": [1, {"b": []}]}), 4), None);
     }
 }

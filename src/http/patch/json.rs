@@ -1,12 +1,13 @@
 //! JSON patch (RFC 6902) within the request limits: at most [`JSON_PATCH_MAX_OPERATIONS`]
-//! operations, `copy` operations adding at most [`JSON_PATCH_MAX_COPY_BYTES`] together, and no
-//! operation nesting the object deeper than [`MAX_DEPTH`]. Each operation is checked before it
+//! operations, `copy` operations adding at most [`JSON_PATCH_MAX_COPY_BYTES`] together, `move`
+//! operations carrying at most [`JSON_PATCH_MAX_MOVED_VALUES`] deeper, and no operation nesting
+//! the object deeper than [`MAX_DEPTH`]. Each operation is checked before it
 //! is applied, so a patch that copies a map into itself is refused after a few doublings, not
 //! after the server ran out of memory.
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::http::limits::{
-    depth, encoded_len_within, human_bytes, JSON_PATCH_MAX_COPY_BYTES, JSON_PATCH_MAX_OPERATIONS,
-    MAX_DEPTH,
+    encoded_len_within, human_bytes, measure, JSON_PATCH_MAX_COPY_BYTES,
+    JSON_PATCH_MAX_MOVED_VALUES, JSON_PATCH_MAX_OPERATIONS, MAX_DEPTH,
 };
 use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
@@ -40,15 +41,19 @@ pub fn apply(doc: &mut Value, patch: &Patch, kind: &str, name: &str) -> ApiResul
         )
     };
     let mut copied = 0;
+    let mut moved = 0;
     for (i, op) in patch.iter().enumerate() {
         let at = || format!("operation {i} ({})", op.path());
         // The value the operation puts into the document, to measure before it is placed.
         let placed: Option<&Value> = match op {
             PatchOperation::Add(o) => Some(&o.value),
             PatchOperation::Replace(o) => Some(&o.value),
-            PatchOperation::Move(o) => doc.pointer(o.from.as_str()),
             PatchOperation::Copy(o) => doc.pointer(o.from.as_str()),
-            PatchOperation::Remove(_) | PatchOperation::Test(_) => None,
+            // A move keeps the value's own depth: only a move deeper can nest the object deeper.
+            PatchOperation::Move(o) if o.path.count() > o.from.count() => {
+                doc.pointer(o.from.as_str())
+            }
+            PatchOperation::Move(_) | PatchOperation::Remove(_) | PatchOperation::Test(_) => None,
         };
         if let (PatchOperation::Copy(_), Some(source)) = (op, placed) {
             match encoded_len_within(source, JSON_PATCH_MAX_COPY_BYTES - copied) {
@@ -63,7 +68,22 @@ pub fn apply(doc: &mut Value, patch: &Patch, kind: &str, name: &str) -> ApiResul
             }
         }
         if let Some(value) = placed {
-            if op.path().count() + depth(value) > MAX_DEPTH {
+            let is_move = matches!(op, PatchOperation::Move(_));
+            let budget = if is_move {
+                JSON_PATCH_MAX_MOVED_VALUES - moved
+            } else {
+                usize::MAX
+            };
+            let Some((value_depth, values)) = measure(value, budget) else {
+                return Err(invalid(format!(
+                    "{}: the move operations of one patch may carry at most {JSON_PATCH_MAX_MOVED_VALUES} values deeper into the object",
+                    at()
+                )));
+            };
+            if is_move {
+                moved += values;
+            }
+            if op.path().count() + value_depth > MAX_DEPTH {
                 return Err(invalid(format!(
                     "{}: the patched object may nest at most {MAX_DEPTH} levels deep",
                     at()
@@ -79,6 +99,7 @@ pub fn apply(doc: &mut Value, patch: &Patch, kind: &str, name: &str) -> ApiResul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::limits::depth;
     use serde_json::json;
 
     fn patch(ops: Value) -> Patch {
@@ -152,5 +173,35 @@ mod tests {
                 .contains("operation 1 (/b): path is invalid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn moving_a_large_value_deeper_again_and_again_is_refused() {
+        let mut ops = vec![
+            json!({"op": "add", "path": "/a", "value": vec![0; 100_000]}),
+            json!({"op": "add", "path": "/x", "value": {}}),
+        ];
+        for _ in 0..50 {
+            ops.push(json!({"op": "move", "from": "/a", "path": "/x/a"}));
+            ops.push(json!({"op": "move", "from": "/x/a", "path": "/a"}));
+        }
+        let mut doc = json!({});
+        let err = apply(&mut doc, &patch(Value::Array(ops)), "IPPrefix", "x").unwrap_err();
+        assert!(
+            err.to_string().contains("may carry at most 4000000 values"),
+            "{err}"
+        );
+        // Moves that do not go deeper are not measured.
+        let flat: Vec<Value> =
+            std::iter::once(json!({"op": "add", "path": "/a", "value": vec![0; 100_000]}))
+                .chain((0..50).flat_map(|_| {
+                    [
+                        json!({"op": "move", "from": "/a", "path": "/b"}),
+                        json!({"op": "move", "from": "/b", "path": "/a"}),
+                    ]
+                }))
+                .collect();
+        let mut doc = json!({});
+        apply(&mut doc, &patch(Value::Array(flat)), "IPPrefix", "x").unwrap();
     }
 }
