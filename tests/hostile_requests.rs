@@ -470,6 +470,24 @@ async fn an_apply_configuration_with_deep_unknown_fields_is_pruned_not_tracked()
         let mut level = serde_json::Map::new();
         level.insert("aaaaaaaaaaaaaaaaaaaaaaaa".into(), deep);
         deep = Value::Object(level);
+        // A partial configuration (no spec) with an unknown field is still refused when strict.
+        let partial = json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
+        "metadata": {"name": "r", "labels": {"team": "b"}}, "spec": {"nope": 1}});
+        let (code, _, body) = server
+            .raw(
+                "PATCH",
+                &format!("{prefixes}/r?fieldManager=m&fieldValidation=Strict"),
+                Some("application/apply-patch+yaml"),
+                partial.to_string(),
+            )
+            .await;
+        assert_eq!(
+            code,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(String::from_utf8_lossy(&body).contains("unknown field"));
     }
     let config = json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
         "metadata": {"name": "r", "labels": {"team": "a"}},
