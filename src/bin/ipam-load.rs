@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
-//! `ipam-load`: drive a running standalone `ipam-apiserver` over HTTPS and report throughput,
-//! latency percentiles, the server's peak RSS and its CPU time per operation.
+//! `ipam-load`: drive running `ipam-apiserver`s (standalone credentials) over HTTPS and report
+//! throughput, latency percentiles, the servers' peak RSS and their CPU time per operation.
 //!
 //! ```text
 //! ipam-load --data-dir DIR --mode create --clients 64 --count 100000
@@ -8,13 +8,16 @@
 //! ipam-load --data-dir DIR --mode list   --clients 8  --duration 10
 //! ipam-load --data-dir DIR --mode get    --clients 64 --duration 10
 //! ipam-load --data-dir DIR --mode watch  --watchers 100 --clients 16 --count 10000
+//! ipam-load --data-dir DIR --server https://127.0.0.1:8443,https://127.0.0.1:8444 --parents 64
 //! ```
 //!
 //! Credentials come from the standalone data directory: `DIR/pki/{ca.crt,admin.crt,admin.key}`,
-//! and the address from `DIR/kubeconfig` unless `--server` is given. Each client is one
+//! and the address from `DIR/kubeconfig` unless `--server` is given. Several servers (replicas
+//! on one etcd sharing DIR) take the clients and watchers in turn. Each client is one
 //! keep-alive HTTP/1.1 connection with a tiny hand-rolled client, so the load generator spends
 //! as little of the (shared) CPU as possible.
 use clap::{Parser, ValueEnum};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -51,9 +54,10 @@ struct Args {
     /// The server's standalone data directory (pki/ and kubeconfig).
     #[arg(long)]
     data_dir: PathBuf,
-    /// `https://host:port`; default: the server in DIR/kubeconfig.
-    #[arg(long)]
-    server: Option<String>,
+    /// `https://host:port`, repeatable or comma-separated: clients and watchers are spread over
+    /// the servers in turn, all with DIR's credentials; default: the server in DIR/kubeconfig.
+    #[arg(long = "server", alias = "servers", value_delimiter = ',')]
+    servers: Vec<String>,
     #[arg(long, value_enum, default_value = "create")]
     mode: Mode,
     /// Concurrent keep-alive clients issuing requests.
@@ -65,12 +69,17 @@ struct Args {
     /// Stop after this many seconds (default 10 when --count is not given).
     #[arg(long)]
     duration: Option<f64>,
-    /// Parent IPPrefix; created as a root if missing.
+    /// Parent IPPrefix; created as a root if missing (on every server: with separate stores
+    /// each needs its own).
     #[arg(long, default_value = "load-root")]
     parent: String,
     /// CIDR of the parent when it has to be created.
     #[arg(long, default_value = "fd00:10ad::/64")]
     parent_prefix: String,
+    /// Spread creates over this many parents in turn: PARENT-0.. on the blocks of
+    /// --parent-prefix's size that follow it (1: PARENT itself).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    parents: u32,
     #[arg(long, default_value = "load")]
     namespace: String,
     /// Claim length.
@@ -85,9 +94,10 @@ struct Args {
     /// Print a progress line every this many seconds (0: never).
     #[arg(long, default_value_t = 5.0)]
     progress: f64,
-    /// Server pid for RSS; default: found in /proc by its --data-dir.
+    /// Server pid for RSS and CPU, repeatable; default: every server found in /proc by its
+    /// --data-dir.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
 }
 
 fn main() -> Result<(), Error> {
@@ -99,9 +109,16 @@ fn main() -> Result<(), Error> {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    let target = Arc::new(Target::load(&args)?);
-    let mut setup = target.connect().await?;
-    ensure_parent(&mut setup, &args).await?;
+    let targets = Target::load_all(&args)?;
+    let parents = parent_blocks(&args)?;
+    for target in &targets {
+        let mut conn = target.connect().await?;
+        for (name, cidr) in &parents {
+            ensure_parent(&mut conn, name, cidr).await?;
+        }
+    }
+    let parents: Arc<Vec<String>> = Arc::new(parents.into_iter().map(|(n, _)| n).collect());
+    let mut setup = targets[0].connect().await?;
     if args.mode == Mode::List {
         // Pages of an empty namespace measure little more than the request floor.
         let (_, _, body) = setup
@@ -127,7 +144,7 @@ async fn run(args: Args) -> Result<(), Error> {
         );
     }
 
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(targets.len()));
     let done = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
     let run_id = format!(
@@ -152,8 +169,8 @@ async fn run(args: Args) -> Result<(), Error> {
             .as_str()
             .unwrap_or("0")
             .to_string();
-        for _ in 0..args.watchers {
-            let conn = target.connect().await?;
+        for w in 0..args.watchers {
+            let conn = targets[w % targets.len()].connect().await?;
             let path = format!(
                 "{GV}/namespaces/{}/ipprefixclaims?watch=true&resourceVersion={rv}",
                 args.namespace
@@ -174,19 +191,25 @@ async fn run(args: Args) -> Result<(), Error> {
             None
         })
         .map(Duration::from_secs_f64);
-    let pid = args.server_pid.or_else(|| find_server_pid(&args.data_dir));
-    let cpu_before = pid.and_then(read_cpu_seconds);
+    let pids = if args.server_pid.is_empty() {
+        find_server_pids(&args.data_dir)
+    } else {
+        args.server_pid.clone()
+    };
+    let cpu_before = cpu_seconds_of(&pids);
     let own_cpu_before = read_cpu_seconds(std::process::id());
-    let stages_before = write_stages(&target).await;
+    let stages_before = write_stages(&targets).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let conn = target.connect().await?;
+        let target = c % targets.len();
+        let conn = targets[target].connect().await?;
         let ctx = ClientCtx {
             id: c,
+            target,
             mode: args.mode,
             ns: args.namespace.clone(),
-            parent: args.parent.clone(),
+            parents: parents.clone(),
             len: args.prefix_length,
             page: args.page,
             run_id: run_id.clone(),
@@ -237,15 +260,16 @@ async fn run(args: Args) -> Result<(), Error> {
     lat.sort_unstable();
     let ok = lat.len() as u64;
     let failures = stats.failures.load(Ordering::Relaxed);
-    let cpu = cpu_before.zip(pid.and_then(read_cpu_seconds));
+    let cpu = cpu_before.zip(cpu_seconds_of(&pids));
     let own_cpu = own_cpu_before.zip(read_cpu_seconds(std::process::id()));
-    let rss = pid.and_then(read_rss);
-    let stages_after = write_stages(&target).await;
+    let stages_after = write_stages(&targets).await;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "mode={:?} clients={} ok={ok} failed={failures} elapsed={:.2}s",
+        "mode={:?} clients={} servers={} parents={} ok={ok} failed={failures} elapsed={:.2}s",
         args.mode,
         args.clients,
+        targets.len(),
+        parents.len(),
         elapsed.as_secs_f64()
     );
     println!(
@@ -255,15 +279,28 @@ async fn run(args: Args) -> Result<(), Error> {
         fmt_us(pct(&lat, 0.99)),
         fmt_us(lat.last().copied().unwrap_or(0)),
     );
-    match (pid, rss) {
-        (Some(pid), Some((hwm, now))) => println!(
-            "server pid={pid} VmHWM={:.1}MiB VmRSS={:.1}MiB",
-            hwm as f64 / 1024.0,
-            now as f64 / 1024.0
-        ),
-        _ => println!("server RSS: unknown (pass --server-pid)"),
+    for (target, n) in targets.iter().zip(&stats.per_target) {
+        println!(
+            "via https://{} ok={}",
+            target.addr,
+            n.load(Ordering::Relaxed)
+        );
     }
-    // The server's CPU per operation shows how fast the host ran: on a shared VM the same
+    let mut rss_known = false;
+    for &pid in &pids {
+        if let Some((hwm, now)) = read_rss(pid) {
+            rss_known = true;
+            println!(
+                "server pid={pid} VmHWM={:.1}MiB VmRSS={:.1}MiB",
+                hwm as f64 / 1024.0,
+                now as f64 / 1024.0
+            );
+        }
+    }
+    if !rss_known {
+        println!("server RSS: unknown (pass --server-pid)");
+    }
+    // The servers' CPU per operation shows how fast the host ran: on a shared VM the same
     // binary's figure moves by half from one run to the next, and latency with it. This tool
     // runs on the same cores, so its own share belongs beside it.
     for (who, cpu) in [("server", cpu), ("load tool", own_cpu)] {
@@ -335,9 +372,12 @@ async fn run(args: Args) -> Result<(), Error> {
 
 struct ClientCtx {
     id: usize,
+    /// Index of this client's server, for the per-server counts.
+    target: usize,
     mode: Mode,
     ns: String,
-    parent: String,
+    /// Creates (and gets) take these in turn, by the run-wide operation number.
+    parents: Arc<Vec<String>>,
     len: u8,
     page: usize,
     run_id: String,
@@ -352,17 +392,17 @@ async fn client(mut conn: Conn, ctx: ClientCtx) -> Result<(), Error> {
     let mut live: VecDeque<String> = VecDeque::new();
     let mut seq = 0u64;
     loop {
-        if ctx.done.load(Ordering::Relaxed)
-            || ctx.issued.fetch_add(1, Ordering::Relaxed) >= ctx.limit
-        {
+        let ticket = ctx.issued.fetch_add(1, Ordering::Relaxed);
+        if ctx.done.load(Ordering::Relaxed) || ticket >= ctx.limit {
             return Ok(());
         }
+        let parent = &ctx.parents[(ticket % ctx.parents.len() as u64) as usize];
         seq += 1;
         let delete = ctx.mode == Mode::Mixed && seq % 2 == 0 && !live.is_empty();
         let t0 = Instant::now();
         let (result, expect) = if ctx.mode == Mode::Get {
             let r = conn
-                .request("GET", &format!("{GV}/ipprefixes/{}", ctx.parent), None)
+                .request("GET", &format!("{GV}/ipprefixes/{parent}"), None)
                 .await;
             (r, 200)
         } else if ctx.mode == Mode::List {
@@ -381,7 +421,7 @@ async fn client(mut conn: Conn, ctx: ClientCtx) -> Result<(), Error> {
             let name = format!("l{}-{}-{seq}", ctx.run_id, ctx.id);
             let body = format!(
                 r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefixClaim","metadata":{{"name":"{name}"}},"spec":{{"prefixLength":{},"parentRef":{{"name":"{}"}}}}}}"#,
-                ctx.len, ctx.parent
+                ctx.len, parent
             );
             if ctx.mode == Mode::Mixed {
                 live.push_back(name);
@@ -393,7 +433,7 @@ async fn client(mut conn: Conn, ctx: ClientCtx) -> Result<(), Error> {
         };
         let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
         match result {
-            Ok((status, _, _)) if status == expect => ctx.stats.record(us),
+            Ok((status, _, _)) if status == expect => ctx.stats.record(ctx.target, us),
             Ok((status, _, body)) => ctx.stats.fail(format!(
                 "HTTP {status}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(300)])
@@ -440,10 +480,53 @@ async fn watcher(mut conn: Conn, path: String, expected: u64) -> Result<u64, Err
     Ok(added)
 }
 
-async fn ensure_parent(conn: &mut Conn, args: &Args) -> Result<(), Error> {
+/// The parents' names and CIDRs: PARENT on --parent-prefix, or with `--parents N`, PARENT-i on
+/// the i-th block of that size from it (not overlapping: roots may not).
+fn parent_blocks(args: &Args) -> Result<Vec<(String, String)>, Error> {
+    if args.parents == 1 {
+        return Ok(vec![(args.parent.clone(), args.parent_prefix.clone())]);
+    }
+    let first = args
+        .parent_prefix
+        .parse::<IpNet>()
+        .map_err(|e| format!("--parent-prefix {}: {e}", args.parent_prefix))?
+        .trunc();
+    (0..args.parents)
+        .map(|i| {
+            let block = nth_block(first, i).ok_or_else(|| {
+                format!(
+                    "--parents {}: block {i} from {first} is past the address space",
+                    args.parents
+                )
+            })?;
+            Ok((format!("{}-{i}", args.parent), block.to_string()))
+        })
+        .collect()
+}
+
+/// The block of `first`'s length `i` blocks after it.
+fn nth_block(first: IpNet, i: u32) -> Option<IpNet> {
+    match first {
+        IpNet::V4(n) => {
+            let step = 1u64 << (32 - n.prefix_len());
+            let addr = u64::from(u32::from(n.network())).checked_add(step * u64::from(i))?;
+            Ipv4Net::new(u32::try_from(addr).ok()?.into(), n.prefix_len())
+                .ok()
+                .map(IpNet::V4)
+        }
+        IpNet::V6(n) => {
+            let step = 1u128.checked_shl(128 - u32::from(n.prefix_len()))?;
+            let addr = u128::from(n.network()).checked_add(step.checked_mul(u128::from(i))?)?;
+            Ipv6Net::new(addr.into(), n.prefix_len())
+                .ok()
+                .map(IpNet::V6)
+        }
+    }
+}
+
+async fn ensure_parent(conn: &mut Conn, name: &str, cidr: &str) -> Result<(), Error> {
     let body = format!(
-        r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{{"name":"{}"}},"spec":{{"prefix":"{}"}}}}"#,
-        args.parent, args.parent_prefix
+        r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{{"name":"{name}"}},"spec":{{"prefix":"{cidr}"}}}}"#
     );
     let (status, _, resp) = conn
         .request("POST", &format!("{GV}/ipprefixes"), Some(body.as_bytes()))
@@ -451,25 +534,37 @@ async fn ensure_parent(conn: &mut Conn, args: &Args) -> Result<(), Error> {
     match status {
         201 | 409 => Ok(()),
         _ => Err(format!(
-            "creating parent {}: HTTP {status}: {}",
-            args.parent,
+            "creating parent {name}: HTTP {status}: {}",
             String::from_utf8_lossy(&resp)
         )
         .into()),
     }
 }
 
-#[derive(Default)]
 struct Stats {
     all: Mutex<Vec<u32>>,
     window: Mutex<Vec<u32>>,
     ok: AtomicU64,
+    /// Successful operations by server.
+    per_target: Vec<AtomicU64>,
     failures: AtomicU64,
     errors: Mutex<Vec<String>>,
 }
 
 impl Stats {
-    fn record(&self, us: u32) {
+    fn new(targets: usize) -> Stats {
+        Stats {
+            all: Mutex::default(),
+            window: Mutex::default(),
+            ok: AtomicU64::new(0),
+            per_target: (0..targets).map(|_| AtomicU64::new(0)).collect(),
+            failures: AtomicU64::new(0),
+            errors: Mutex::default(),
+        }
+    }
+
+    fn record(&self, target: usize, us: u32) {
+        self.per_target[target].fetch_add(1, Ordering::Relaxed);
         self.all.lock().unwrap_or_else(|p| p.into_inner()).push(us);
         self.window
             .lock()
@@ -516,21 +611,36 @@ struct Target {
 }
 
 impl Target {
-    fn load(args: &Args) -> Result<Target, Error> {
-        let pki = args.data_dir.join("pki");
-        let server = match &args.server {
-            Some(s) => s.clone(),
-            None => server_from_kubeconfig(&args.data_dir.join("kubeconfig"))?,
+    /// Every server to drive (at least one), with DIR's credentials.
+    fn load_all(args: &Args) -> Result<Vec<Target>, Error> {
+        let servers = if args.servers.is_empty() {
+            vec![server_from_kubeconfig(&args.data_dir.join("kubeconfig"))?]
+        } else {
+            args.servers.clone()
         };
-        let addr = server
-            .strip_prefix("https://")
-            .ok_or_else(|| format!("{server}: not an https:// URL"))?
-            .trim_end_matches('/')
-            .to_string();
-        let host = match addr.rsplit_once(':') {
-            Some((h, _)) => h.trim_matches(['[', ']']).to_string(),
-            None => addr.clone(),
-        };
+        let tls = Self::tls(&args.data_dir.join("pki"))?;
+        servers
+            .iter()
+            .map(|server| {
+                let addr = server
+                    .strip_prefix("https://")
+                    .ok_or_else(|| format!("{server}: not an https:// URL"))?
+                    .trim_end_matches('/')
+                    .to_string();
+                let host = match addr.rsplit_once(':') {
+                    Some((h, _)) => h.trim_matches(['[', ']']).to_string(),
+                    None => addr.clone(),
+                };
+                Ok(Target {
+                    addr,
+                    server_name: ServerName::try_from(host)?,
+                    tls: tls.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn tls(pki: &Path) -> Result<TlsConnector, Error> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(&pki.join("ca.crt"))? {
             roots.add(cert)?;
@@ -544,11 +654,7 @@ impl Target {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(read_certs(&pki.join("admin.crt"))?, key)?;
-        Ok(Target {
-            addr,
-            server_name: ServerName::try_from(host)?,
-            tls: TlsConnector::from(Arc::new(config)),
-        })
+        Ok(TlsConnector::from(Arc::new(config)))
     }
 
     async fn connect(&self) -> Result<Conn, Error> {
@@ -699,10 +805,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The `ipam-apiserver serve` process whose `--data-dir` is `dir`.
-fn find_server_pid(dir: &Path) -> Option<u32> {
-    let want = std::fs::canonicalize(dir).ok()?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+/// The `ipam-apiserver serve` processes whose `--data-dir` is `dir` (replicas on etcd may
+/// share one).
+fn find_server_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let (Ok(want), Ok(procs)) = (std::fs::canonicalize(dir), std::fs::read_dir("/proc")) else {
+        return pids;
+    };
+    for entry in procs.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
@@ -723,15 +833,35 @@ fn find_server_pid(dir: &Path) -> Option<u32> {
             .and_then(|i| argv.get(i + 1))
             .map(|d| cwd.join(d));
         if dir_arg.and_then(|d| std::fs::canonicalize(d).ok()) == Some(want.clone()) {
-            return Some(pid);
+            pids.push(pid);
         }
     }
-    None
+    pids
 }
 
-/// (sum, count) of the server's writer-lock wait and durable wait histograms, from its
-/// `/metrics` (on a connection of its own: the run's are busy).
-async fn write_stages(target: &Target) -> Option<[(f64, f64); 2]> {
+/// The CPU seconds of all of `pids` together; `None` if there are none or one is gone.
+fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| read_cpu_seconds(p)).sum()
+}
+
+/// (sum, count) of the servers' writer-lock wait and durable wait histograms, added up over
+/// every server.
+async fn write_stages(targets: &[Target]) -> Option<[(f64, f64); 2]> {
+    let mut out = [(0.0, 0.0); 2];
+    for target in targets {
+        for (sum, one) in out.iter_mut().zip(write_stages_of(target).await?) {
+            *sum = (sum.0 + one.0, sum.1 + one.1);
+        }
+    }
+    Some(out)
+}
+
+/// [`write_stages`] of one server, from its `/metrics` (on a connection of its own: the run's
+/// are busy).
+async fn write_stages_of(target: &Target) -> Option<[(f64, f64); 2]> {
     const STAGES: [&str; 2] = [
         "ipam_registry_writer_lock_wait_seconds",
         "ipam_store_durable_wait_seconds",
