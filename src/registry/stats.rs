@@ -13,7 +13,53 @@ pub struct RootUsage {
     pub children: usize,
 }
 
+/// How full one IPPrefix with children is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixUsage {
+    pub name: String,
+    pub prefix: String,
+    /// (allocated + excluded) / total, 0.0 ..= 1.0.
+    pub utilization: f64,
+    /// The shortest length still allocatable; `None` when nothing is.
+    pub largest_free: Option<u8>,
+    /// The longest length of the prefix's family (32 or 128).
+    pub max_len: u8,
+    pub children: usize,
+}
+
 impl Registry {
+    /// The `limit` most utilized IPPrefixes that have children (ties by name), and how many
+    /// others were left out. One pass over the pools under the lock, copying only those kept.
+    pub async fn prefix_usage(&self, limit: usize) -> (Vec<PrefixUsage>, usize) {
+        let state = self.lock().await;
+        let mut all: Vec<(f64, &String, &super::state::PoolEntry)> = state
+            .pools()
+            .filter(|(_, e)| e.pool.allocated_count() > 0)
+            .map(|(name, e)| (ratio(&e.pool.capacity()), name, e))
+            .collect();
+        let most_first = |a: &(f64, &String, _), b: &(f64, &String, _)| {
+            b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        };
+        let left_out = all.len().saturating_sub(limit);
+        if left_out > 0 {
+            all.select_nth_unstable_by(limit, most_first);
+            all.truncate(limit);
+        }
+        all.sort_unstable_by(most_first);
+        let kept = all
+            .into_iter()
+            .map(|(utilization, name, e)| PrefixUsage {
+                name: name.clone(),
+                prefix: e.pool.prefix().to_string(),
+                utilization,
+                largest_free: e.pool.largest_free_prefix_len(),
+                max_len: e.pool.prefix().max_prefix_len(),
+                children: e.pool.allocated_count(),
+            })
+            .collect();
+        (kept, left_out)
+    }
+
     /// Every root IPPrefix (no parent) with its utilization, from the in-memory indexes.
     pub async fn root_usage(&self) -> Vec<RootUsage> {
         // (name, prefix, (utilization, children) when it has a pool)
