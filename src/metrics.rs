@@ -79,6 +79,8 @@ pub struct Metrics {
     /// The shortest prefix length still allocatable (family length + 1 when nothing is).
     pub prefix_largest_free: Family<RootLabels, Gauge>,
     pub prefix_children: Family<RootLabels, Gauge>,
+    /// `spec.defaultPrefixLength` of those IPPrefixes that set it.
+    pub prefix_default_length: Family<RootLabels, Gauge>,
     /// IPPrefixes with children left out of the per-prefix series by the bound.
     pub prefix_series_omitted: Gauge,
     prefix_series_limit: AtomicUsize,
@@ -122,6 +124,7 @@ impl Metrics {
         let prefix_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
         let prefix_largest_free = Family::<RootLabels, Gauge>::default();
         let prefix_children = Family::<RootLabels, Gauge>::default();
+        let prefix_default_length = Family::<RootLabels, Gauge>::default();
         let prefix_series_omitted = Gauge::default();
         registry.register(
             "apiserver_requests",
@@ -224,6 +227,11 @@ impl Metrics {
             prefix_children.clone(),
         );
         registry.register(
+            "prefix_default_prefix_length",
+            "spec.defaultPrefixLength of each IPPrefix with children that sets it (alerts compare the largest free block with it)",
+            prefix_default_length.clone(),
+        );
+        registry.register(
             "prefix_series_omitted",
             "IPPrefixes with children left out of the per-prefix series by --metrics-prefix-series",
             prefix_series_omitted.clone(),
@@ -250,6 +258,7 @@ impl Metrics {
             prefix_utilization,
             prefix_largest_free,
             prefix_children,
+            prefix_default_length,
             prefix_series_omitted,
             prefix_series_limit: AtomicUsize::new(DEFAULT_PREFIX_SERIES),
         }

@@ -357,3 +357,75 @@ async fn metrics_report_utilization_and_largest_free_block_per_pool() {
     );
     assert!(text.contains("\nipam_prefix_series_omitted 0\n"), "{text}");
 }
+
+/// Every `expr` anywhere in a JSON or YAML document.
+fn exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_name_only_metrics_the_server_exports() {
+    let server = TestServer::start();
+    let (_, _, body) = server.raw("GET", "/metrics", None, Vec::new()).await;
+    let scrape = String::from_utf8(body).unwrap();
+    // Series names as Prometheus stores them from the OpenMetrics text.
+    let mut exported = std::collections::BTreeSet::new();
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        match kind {
+            "counter" => {
+                exported.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                exported.insert(name.to_string());
+            }
+        }
+    }
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/monitoring");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/dashboard.json")).unwrap())
+            .expect("the dashboard is valid JSON");
+    let rule: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{dir}/prometheusrule.yaml")).unwrap(),
+    )
+    .expect("the PrometheusRule is valid YAML");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let mut all = Vec::new();
+    exprs(&dashboard, &mut all);
+    let panels = all.len();
+    exprs(&rule["spec"], &mut all);
+    assert!(panels >= 12 && all.len() > panels, "{all:?}");
+    for expr in &all {
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("ipam_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr} names no server metric");
+        for name in names {
+            assert!(
+                exported.contains(name),
+                "{name} (in {expr}) is not exported; /metrics has {exported:?}"
+            );
+        }
+    }
+}

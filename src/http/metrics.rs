@@ -54,6 +54,7 @@ pub async fn serve(State(app): State<AppState>) -> Response {
     m.prefix_utilization.clear();
     m.prefix_largest_free.clear();
     m.prefix_children.clear();
+    m.prefix_default_length.clear();
     let (prefixes, omitted) = app.registry.prefix_usage(m.prefix_series_limit()).await;
     for p in prefixes {
         let labels = RootLabels {
@@ -69,6 +70,11 @@ pub async fn serve(State(app): State<AppState>) -> Response {
         m.prefix_children
             .get_or_create(&labels)
             .set(i64::try_from(p.children).unwrap_or(i64::MAX));
+        if let Some(len) = p.default_length {
+            m.prefix_default_length
+                .get_or_create(&labels)
+                .set(i64::from(len));
+        }
     }
     m.prefix_series_omitted
         .set(i64::try_from(omitted).unwrap_or(i64::MAX));

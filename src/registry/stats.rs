@@ -25,6 +25,8 @@ pub struct PrefixUsage {
     /// The longest length of the prefix's family (32 or 128).
     pub max_len: u8,
     pub children: usize,
+    /// `spec.defaultPrefixLength`, when the stored object sets it.
+    pub default_length: Option<u8>,
 }
 
 impl Registry {
@@ -46,7 +48,7 @@ impl Registry {
             all.truncate(limit);
         }
         all.sort_unstable_by(most_first);
-        let kept = all
+        let kept: Vec<PrefixUsage> = all
             .into_iter()
             .map(|(utilization, name, e)| PrefixUsage {
                 name: name.clone(),
@@ -55,9 +57,40 @@ impl Registry {
                 largest_free: e.pool.largest_free_prefix_len(),
                 max_len: e.pool.prefix().max_prefix_len(),
                 children: e.pool.allocated_count(),
+                default_length: None,
+            })
+            .collect();
+        drop(state);
+        let kept = kept
+            .into_iter()
+            .map(|mut p| {
+                p.default_length = self.default_length(&p.name);
+                p
             })
             .collect();
         (kept, left_out)
+    }
+
+    /// `spec.defaultPrefixLength` as stored, read on its own (a scrape reads up to
+    /// --metrics-prefix-series of them, so the rest of the object is not decoded).
+    fn default_length(&self, name: &str) -> Option<u8> {
+        #[derive(serde::Deserialize)]
+        struct View {
+            spec: SpecView,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct SpecView {
+            default_prefix_length: Option<u8>,
+        }
+        let stored = self
+            .store()
+            .get(&super::txn::Txn::key::<IPPrefix>("", name))
+            .ok()??;
+        serde_json::from_slice::<View>(&stored.value)
+            .ok()?
+            .spec
+            .default_prefix_length
     }
 
     /// Every root IPPrefix (no parent) with its utilization, from the in-memory indexes.
