@@ -37,8 +37,13 @@ impl Registry {
             None => (self.store().revision(), None),
         };
         let chain = self.lock().await.containing_chain(wanted);
+        // After the last item given. Gone since: it had no children then (a prefix with
+        // children cannot go), so nothing after it is left either.
         let skip = match &after {
-            Some(last) => chain.iter().position(|n| n == last).map_or(0, |i| i + 1),
+            Some(last) => chain
+                .iter()
+                .position(|n| n == last)
+                .map_or(chain.len(), |i| i + 1),
             None => 0,
         };
         let limit = opts.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);

@@ -30,8 +30,9 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
     about = "Inspect the address plan served by ipam-apiserver (kubectl ipam ...)"
 )]
 struct Args {
-    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    /// Path to the kubeconfig file (default: the files in $KUBECONFIG, then ~/.kube/config,
+    /// then the in-cluster service account).
+    #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use.
     #[arg(long, global = true)]
