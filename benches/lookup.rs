@@ -51,7 +51,12 @@ fn object(p: &IPPrefix) -> Op {
 async fn run(prefixes: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SledStore::open(dir.path(), 1000).expect("open store"));
-    let pools = prefixes.div_ceil(HOSTS_PER_POOL + 1).max(1);
+    let pools = prefixes
+        .saturating_sub(1)
+        .div_ceil(HOSTS_PER_POOL + 1)
+        .max(1);
+    // The last host written: the deepest chain, among the last keys of a scan.
+    let mut target = String::new();
     let mut ops = vec![object(&IPPrefix::root(
         "root",
         "fd20::/20".parse().expect("cidr"),
@@ -75,6 +80,7 @@ async fn run(prefixes: usize) {
                     .expect("cidr"),
             )));
             written += 1;
+            target = format!("fd20:{pool:x}::{host:x}");
             if ops.len() >= 10_000 {
                 let batch = std::mem::take(&mut ops);
                 store
@@ -97,9 +103,7 @@ async fn run(prefixes: usize) {
     let registry = Registry::with_store(store).expect("load");
     let load = loaded.elapsed().as_secs_f64();
 
-    // A host in the last pool: the deepest chain, the last keys of a scan.
-    let last = pools - 1;
-    let selector = format!("spec.prefix.contains=fd20:{last:x}::5");
+    let selector = format!("spec.prefix.contains={target}");
     let opts = ListOptions {
         field_selector: parse_field_selector(&selector, &IPPrefix::selectable_fields())
             .expect("selector"),
