@@ -350,6 +350,7 @@ mod tests {
             cfg.idle_connection_timeout,
             Some(std::time::Duration::from_secs(90))
         );
+        assert_eq!(cfg.metrics_prefix_series, 1000);
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
     }
 

@@ -37,7 +37,7 @@ impl Registry {
         let mut all: Vec<(f64, &String, &super::state::PoolEntry)> = state
             .pools()
             .filter(|(_, e)| e.pool.allocated_count() > 0)
-            .map(|(name, e)| (ratio(&e.pool.capacity()), name, e))
+            .map(|(name, e)| (e.pool.capacity().ratio(), name, e))
             .collect();
         let most_first = |a: &(f64, &String, _), b: &(f64, &String, _)| {
             b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
@@ -105,7 +105,7 @@ impl Registry {
                 .map(|(name, net)| {
                     let usage = state
                         .pool(name)
-                        .map(|e| (ratio(&e.pool.capacity()), e.pool.allocated_count()));
+                        .map(|e| (e.pool.capacity().ratio(), e.pool.allocated_count()));
                     (name.clone(), net.to_string(), usage)
                 })
                 .collect()
@@ -119,7 +119,7 @@ impl Registry {
                         .get::<IPPrefix>("", &name)
                         .ok()
                         .and_then(|p| new_pool(&p).ok())
-                        .map_or(0.0, |pool| ratio(&pool.capacity()));
+                        .map_or(0.0, |pool| pool.capacity().ratio());
                     (excluded, 0)
                 });
                 RootUsage {
@@ -131,13 +131,4 @@ impl Registry {
             })
             .collect()
     }
-}
-
-fn ratio(c: &crate::alloc::Capacity) -> f64 {
-    let f = |n: crate::alloc::AddressCount| n.to_u128().map_or(2f64.powi(128), |v| v as f64);
-    let total = f(c.total);
-    if total == 0.0 {
-        return 0.0;
-    }
-    f(c.allocated.saturating_add(c.excluded)) / total
 }

@@ -1,6 +1,5 @@
 //! The IPPrefix tree as listed, with each prefix's usage computed by the server's allocator
 //! from the children in the same list (so the figures always agree with the lines below them).
-use ipam_apiserver::alloc::Capacity;
 use ipam_apiserver::api::IPPrefix;
 use ipam_apiserver::registry::pool_with_children;
 use ipnet::IpNet;
@@ -85,7 +84,7 @@ fn usage(prefix: &IPPrefix, children: Vec<IpNet>) -> Usage {
             let capacity = pool.capacity();
             Usage {
                 utilization: capacity.utilization(),
-                ratio: ratio(&capacity),
+                ratio: capacity.ratio(),
                 largest_free: pool.largest_free_prefix_len(),
             }
         }
@@ -104,14 +103,4 @@ fn usage(prefix: &IPPrefix, children: Vec<IpNet>) -> Usage {
             }
         }
     }
-}
-
-fn ratio(c: &Capacity) -> f64 {
-    let f =
-        |n: ipam_apiserver::alloc::AddressCount| n.to_u128().map_or(2f64.powi(128), |v| v as f64);
-    let total = f(c.total);
-    if total == 0.0 {
-        return 0.0;
-    }
-    f(c.allocated.saturating_add(c.excluded)) / total
 }
