@@ -151,6 +151,16 @@ async fn prefix_contains_selector_returns_the_chain_root_first() {
     .await;
     assert_eq!(names(&rest), ["net.web-0"]);
     assert_eq!(rest["metadata"]["continue"], Value::Null);
+    // The token continues that list only.
+    let (code, _) = get_json(
+        &server,
+        &format!(
+            "{}&limit=3&continue={token}",
+            list("spec.prefix.contains=10.0.1.2")
+        ),
+    )
+    .await;
+    assert_eq!(code, 400);
 
     // Unparsable: 400 with a Status.
     let (code, status) = get_json(&server, &list("spec.prefix.contains=10.0.1.x")).await;
