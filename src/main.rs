@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    ipam_apiserver::metrics::global().set_prefix_series_limit(config.metrics_prefix_series);
     let data_dir = config.data_dir.clone();
     let served = runtime.block_on(serve(config));
     // Ends every task, and with them the store's last handles: its threads flush and exit.

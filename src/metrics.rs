@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,7 +73,21 @@ pub struct Metrics {
     /// Connections closed at once on accept: at the limit with none idle to close instead.
     pub refused_connections: Counter,
     pub closed_connections: Family<ClosedLabels, Counter>,
+    /// Per IPPrefix that has children, for the most utilized [`Metrics::prefix_series_limit`]
+    /// of them, refreshed at every scrape: (allocated + excluded) / total.
+    pub prefix_utilization: Family<RootLabels, Gauge<f64, AtomicU64>>,
+    /// The shortest prefix length still allocatable (family length + 1 when nothing is).
+    pub prefix_largest_free: Family<RootLabels, Gauge>,
+    pub prefix_children: Family<RootLabels, Gauge>,
+    /// `spec.defaultPrefixLength` of those IPPrefixes that set it.
+    pub prefix_default_length: Family<RootLabels, Gauge>,
+    /// IPPrefixes with children left out of the per-prefix series by the bound.
+    pub prefix_series_omitted: Gauge,
+    prefix_series_limit: AtomicUsize,
 }
+
+/// The default bound on per-IPPrefix series (`--metrics-prefix-series`).
+pub const DEFAULT_PREFIX_SERIES: usize = 1000;
 
 fn latency_histogram() -> Histogram {
     // 100 µs … ~3.3 s.
@@ -107,6 +121,11 @@ impl Metrics {
         let open_connections = Gauge::default();
         let refused_connections = Counter::default();
         let closed_connections = Family::<ClosedLabels, Counter>::default();
+        let prefix_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
+        let prefix_largest_free = Family::<RootLabels, Gauge>::default();
+        let prefix_children = Family::<RootLabels, Gauge>::default();
+        let prefix_default_length = Family::<RootLabels, Gauge>::default();
+        let prefix_series_omitted = Gauge::default();
         registry.register(
             "apiserver_requests",
             "HTTP requests by verb, resource, subresource and code",
@@ -192,6 +211,31 @@ impl Metrics {
             "Connections without a request in flight closed by the server, by reason",
             closed_connections.clone(),
         );
+        registry.register(
+            "prefix_utilization_ratio",
+            "(allocated + excluded) / total addresses of each IPPrefix that has children (the most utilized, up to --metrics-prefix-series)",
+            prefix_utilization.clone(),
+        );
+        registry.register(
+            "prefix_largest_free_prefix_length",
+            "Shortest prefix length still allocatable in each IPPrefix that has children (33 / 129 when nothing is)",
+            prefix_largest_free.clone(),
+        );
+        registry.register(
+            "prefix_children",
+            "Direct children of each IPPrefix that has children",
+            prefix_children.clone(),
+        );
+        registry.register(
+            "prefix_default_prefix_length",
+            "spec.defaultPrefixLength of each IPPrefix with children that sets it (alerts compare the largest free block with it)",
+            prefix_default_length.clone(),
+        );
+        registry.register(
+            "prefix_series_omitted",
+            "IPPrefixes with children left out of the per-prefix series by --metrics-prefix-series",
+            prefix_series_omitted.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -211,7 +255,22 @@ impl Metrics {
             open_connections,
             refused_connections,
             closed_connections,
+            prefix_utilization,
+            prefix_largest_free,
+            prefix_children,
+            prefix_default_length,
+            prefix_series_omitted,
+            prefix_series_limit: AtomicUsize::new(DEFAULT_PREFIX_SERIES),
         }
+    }
+
+    /// How many IPPrefixes get per-prefix series (the most utilized first).
+    pub fn prefix_series_limit(&self) -> usize {
+        self.prefix_series_limit.load(Ordering::Relaxed)
+    }
+
+    pub fn set_prefix_series_limit(&self, limit: usize) {
+        self.prefix_series_limit.store(limit, Ordering::Relaxed);
     }
 
     /// The text exposition (OpenMetrics, which Prometheus reads).

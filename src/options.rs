@@ -114,6 +114,11 @@ pub struct ServeOptions {
     /// a request in flight. 0 disables.
     #[arg(long, default_value = "90s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_connection_timeout: std::time::Duration,
+
+    /// Per-IPPrefix utilization series on /metrics: at most this many IPPrefixes that have
+    /// children, the most utilized first (bounds the series count of large plans).
+    #[arg(long, default_value_t = crate::metrics::DEFAULT_PREFIX_SERIES, value_name = "N")]
+    pub metrics_prefix_series: usize,
 }
 
 /// A duration as Kubernetes' flags write it (`90s`, `1m30s`, `500ms`, or Go's bare `0`).
@@ -139,6 +144,8 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// `None`: idle connections are kept.
     pub idle_connection_timeout: Option<std::time::Duration>,
+    /// The bound on per-IPPrefix metric series.
+    pub metrics_prefix_series: usize,
     pub mode: Mode,
 }
 
@@ -313,6 +320,7 @@ impl ServeOptions {
                 max_connections: self.max_connections,
                 idle_connection_timeout: Some(self.idle_connection_timeout)
                     .filter(|t| !t.is_zero()),
+                metrics_prefix_series: self.metrics_prefix_series,
                 mode,
             }),
             _ => Err(InvalidOptions(errs)),
@@ -342,6 +350,7 @@ mod tests {
             cfg.idle_connection_timeout,
             Some(std::time::Duration::from_secs(90))
         );
+        assert_eq!(cfg.metrics_prefix_series, 1000);
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
     }
 

@@ -77,8 +77,7 @@ impl FreeIndex {
         self.by_start.len()
     }
 
-    /// Maximal free blocks in address order (for invariant checks in tests).
-    #[cfg(test)]
+    /// Maximal free blocks in address order.
     pub fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
         self.by_start
             .iter()

@@ -53,6 +53,16 @@ impl Capacity {
         let used = self.allocated.saturating_add(self.excluded);
         count::format_basis_points(count::basis_points_floor(used, self.total))
     }
+
+    /// `(allocated + excluded) / total` as a number in 0.0 ..= 1.0 (for metrics and sorting).
+    pub fn ratio(&self) -> f64 {
+        let f = |n: AddressCount| n.to_u128().map_or(2f64.powi(128), |v| v as f64);
+        let total = f(self.total);
+        if total == 0.0 {
+            return 0.0;
+        }
+        f(self.allocated.saturating_add(self.excluded)) / total
+    }
 }
 
 /// What occupies addresses a request wanted.

@@ -199,6 +199,40 @@ impl Pool {
             .map(|(&start, &len)| self.family.net(Block { start, len }))
     }
 
+    /// The allocated block that contains `net` (or is `net`), if any, in O(log n): blocks are
+    /// disjoint and aligned, so only the last one starting at or before `net` can.
+    pub fn allocated_containing(&self, net: IpNet) -> Option<IpNet> {
+        if Family::of(&net) != self.family {
+            return None;
+        }
+        let first = Family::address(&net.trunc());
+        let (&start, &len) = self.allocated.range(..=first).next_back()?;
+        let block = Block { start, len };
+        (len <= net.prefix_len() && self.family.last(block) >= first)
+            .then(|| self.family.net(block))
+    }
+
+    /// The free space as maximal aligned blocks in address order: what is left after
+    /// allocated blocks, exclusions and reserved addresses.
+    pub fn free_blocks(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.free.blocks().map(|b| self.family.net(b))
+    }
+
+    /// How many `/len` blocks still fit in the free space (each free block of length
+    /// `l <= len` holds 2^(len - l) of them); `None` when `len` is not allocatable here.
+    pub fn fitting(&self, len: u8) -> Option<AddressCount> {
+        if len <= self.root.len || len > self.family.max_len {
+            return None;
+        }
+        Some(
+            self.free
+                .blocks()
+                .filter(|b| b.len <= len)
+                .filter_map(|b| AddressCount::pow2(u32::from(len - b.len)))
+                .fold(AddressCount::ZERO, AddressCount::saturating_add),
+        )
+    }
+
     pub fn allocated_count(&self) -> usize {
         self.allocated.len()
     }

@@ -314,3 +314,46 @@ fn pools_can_be_shared_across_threads() {
     assert_send_sync::<Pool>();
     assert_send_sync::<AllocError>();
 }
+
+#[test]
+fn allocated_containing_finds_the_block_holding_an_address_or_prefix() {
+    let mut p = pool("fd20::/48");
+    p.allocate_exact(net("fd20:0:0:1::/64")).unwrap();
+    p.allocate_exact(net("fd20:0:0:4::/62")).unwrap();
+    let inside = |s: &str| p.allocated_containing(net(s));
+    assert_eq!(inside("fd20:0:0:1::5/128"), Some(net("fd20:0:0:1::/64")));
+    assert_eq!(inside("fd20:0:0:1::/64"), Some(net("fd20:0:0:1::/64")));
+    assert_eq!(inside("fd20:0:0:6::/64"), Some(net("fd20:0:0:4::/62")));
+    assert_eq!(inside("fd20:0:0:2::1/128"), None);
+    // Wider than the block: it does not contain it.
+    assert_eq!(inside("fd20::/60"), None);
+    assert_eq!(inside("10.0.0.1/32"), None);
+}
+
+#[test]
+fn free_blocks_are_maximal_around_children_exclusions_and_reserve() {
+    let mut p = pool_with("10.0.0.0/24", &["10.0.0.128/26"], 1, 1);
+    p.allocate_exact(net("10.0.0.16/28")).unwrap();
+    let free: Vec<String> = p.free_blocks().map(|b| b.to_string()).collect();
+    assert_eq!(
+        free,
+        [
+            "10.0.0.1/32",
+            "10.0.0.2/31",
+            "10.0.0.4/30",
+            "10.0.0.8/29",
+            "10.0.0.32/27",
+            "10.0.0.64/26",
+            "10.0.0.192/27",
+            "10.0.0.224/28",
+            "10.0.0.240/29",
+            "10.0.0.248/30",
+            "10.0.0.252/31",
+            "10.0.0.254/32",
+        ]
+    );
+    // /28s: the /27s hold two each, the /26 four, the /28 one.
+    assert_eq!(p.fitting(28), Some(count(2 + 4 + 2 + 1)));
+    assert_eq!(p.fitting(24), None);
+    assert_eq!(p.fitting(33), None);
+}

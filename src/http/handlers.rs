@@ -72,7 +72,7 @@ pub async fn list_or_watch<K: Served>(
         params.get("continue"),
     )?;
     let opts = list_options::<K>(&params)?;
-    let list = app.registry.list::<K>(namespace, &opts)?;
+    let list = app.registry.list_indexed::<K>(namespace, &opts).await?;
     list_response(
         &list.items,
         &list.resource_version,

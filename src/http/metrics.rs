@@ -33,7 +33,8 @@ pub async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /metrics`: the registry's text exposition, with root utilization refreshed.
+/// `GET /metrics`: the registry's text exposition, with root and per-prefix utilization
+/// refreshed.
 pub async fn serve(State(app): State<AppState>) -> Response {
     let m = global();
     m.root_utilization.clear();
@@ -50,6 +51,33 @@ pub async fn serve(State(app): State<AppState>) -> Response {
             .get_or_create(&labels)
             .set(i64::try_from(root.children).unwrap_or(i64::MAX));
     }
+    m.prefix_utilization.clear();
+    m.prefix_largest_free.clear();
+    m.prefix_children.clear();
+    m.prefix_default_length.clear();
+    let (prefixes, omitted) = app.registry.prefix_usage(m.prefix_series_limit()).await;
+    for p in prefixes {
+        let labels = RootLabels {
+            name: p.name,
+            prefix: p.prefix,
+        };
+        m.prefix_utilization
+            .get_or_create(&labels)
+            .set(p.utilization);
+        m.prefix_largest_free
+            .get_or_create(&labels)
+            .set(i64::from(p.largest_free.unwrap_or(p.max_len + 1)));
+        m.prefix_children
+            .get_or_create(&labels)
+            .set(i64::try_from(p.children).unwrap_or(i64::MAX));
+        if let Some(len) = p.default_length {
+            m.prefix_default_length
+                .get_or_create(&labels)
+                .set(i64::from(len));
+        }
+    }
+    m.prefix_series_omitted
+        .set(i64::try_from(omitted).unwrap_or(i64::MAX));
     let mut resp = (StatusCode::OK, m.encode()).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

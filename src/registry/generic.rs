@@ -78,15 +78,15 @@ pub struct DeleteOptions {
 /// The continue token: where the next page starts, the revision the list began at, and which
 /// list it continues (a digest of resource, namespace and selectors).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct ContinueToken {
-    rv: u64,
-    start: String,
+pub(super) struct ContinueToken {
+    pub rv: u64,
+    pub start: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    list: Option<String>,
+    pub list: Option<String>,
 }
 
 /// What a continue token is valid for: the next page of the same list only.
-fn list_identity(resource: &str, namespace: Option<&str>, opts: &ListOptions) -> String {
+pub(super) fn list_identity(resource: &str, namespace: Option<&str>, opts: &ListOptions) -> String {
     use sha2::Digest;
     let labels = opts
         .label_selector
@@ -866,12 +866,12 @@ pub(super) fn matches_list<K: Kind>(obj: &K, opts: &ListOptions) -> bool {
         && selector::fields_match(&opts.field_selector, |f| obj.selectable_field(f))
 }
 
-fn encode_continue(t: &ContinueToken) -> String {
+pub(super) fn encode_continue(t: &ContinueToken) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(serde_json::to_vec(t).unwrap_or_default())
 }
 
-fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
+pub(super) fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()

@@ -6,6 +6,7 @@ mod claim;
 pub mod codec;
 mod generic;
 pub mod kind;
+mod lookup;
 pub mod managed_fields;
 pub mod meta;
 mod parents;
@@ -27,7 +28,8 @@ pub use generic::{
 pub use kind::Kind;
 pub use managed_fields::{FieldManager, Operation};
 pub use parents::ParentPlan;
-pub use stats::RootUsage;
+pub use state::pool_with_children;
+pub use stats::{PrefixUsage, RootUsage};
 pub use status::{ignored_status_writes, STATUS_BATCH_PERIOD};
 pub use watch::{Watch, WatchEvent, WatchOptions};
 

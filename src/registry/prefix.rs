@@ -16,8 +16,12 @@ impl Kind for IPPrefix {
     const RESOURCE: &'static str = "ipprefixes";
     const KIND: &'static str = "IPPrefix";
     const NAMESPACED: bool = false;
-    const FIELD_SELECTORS: &'static [&'static str] =
-        &["spec.parentRef.name", "spec.prefix", "status.phase"];
+    const FIELD_SELECTORS: &'static [&'static str] = &[
+        "spec.parentRef.name",
+        "spec.prefix",
+        "status.phase",
+        super::selector::PREFIX_CONTAINS,
+    ];
 
     fn field_value(&self, field: &str) -> String {
         match field {

@@ -123,6 +123,9 @@ pub fn parse_field_selector(s: &str, supported: &[&str]) -> ApiResult<Vec<FieldR
             )));
         };
         let field = field.trim();
+        if field == PREFIX_CONTAINS && supported.contains(&field) {
+            check_contains_term(term, value.trim(), equal)?;
+        }
         if !supported.contains(&field) {
             let list = supported
                 .iter()
@@ -144,8 +147,53 @@ pub fn parse_field_selector(s: &str, supported: &[&str]) -> ApiResult<Vec<FieldR
 
 /// Whether every requirement holds, given a way to read a field's value.
 pub fn fields_match(reqs: &[FieldRequirement], value_of: impl Fn(&str) -> String) -> bool {
+    reqs.iter().all(|r| {
+        if r.field == PREFIX_CONTAINS {
+            return prefix_contains(&value_of("spec.prefix"), &r.value);
+        }
+        (value_of(&r.field) == r.value) == r.equal
+    })
+}
+
+/// `spec.prefix.contains=<address or CIDR>`: the IPPrefixes whose block contains it. Not an
+/// equality, so the registry answers it from the allocation index
+/// ([`contains_requirement`]) and [`fields_match`] tests it per object (watches).
+pub const PREFIX_CONTAINS: &str = "spec.prefix.contains";
+
+/// An address (`fd20::5`, as its /128 or /32) or a CIDR; host bits of a CIDR are dropped.
+pub fn parse_address_or_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
+}
+
+/// The block a `spec.prefix.contains` requirement asks about, if the selector has one.
+pub fn contains_requirement(reqs: &[FieldRequirement]) -> Option<ipnet::IpNet> {
     reqs.iter()
-        .all(|r| (value_of(&r.field) == r.value) == r.equal)
+        .find(|r| r.field == PREFIX_CONTAINS)
+        .and_then(|r| parse_address_or_cidr(&r.value))
+}
+
+fn check_contains_term(term: &str, value: &str, equal: bool) -> ApiResult<()> {
+    if !equal {
+        return Err(ApiError::BadRequest(format!(
+            "invalid fieldSelector term {term:?}: {PREFIX_CONTAINS} supports only ="
+        )));
+    }
+    if parse_address_or_cidr(value).is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "invalid fieldSelector term {term:?}: {value:?} is not an IP address or CIDR"
+        )));
+    }
+    Ok(())
+}
+
+fn prefix_contains(prefix: &str, value: &str) -> bool {
+    match (prefix.parse::<ipnet::IpNet>(), parse_address_or_cidr(value)) {
+        (Ok(prefix), Some(wanted)) => prefix.contains(&wanted),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -227,5 +275,27 @@ mod tests {
         }));
         let err = parse_field_selector("spec.foo=1", &["metadata.name"]).unwrap_err();
         assert!(err.to_string().contains("spec.foo"));
+    }
+
+    #[test]
+    fn prefix_contains_matches_blocks_holding_the_address_or_cidr() {
+        let fields = ["spec.prefix", PREFIX_CONTAINS];
+        let reqs = parse_field_selector("spec.prefix.contains=fd20::5", &fields).unwrap();
+        assert!(fields_match(&reqs, |_| "fd20::/64".into()));
+        assert!(fields_match(&reqs, |_| "fd20::5/128".into()));
+        assert!(!fields_match(&reqs, |_| "fd20:0:0:1::/64".into()));
+        let reqs = parse_field_selector("spec.prefix.contains=10.1.2.0/24", &fields).unwrap();
+        assert!(fields_match(&reqs, |_| "10.0.0.0/8".into()));
+        assert!(!fields_match(&reqs, |_| "10.1.2.0/25".into()));
+        assert_eq!(
+            contains_requirement(&reqs),
+            Some("10.1.2.0/24".parse().unwrap())
+        );
+        for bad in [
+            "spec.prefix.contains=fd20::zz",
+            "spec.prefix.contains!=fd20::5",
+        ] {
+            assert_eq!(parse_field_selector(bad, &fields).unwrap_err().code(), 400);
+        }
     }
 }

@@ -19,8 +19,8 @@ pub struct PoolEntry {
 pub struct State {
     /// Pools of IPPrefixes that have (or just had) children; others are built on demand.
     pools: HashMap<String, PoolEntry>,
-    /// Roots (no parentRef) by name: roots may not overlap.
-    pub roots: BTreeMap<String, IpNet>,
+    /// Roots (no parentRef): roots may not overlap.
+    pub roots: Roots,
     /// Released IPPrefixes by the claim (namespace, name) they wait for, for rebinding.
     pub released: HashMap<(String, String), String>,
     /// IPPrefixes whose stored status no longer counts their children, and a wake-up for the
@@ -69,6 +69,28 @@ pub fn new_pool(prefix: &IPPrefix) -> ApiResult<Pool> {
     .map_err(|e| ApiError::Internal(format!("ipprefix {:?}: {e}", prefix.metadata.name)))
 }
 
+/// The pool of an IPPrefix with the given children, checked as at start: what a client that
+/// listed the children (`kubectl ipam`) computes free blocks and utilization from, with the
+/// server's own allocator.
+pub fn pool_with_children(
+    prefix: &IPPrefix,
+    children: impl IntoIterator<Item = IpNet>,
+) -> Result<Pool, String> {
+    let name = prefix.metadata.name.as_deref().unwrap_or_default();
+    let net = prefix
+        .spec
+        .prefix
+        .parse()
+        .map_err(|_| format!("ipprefix {name:?} has an invalid spec.prefix"))?;
+    Pool::rebuild(
+        net,
+        &exclusions_of(prefix),
+        reserve_of(prefix.spec.reserve.as_ref()),
+        children,
+    )
+    .map_err(|e| format!("ipprefix {name:?}: {e}"))
+}
+
 pub fn parse_stored(prefix: &IPPrefix) -> ApiResult<IpNet> {
     prefix.spec.prefix.parse().map_err(|_| {
         ApiError::Internal(format!(
@@ -78,7 +100,77 @@ pub fn parse_stored(prefix: &IPPrefix) -> ApiResult<IpNet> {
     })
 }
 
+/// The root IPPrefixes, by name and by block.
+#[derive(Default)]
+pub struct Roots {
+    by_name: BTreeMap<String, IpNet>,
+    /// Block → names: finds the roots containing an address in at most 129 lookups
+    /// whatever their number (several when address spaces overlap).
+    by_net: HashMap<IpNet, BTreeSet<String>>,
+}
+
+impl Roots {
+    pub fn insert(&mut self, name: String, net: IpNet) {
+        if let Some(old) = self.by_name.insert(name.clone(), net) {
+            self.forget(&name, old);
+        }
+        self.by_net.entry(net).or_default().insert(name);
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<IpNet> {
+        let net = self.by_name.remove(name)?;
+        self.forget(name, net);
+        Some(net)
+    }
+
+    fn forget(&mut self, name: &str, net: IpNet) {
+        if let Some(names) = self.by_net.get_mut(&net) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_net.remove(&net);
+            }
+        }
+    }
+
+    /// Every root, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &IpNet)> {
+        self.by_name.iter()
+    }
+
+    /// The roots whose block contains `net`, widest first.
+    pub fn containing(&self, net: IpNet) -> impl Iterator<Item = &String> + '_ {
+        (0..=net.prefix_len())
+            .filter_map(move |len| IpNet::new(net.addr(), len).ok().map(|n| n.trunc()))
+            .filter_map(|n| self.by_net.get(&n))
+            .flatten()
+    }
+}
+
 impl State {
+    /// The names of the IPPrefixes whose block contains `net`, each root first and then down
+    /// through the children (one chain per address space), in O(depth × log n).
+    pub fn containing_chain(&self, net: IpNet) -> Vec<String> {
+        let mut chain = Vec::new();
+        for root in self.roots.containing(net) {
+            let mut name = root;
+            loop {
+                chain.push(name.clone());
+                let Some(entry) = self.pools.get(name) else {
+                    break;
+                };
+                let Some(child) = entry
+                    .pool
+                    .allocated_containing(net)
+                    .and_then(|block| entry.holders.get(&block))
+                else {
+                    break;
+                };
+                name = child;
+            }
+        }
+        chain
+    }
+
     pub fn pool(&self, name: &str) -> Option<&PoolEntry> {
         self.pools.get(name)
     }
@@ -97,6 +189,11 @@ impl State {
             );
         }
         Ok(self.pools.get_mut(&name).expect("inserted above"))
+    }
+
+    /// Every pool: the IPPrefixes that have (or just had) children, by name.
+    pub fn pools(&self) -> impl Iterator<Item = (&String, &PoolEntry)> {
+        self.pools.iter()
     }
 
     pub fn pool_entry_mut(&mut self, name: &str) -> Option<&mut PoolEntry> {

@@ -1042,3 +1042,51 @@ async fn only_bound_descendants_hold_a_deleting_claim_also_after_a_restart() {
     }
     assert_eq!(status_of(&reg, "r").await.children, Some(0));
 }
+
+#[tokio::test]
+async fn prefix_usage_keeps_the_most_utilized_pools_up_to_the_limit() {
+    let (reg, _dir) = open();
+    for (name, cidr) in [
+        ("a", "10.0.0.0/24"),
+        ("b", "10.1.0.0/24"),
+        ("c", "10.2.0.0/24"),
+    ] {
+        reg.create("", root(name, cidr), false).await.unwrap();
+    }
+    bound(&reg, claim("ns", "half", "b", 25)).await;
+    bound(&reg, claim("ns", "quarter", "a", 26)).await;
+    let (kept, omitted) = reg.prefix_usage(1).await;
+    let names: Vec<(&str, f64, Option<u8>)> = kept
+        .iter()
+        .map(|p| (p.name.as_str(), p.utilization, p.largest_free))
+        .collect();
+    // c has no children: no series at all.
+    assert_eq!((names, omitted), (vec![("b", 0.5, Some(25))], 1));
+    let (kept, omitted) = reg.prefix_usage(1000).await;
+    assert_eq!(kept.len(), 2);
+    assert_eq!((kept[1].name.as_str(), omitted), ("a", 0));
+}
+
+#[tokio::test]
+async fn the_containing_chain_is_read_from_the_index_root_first() {
+    let (reg, _dir) = open();
+    reg.create("", root("r", "fd20::/48"), false).await.unwrap();
+    reg.create("", root("v4", "10.0.0.0/8"), false)
+        .await
+        .unwrap();
+    assert_eq!(bound(&reg, claim("ns", "pool", "r", 56)).await, "fd20::/56");
+    assert_eq!(
+        bound(&reg, claim("ns", "host", "ns.pool", 128)).await,
+        "fd20::/128"
+    );
+    let reg = &reg;
+    let chain = |s: &str| {
+        let net = super::selector::parse_address_or_cidr(s).unwrap();
+        async move { reg.lock().await.containing_chain(net) }
+    };
+    assert_eq!(chain("fd20::").await, ["r", "ns.pool", "ns.host"]);
+    assert_eq!(chain("fd20::1").await, ["r", "ns.pool"]);
+    assert_eq!(chain("fd20:0:0:100::/56").await, ["r"]);
+    assert_eq!(chain("10.9.9.9").await, ["v4"]);
+    assert!(chain("fd21::").await.is_empty());
+}
