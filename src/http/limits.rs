@@ -5,6 +5,12 @@ use serde_json::Value;
 /// The largest request body accepted, as kube-apiserver's default (`MaxRequestBodyBytes`).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// How much of a body beyond [`MAX_BODY_BYTES`] is read and thrown away before the 413 is
+/// sent: a client that is still uploading then reads the answer instead of a reset connection
+/// (Go's server, and so kube-apiserver, drains a rejected body the same way). Larger bodies
+/// get the 413 and a closed connection.
+pub const MAX_BODY_DISCARDED_BYTES: usize = 4 * 1024 * 1024;
+
 /// The largest object a patch may produce (JSON-encoded): what a PUT could send, so a patch
 /// cannot make an object no body could carry.
 pub const MAX_OBJECT_BYTES: usize = MAX_BODY_BYTES;

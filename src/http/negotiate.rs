@@ -1,10 +1,11 @@
 //! What the client sent and what it accepts: query parameters, bodies (JSON or YAML), and the
 //! representation of the response (object, Table, PartialObjectMetadata).
-use super::limits::MAX_BODY_BYTES;
+use super::limits::{MAX_BODY_BYTES, MAX_BODY_DISCARDED_BYTES};
 use super::protobuf;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http::request::Parts;
 use http::HeaderMap;
 use serde_json::Value;
@@ -114,14 +115,31 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map(Body)
-            .map_err(|_| {
-                ApiError::RequestEntityTooLarge(format!(
-                    "the request body is larger than {MAX_BODY_BYTES} bytes"
-                ))
-            })
+        let mut chunks = req.into_body().into_data_stream();
+        let mut body = BytesMut::new();
+        let mut read = 0usize;
+        while let Some(chunk) = chunks.next().await {
+            // A body cut off midway: the client is gone or broke the framing.
+            let chunk = chunk.map_err(|e| {
+                ApiError::BadRequest(format!("the request body could not be read: {e}"))
+            })?;
+            read = read.saturating_add(chunk.len());
+            if read <= MAX_BODY_BYTES {
+                body.extend_from_slice(&chunk);
+            } else if read > MAX_BODY_BYTES + MAX_BODY_DISCARDED_BYTES {
+                break;
+            } else {
+                // Too large: read on without keeping it, so a client still sending gets the
+                // 413 rather than a connection reset under its upload.
+                body = BytesMut::new();
+            }
+        }
+        if read > MAX_BODY_BYTES {
+            return Err(ApiError::RequestEntityTooLarge(format!(
+                "the request body is larger than {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        Ok(Body(body.freeze()))
     }
 }
 
