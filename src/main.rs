@@ -8,7 +8,7 @@ use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
 use ipam_apiserver::cluster::tls::ReloadingCert;
 use ipam_apiserver::cluster::Cluster;
 use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
-use ipam_apiserver::store::SledStore;
+use ipam_apiserver::store::{HistoryLimits, SledStore};
 use ipam_apiserver::{http, registry::Registry, server};
 use std::path::Path;
 use std::process::ExitCode;
@@ -79,7 +79,11 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     let limits = connection_limits(&config);
     // The registry first: it takes the data directory's lock, so a second process stops here,
     // before touching the PKI, the kubeconfig or the cluster.
-    let registry = Registry::open(&config.data_dir, config.watch_history)?;
+    let history = HistoryLimits {
+        events: config.watch_history,
+        bytes: config.watch_history_bytes,
+    };
+    let registry = Registry::open(&config.data_dir, history)?;
     let store = registry.store().clone();
     // A previous run may have stopped between a change of children and the status write.
     let updated = registry.write_stale_statuses().await?;

@@ -103,6 +103,11 @@ pub struct ServeOptions {
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub watch_history: usize,
 
+    /// Bytes the retained watch events may hold (their objects and shared encodings; suffixes
+    /// Ki, Mi, Gi); the oldest go first, and a watch from before them gets 410 Expired.
+    #[arg(long, default_value = "256Mi", value_name = "BYTES", value_parser = parse_bytes)]
+    pub watch_history_bytes: usize,
+
     /// TLS connections open at once. At the limit a new connection closes the one idle the
     /// longest, or is refused when none is idle. Default: three quarters of what the open-file
     /// limit (raised to its hard limit at start) leaves after 256 for the rest of the server.
@@ -119,6 +124,27 @@ pub struct ServeOptions {
     /// children, the most utilized first (bounds the series count of large plans).
     #[arg(long, default_value_t = crate::metrics::DEFAULT_PREFIX_SERIES, value_name = "N")]
     pub metrics_prefix_series: usize,
+}
+
+/// A byte count: a number, optionally with a binary suffix (`Ki`, `Mi`, `Gi`) as Kubernetes
+/// quantities have them.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => return Err(format!("{s:?}: expected a number of bytes, e.g. 256Mi")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?}: expected a number of bytes, e.g. 256Mi"))
 }
 
 /// A duration as Kubernetes' flags write it (`90s`, `1m30s`, `500ms`, or Go's bare `0`).
@@ -140,6 +166,8 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Events retained for watch resumption.
     pub watch_history: usize,
+    /// Bytes those events may hold.
+    pub watch_history_bytes: usize,
     /// `None`: derived from the open-file limit at start.
     pub max_connections: Option<usize>,
     /// `None`: idle connections are kept.
@@ -321,6 +349,7 @@ impl ServeOptions {
                 idle_connection_timeout: Some(self.idle_connection_timeout)
                     .filter(|t| !t.is_zero()),
                 metrics_prefix_series: self.metrics_prefix_series,
+                watch_history_bytes: self.watch_history_bytes,
                 mode,
             }),
             _ => Err(InvalidOptions(errs)),
@@ -351,6 +380,7 @@ mod tests {
             Some(std::time::Duration::from_secs(90))
         );
         assert_eq!(cfg.metrics_prefix_series, 1000);
+        assert_eq!(cfg.watch_history_bytes, 256 << 20);
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
     }
 
@@ -398,6 +428,21 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
         assert!(err.to_string().contains("--client-ca-file cannot be used"));
+    }
+
+    #[test]
+    fn watch_history_bytes_takes_binary_suffixes() {
+        let bytes = |v: &str| parse(&["--standalone", "--watch-history-bytes", v]);
+        assert_eq!(bytes("8Mi").unwrap().watch_history_bytes, 8 << 20);
+        assert_eq!(bytes("1000").unwrap().watch_history_bytes, 1000);
+        let argv = [
+            "ipam-apiserver",
+            "serve",
+            "--standalone",
+            "--watch-history-bytes",
+            "8MB",
+        ];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     #[test]

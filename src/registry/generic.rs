@@ -10,7 +10,9 @@ use super::state::State;
 use super::txn::{store_error, Stored, Txn};
 use crate::api::{IPPrefix, PREFIX_IN_USE_FINALIZER};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{KeyRange, ObjectKey, Precondition, SledStore, Store, StoreError};
+use crate::store::{
+    HistoryLimits, KeyRange, ObjectKey, Precondition, SledStore, Store, StoreError,
+};
 use base64::Engine;
 use kube::core::Selector;
 use std::path::Path;
@@ -107,7 +109,10 @@ pub(super) fn list_identity(resource: &str, namespace: Option<&str>, opts: &List
 
 impl Registry {
     /// Open the store in `data_dir` and rebuild the allocation indexes from it.
-    pub fn open(data_dir: &Path, watch_history: usize) -> Result<Registry, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        watch_history: impl Into<HistoryLimits>,
+    ) -> Result<Registry, StoreError> {
         let started = std::time::Instant::now();
         let store = SledStore::open(data_dir, watch_history)?;
         tracing::info!(elapsed = ?started.elapsed(), "store opened");

@@ -4,7 +4,7 @@ use super::generic::{matches_list, ListOptions, Registry};
 use super::kind::Kind;
 use super::txn::store_error;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{EventType, KeyRange, Revision, WatchReceiver};
+use crate::store::{EventType, KeyRange, Revision, SharedEncoding, WatchReceiver};
 use std::collections::VecDeque;
 
 #[derive(Debug, Default, Clone)]
@@ -149,8 +149,8 @@ impl<K: Kind> Watch<K> {
             if self.deletions_only && ev.event_type != EventType::Deleted && !self.filtered() {
                 continue;
             }
-            let shared = self.share_encoded.and_then(|slot| ev.encoded.get(slot));
-            if shared.is_some_and(|e| e.get().is_some()) && !self.filtered() {
+            let shared = self.share_encoded.and_then(|slot| ev.encoding(slot));
+            if shared.is_some() && !self.filtered() {
                 let event_type = ev.event_type;
                 self.current = Some(ev);
                 return Some(WatchEvent::Encoded(event_type));
@@ -196,8 +196,9 @@ impl<K: Kind> Watch<K> {
     /// This watcher's shared encoding (see [`Watch::share_encoded`]) of the object `next`
     /// returned last, to fill or to send; `None` for the initial objects, non-object events and
     /// watchers that share none.
-    pub fn shared_encoding(&self) -> Option<&std::sync::OnceLock<bytes::Bytes>> {
-        self.current.as_deref()?.encoded.get(self.share_encoded?)
+    pub fn shared_encoding(&self) -> Option<SharedEncoding<'_>> {
+        self.rx
+            .shared_encoding(self.current.as_deref()?, self.share_encoded?)
     }
 
     /// Only DELETED events are wanted: the others are skipped before their object is decoded

@@ -1,9 +1,14 @@
-//! The retained event history and the live fan-out to watchers.
+//! The retained event history, which watchers read from directly.
+//!
+//! Memory is bounded by the history alone: a watcher holds a position in it (and the few events
+//! it is sending), never a copy of its own, so a slow watcher costs no more than a fast one.
+//! One that falls out of the history gets 410 Expired and lists again, as informers do.
 use super::{Revision, StoreError, Versioned};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
@@ -25,9 +30,43 @@ impl EventType {
 /// How many representations of an event's object can be shared between watchers.
 pub const SHARED_ENCODINGS: usize = 3;
 
+/// How much history is retained: the newest events within both bounds (at least the newest
+/// one). A watch from before them gets 410 Expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub events: usize,
+    /// Stored bytes of the retained events (value, previous value, key) and their shared
+    /// encodings (see [`StoreEvent::shared_encoding`]).
+    pub bytes: usize,
+}
+
+impl HistoryLimits {
+    pub const DEFAULT_EVENTS: usize = 100_000;
+    pub const DEFAULT_BYTES: usize = 256 << 20;
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            events: Self::DEFAULT_EVENTS,
+            bytes: Self::DEFAULT_BYTES,
+        }
+    }
+}
+
+/// `events` events, within the default byte bound.
+impl From<usize> for HistoryLimits {
+    fn from(events: usize) -> Self {
+        HistoryLimits {
+            events,
+            ..Default::default()
+        }
+    }
+}
+
 /// One change. For `Deleted`, `object.value` is the last stored state and `object.revision` the
 /// revision of the delete, as Kubernetes reports it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StoreEvent {
     pub event_type: EventType,
     pub object: Versioned,
@@ -39,7 +78,9 @@ pub struct StoreEvent {
     /// the first watcher that sends it and shared by every other (kube-apiserver's watch cache
     /// keeps the same per-event serialization): with N watchers an event is encoded once, not N
     /// times. Opaque here.
-    pub encoded: [std::sync::OnceLock<Bytes>; SHARED_ENCODINGS],
+    encoded: [OnceLock<Bytes>; SHARED_ENCODINGS],
+    /// The bytes of `encoded` counted in the history's total; changed under its lock.
+    counted: AtomicUsize,
 }
 
 impl StoreEvent {
@@ -49,78 +90,159 @@ impl StoreEvent {
             object,
             previous,
             encoded: Default::default(),
+            counted: AtomicUsize::new(0),
         }
+    }
+
+    /// Shared encoding `slot`, if it was made already.
+    pub fn encoding(&self, slot: usize) -> Option<&Bytes> {
+        self.encoded.get(slot)?.get()
+    }
+
+    /// What this event costs the history before any encoding: its values, its key and the
+    /// event itself.
+    fn base_bytes(&self) -> usize {
+        std::mem::size_of::<StoreEvent>()
+            + self.object.value.len()
+            + self.previous.as_ref().map_or(0, Bytes::len)
+            + self.object.key.namespace.len()
+            + self.object.key.name.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.base_bytes() + self.counted.load(Ordering::Relaxed)
     }
 }
 
-/// The last `capacity` durable events, and a broadcast of new ones. Publishing and subscribing
-/// happen under one lock so a new watcher sees every event exactly once: the retained ones from
-/// the snapshot, then the live ones.
+/// A shared encoding slot of one event (see [`StoreEvent`]); filling it counts its bytes in
+/// the history that retains the event.
+pub struct SharedEncoding<'a> {
+    event: &'a StoreEvent,
+    cell: &'a OnceLock<Bytes>,
+    history: &'a Shared,
+}
+
+impl<'a> SharedEncoding<'a> {
+    pub fn get(&self) -> Option<&'a Bytes> {
+        self.cell.get()
+    }
+
+    /// The encoding, made by `encode` if no watcher made it yet.
+    pub fn get_or_init(&self, encode: impl FnOnce() -> Bytes) -> &'a Bytes {
+        let mut made = false;
+        let bytes = self.cell.get_or_init(|| {
+            made = true;
+            encode()
+        });
+        if made {
+            self.history.count_encoding(self.event, bytes.len());
+        }
+        bytes
+    }
+}
+
+/// The last durable events within the limits. Publishing appends under the lock and then wakes
+/// the watchers, who read what follows their position: each sees every event exactly once, in
+/// revision order.
 pub(super) struct History {
+    shared: Arc<Shared>,
+    /// The newest revision published; dropped with the store, which ends every watch.
+    published: watch::Sender<Revision>,
+}
+
+struct Shared {
     inner: Mutex<HistoryInner>,
-    live: broadcast::Sender<Arc<StoreEvent>>,
-    capacity: usize,
+    limits: HistoryLimits,
 }
 
 struct HistoryInner {
+    /// In revision order.
     events: VecDeque<Arc<StoreEvent>>,
     /// Watches may start after this revision; everything newer is retained.
     oldest: Revision,
+    /// What `events` costs, by [`StoreEvent::bytes`].
+    bytes: usize,
 }
 
 impl History {
-    pub(super) fn new(capacity: usize, start: Revision) -> Self {
-        // A lagging watcher is closed with 410 Expired; the client relists, as informers do.
-        let (live, _) = broadcast::channel(capacity.max(1024));
+    pub(super) fn new(limits: HistoryLimits, start: Revision) -> Self {
+        let (published, _) = watch::channel(start);
         History {
-            inner: Mutex::new(HistoryInner {
-                events: VecDeque::new(),
-                oldest: start,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(HistoryInner {
+                    events: VecDeque::new(),
+                    oldest: start,
+                    bytes: 0,
+                }),
+                limits: HistoryLimits {
+                    events: limits.events.max(1),
+                    bytes: limits.bytes,
+                },
             }),
-            live,
-            capacity: capacity.max(1),
+            published,
         }
     }
 
     pub(super) fn publish(&self, events: Vec<StoreEvent>) {
-        let mut inner = lock(&self.inner);
-        for ev in events {
-            let ev = Arc::new(ev);
-            if inner.events.len() == self.capacity {
-                if let Some(old) = inner.events.pop_front() {
-                    inner.oldest = old.object.revision;
-                }
+        let Some(newest) = events.last().map(|e| e.object.revision) else {
+            return;
+        };
+        {
+            let mut inner = lock(&self.shared.inner);
+            for ev in events {
+                inner.bytes += ev.base_bytes();
+                inner.events.push_back(Arc::new(ev));
             }
-            inner.events.push_back(ev.clone());
-            // No receivers is fine: nobody is watching.
-            let _ = self.live.send(ev);
+            inner.evict(&self.shared.limits);
         }
+        self.published.send_replace(newest);
     }
 
     pub(super) fn oldest(&self) -> Revision {
-        lock(&self.inner).oldest
+        lock(&self.shared.inner).oldest
     }
 
     pub(super) fn subscribe(&self, after: Revision) -> Result<WatchReceiver, StoreError> {
-        let inner = lock(&self.inner);
-        if after < inner.oldest {
+        let oldest = self.oldest();
+        if after < oldest {
             return Err(StoreError::Expired {
                 requested: after,
-                oldest: inner.oldest,
+                oldest,
             });
         }
-        let backlog: VecDeque<Arc<StoreEvent>> = inner
-            .events
-            .iter()
-            .filter(|e| e.object.revision > after)
-            .cloned()
-            .collect();
-        let live = self.live.subscribe();
         Ok(WatchReceiver {
-            backlog,
-            live,
+            shared: self.shared.clone(),
+            published: self.published.subscribe(),
+            batch: VecDeque::new(),
             last: after,
         })
+    }
+}
+
+impl HistoryInner {
+    /// Drop the oldest events until the rest fit the limits.
+    fn evict(&mut self, limits: &HistoryLimits) {
+        while self.events.len() > limits.events
+            || (self.bytes > limits.bytes && self.events.len() > 1)
+        {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= old.bytes();
+            self.oldest = old.object.revision;
+        }
+    }
+}
+
+impl Shared {
+    fn count_encoding(&self, event: &StoreEvent, len: usize) {
+        let mut inner = lock(&self.inner);
+        // An event already dropped from the history is freed by its last watcher.
+        if event.object.revision > inner.oldest {
+            event.counted.fetch_add(len, Ordering::Relaxed);
+            inner.bytes += len;
+            inner.evict(&self.limits);
+        }
     }
 }
 
@@ -129,41 +251,158 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// At most this many events are taken from the history per lock: few enough that a watcher
+/// pins little that the history dropped.
+const BATCH: usize = 32;
+
 /// A watcher's stream of events in revision order.
 pub struct WatchReceiver {
-    backlog: VecDeque<Arc<StoreEvent>>,
-    live: broadcast::Receiver<Arc<StoreEvent>>,
+    shared: Arc<Shared>,
+    published: watch::Receiver<Revision>,
+    /// Taken from the history, not yet handed out.
+    batch: VecDeque<Arc<StoreEvent>>,
     last: Revision,
 }
 
 impl WatchReceiver {
-    /// The next event; `Err(Expired)` when this watcher fell too far behind, `Ok(None)` when the
-    /// store shut down.
+    /// The next event; `Err(Expired)` when the history dropped events this watcher had not
+    /// received yet, `Ok(None)` when the store shut down.
     pub async fn recv(&mut self) -> Result<Option<Arc<StoreEvent>>, StoreError> {
-        if let Some(ev) = self.backlog.pop_front() {
-            self.last = ev.object.revision;
-            return Ok(Some(ev));
-        }
         loop {
-            match self.live.recv().await {
-                Ok(ev) if ev.object.revision <= self.last => continue,
-                Ok(ev) => {
-                    self.last = ev.object.revision;
-                    return Ok(Some(ev));
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(None),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
+            if let Some(ev) = self.batch.pop_front() {
+                self.last = ev.object.revision;
+                return Ok(Some(ev));
+            }
+            // Marked seen before reading, so a publish after the read wakes `changed`.
+            self.published.borrow_and_update();
+            {
+                let inner = lock(&self.shared.inner);
+                if self.last < inner.oldest {
                     return Err(StoreError::Expired {
                         requested: self.last,
-                        oldest: self.last + 1,
-                    })
+                        oldest: inner.oldest,
+                    });
                 }
+                let next = inner
+                    .events
+                    .partition_point(|e| e.object.revision <= self.last);
+                self.batch
+                    .extend(inner.events.range(next..).take(BATCH).cloned());
+            }
+            if self.batch.is_empty() && self.published.changed().await.is_err() {
+                return Ok(None);
             }
         }
+    }
+
+    /// Shared encoding `slot` of `event`, an event this receiver handed out.
+    pub fn shared_encoding<'a>(
+        &'a self,
+        event: &'a StoreEvent,
+        slot: usize,
+    ) -> Option<SharedEncoding<'a>> {
+        Some(SharedEncoding {
+            event,
+            cell: event.encoded.get(slot)?,
+            history: &self.shared,
+        })
     }
 
     /// The revision of the last event handed out (or the start revision).
     pub fn last_revision(&self) -> Revision {
         self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectKey;
+
+    fn event(revision: Revision, len: usize) -> StoreEvent {
+        let object = Versioned {
+            key: ObjectKey::new("ipprefixclaims", "ns", format!("c{revision}")),
+            revision,
+            value: Bytes::from(vec![b'x'; len]),
+        };
+        StoreEvent::new(EventType::Added, object, None)
+    }
+
+    fn history(events: usize, bytes: usize) -> History {
+        History::new(HistoryLimits { events, bytes }, 0)
+    }
+
+    #[test]
+    fn large_events_are_dropped_by_bytes_before_the_event_bound() {
+        let h = history(1000, 100_000);
+        h.publish((1..=10).map(|r| event(r, 30_000)).collect());
+        // Three 30 kB events fit in 100 kB; the rest went, oldest first.
+        assert_eq!(h.oldest(), 7);
+        assert!(matches!(
+            h.subscribe(6),
+            Err(StoreError::Expired { oldest: 7, .. })
+        ));
+        assert!(h.subscribe(7).is_ok());
+    }
+
+    #[test]
+    fn the_newest_event_is_kept_even_when_larger_than_the_bound() {
+        let h = history(1000, 10);
+        h.publish(vec![event(1, 100), event(2, 100)]);
+        assert_eq!(h.oldest(), 1);
+    }
+
+    #[tokio::test]
+    async fn shared_encodings_count_towards_the_bound() {
+        let h = history(1000, 100_000);
+        h.publish((1..=3).map(|r| event(r, 20_000)).collect());
+        let mut rx = h.subscribe(0).unwrap();
+        let first = rx.recv().await.unwrap().unwrap();
+        let slot = rx.shared_encoding(&first, 0).unwrap();
+        slot.get_or_init(|| Bytes::from(vec![b'{'; 50_000]));
+        // 3 × 20 kB + 50 kB no longer fit: the first event (and its encoding) went.
+        assert_eq!(h.oldest(), 1);
+        assert_eq!(
+            rx.shared_encoding(&first, 0).unwrap().get().unwrap().len(),
+            50_000
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_the_history_left_behind_is_expired_and_holds_nothing() {
+        let h = history(1000, 100_000);
+        let mut slow = h.subscribe(0).unwrap();
+        let mut fast = h.subscribe(0).unwrap();
+        for r in 1..=10 {
+            h.publish(vec![event(r, 30_000)]);
+            assert_eq!(fast.recv().await.unwrap().unwrap().object.revision, r);
+        }
+        assert!(slow.batch.is_empty());
+        assert!(matches!(
+            slow.recv().await,
+            Err(StoreError::Expired { requested: 0, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn watchers_wait_for_new_events_and_end_with_the_store() {
+        let h = history(100, 1 << 20);
+        let mut rx = h.subscribe(0).unwrap();
+        let waiting = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(ev) = rx.recv().await.unwrap() {
+                seen.push(ev.object.revision);
+            }
+            seen
+        });
+        for r in 1..=25 {
+            h.publish(vec![event(r, 10)]);
+            tokio::task::yield_now().await;
+        }
+        drop(h);
+        let seen = waiting.await.unwrap();
+        assert_eq!(seen.first(), Some(&1));
+        assert_eq!(seen.last(), Some(&25));
+        assert!(seen.windows(2).all(|w| w[0] + 1 == w[1]), "{seen:?}");
     }
 }

@@ -7,7 +7,7 @@
 mod events;
 mod sled_store;
 
-pub use events::{EventType, StoreEvent, WatchReceiver};
+pub use events::{EventType, HistoryLimits, SharedEncoding, StoreEvent, WatchReceiver};
 pub use sled_store::SledStore;
 
 use bytes::Bytes;

@@ -26,7 +26,7 @@
 //! needs anyway. One thread both writes and flushes: commits that arrive during an fsync wait
 //! in the queue and are written right after it, inside the next group's window, so under load
 //! a commit wakes nobody and no commit waits for a hand-over between threads.
-use super::events::History;
+use super::events::{History, HistoryLimits};
 use super::*;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -200,7 +200,7 @@ struct Durable {
 impl SledStore {
     /// Open (or create) the store in `dir`. Refuses a directory locked by another process, one
     /// that is not ours, and a damaged one, each with a message saying which.
-    pub fn open(dir: &Path, history_capacity: usize) -> Result<SledStore, StoreError> {
+    pub fn open(dir: &Path, history: impl Into<HistoryLimits>) -> Result<SledStore, StoreError> {
         let path = dir.join("db");
         preflight(&path)?;
         let db = open_sled(&path)?;
@@ -250,7 +250,7 @@ impl SledStore {
             intents: AtomicUsize::new(0),
             durable_advanced: Condvar::new(),
             durable,
-            history: History::new(history_capacity, revision),
+            history: History::new(history.into(), revision),
         });
         let thread = inner.clone();
         std::thread::Builder::new()
