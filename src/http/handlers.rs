@@ -1,14 +1,15 @@
 //! The resource endpoints, written once for every kind (`K: Served`).
+use super::list::list_response;
 use super::negotiate::{negotiate, parse_body, Body, Params, PathParams, Representation};
 use super::patch::{apply_patch, update_manager};
-use super::respond::{list_response, object_response, Served};
+use super::respond::{object_response, Served};
 use super::table::IncludeObject;
 use super::watch::watch_response;
 use super::AppState;
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::codec::decode_body;
-use crate::registry::selector::{parse_field_selector, parse_label_selector};
+use crate::registry::selector::{contains_requirement, parse_field_selector, parse_label_selector};
 use crate::registry::{
     DeleteOptions, FieldValidation, ListOptions, Preconditions, PropagationPolicy, Subresource,
     WatchOptions,
@@ -72,14 +73,14 @@ pub async fn list_or_watch<K: Served>(
         params.get("continue"),
     )?;
     let opts = list_options::<K>(&params)?;
-    let list = app.registry.list_indexed::<K>(namespace, &opts).await?;
-    list_response(
-        &list.items,
-        &list.resource_version,
-        list.continue_token.as_deref(),
-        repr,
-        include_object(&params)?,
-    )
+    let include = include_object(&params)?;
+    if contains_requirement(&opts.field_selector).is_some() {
+        // The containing chain, read from the index: a few prefixes at most.
+        let list = app.registry.list_indexed::<K>(namespace, &opts).await?;
+        return Ok(list_response(list, repr, include));
+    }
+    let list = app.registry.list_chunks::<K>(namespace, &opts)?;
+    Ok(list_response(list, repr, include))
 }
 
 /// The legacy `/watch/...` paths: a watch of a collection or, with a name, of one object.
@@ -343,13 +344,7 @@ pub async fn delete_collection<K: Served>(
         Representation::Table { .. } => Representation::Object { yaml: false },
         other => other,
     };
-    list_response(
-        &deleted.items,
-        &deleted.resource_version,
-        None,
-        repr,
-        IncludeObject::Object,
-    )
+    Ok(list_response(deleted, repr, IncludeObject::Object))
 }
 
 pub fn watch_options<K: Served>(params: &Params) -> ApiResult<WatchOptions> {

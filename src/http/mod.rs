@@ -5,6 +5,7 @@ mod duplicates;
 mod handlers;
 pub mod health;
 pub mod limits;
+mod list;
 pub mod metrics;
 pub mod negotiate;
 pub mod openapi;

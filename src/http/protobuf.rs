@@ -187,16 +187,40 @@ pub fn partial_object_metadata_list(
     resource_version: Option<&str>,
     continue_token: Option<&str>,
 ) -> Vec<u8> {
-    let message = PartialObjectMetadataList {
-        metadata: Some(list_meta(resource_version, continue_token)),
-        items: metas
-            .iter()
-            .map(|m| PartialObjectMetadata {
-                metadata: Some(object_meta(m)),
-            })
-            .collect(),
+    let mut items = Vec::new();
+    for m in metas {
+        list_item(&mut items, m);
+    }
+    let [head, body] = list_envelope(items, resource_version, continue_token);
+    [head, body].concat()
+}
+
+/// Append one item of a PartialObjectMetadataList (its field, as [`list_envelope`] takes them).
+pub fn list_item(items: &mut Vec<u8>, m: &meta::ObjectMeta) {
+    let item = PartialObjectMetadata {
+        metadata: Some(object_meta(m)),
     };
-    envelope(META_V1, "PartialObjectMetadataList", &message)
+    prost::encoding::message::encode(2, &item, items);
+}
+
+/// A PartialObjectMetadataList of `items` (from [`list_item`]), enveloped: the envelope's
+/// head, then the list's bytes. The items are not copied: the list metadata goes after them
+/// (protobuf fields may come in any order), and the head is all the envelope adds before.
+pub fn list_envelope(
+    mut items: Vec<u8>,
+    resource_version: Option<&str>,
+    continue_token: Option<&str>,
+) -> [Bytes; 2] {
+    prost::encoding::message::encode(1, &list_meta(resource_version, continue_token), &mut items);
+    let type_meta = TypeMeta {
+        api_version: Some(META_V1.into()),
+        kind: Some("PartialObjectMetadataList".into()),
+    };
+    let mut head = MAGIC.to_vec();
+    prost::encoding::message::encode(1, &type_meta, &mut head);
+    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut head);
+    prost::encoding::encode_varint(items.len() as u64, &mut head);
+    [Bytes::from(head), Bytes::from(items)]
 }
 
 /// A watch bookmark: PartialObjectMetadata carrying only the resourceVersion (and the

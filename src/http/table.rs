@@ -64,20 +64,7 @@ where
     let rows: Vec<Value> = items
         .iter()
         .map(|item| {
-            let mut row = Map::new();
-            row.insert("cells".into(), Value::Array(item.cells(now)));
-            match include {
-                IncludeObject::None => {}
-                IncludeObject::Metadata => {
-                    row.insert("object".into(), partial_object_metadata(item.meta()));
-                }
-                IncludeObject::Object => {
-                    // The derived kinds always serialize `apiVersion` and `kind`.
-                    let object = serde_json::to_value(item).unwrap_or_else(|_| json!({}));
-                    row.insert("object".into(), object);
-                }
-            }
-            Value::Object(row)
+            serde_json::to_value(Row::new(item, include, now)).unwrap_or_else(|_| json!({}))
         })
         .collect();
     json!({
@@ -87,6 +74,60 @@ where
         "columnDefinitions": K::column_definitions(),
         "rows": rows,
     })
+}
+
+/// The head of a `Table`: everything but its rows.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableHead<M> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: M,
+    column_definitions: Vec<Value>,
+}
+
+impl<M> TableHead<M> {
+    pub fn new<K: TableRow>(metadata: M) -> Self {
+        TableHead {
+            kind: "Table",
+            api_version: "meta.k8s.io/v1",
+            metadata,
+            column_definitions: K::column_definitions(),
+        }
+    }
+}
+
+/// One row of a `Table`: its cells and, as `includeObject` asks, the object.
+#[derive(serde::Serialize)]
+pub struct Row<'a, K> {
+    cells: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object: Option<RowObject<'a, K>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum RowObject<'a, K> {
+    Metadata(PartialObjectMetadata<'a>),
+    // The derived kinds always serialize `apiVersion` and `kind`.
+    Object(&'a K),
+}
+
+impl<'a, K: TableRow + kube::Resource> Row<'a, K> {
+    pub fn new(item: &'a K, include: IncludeObject, now: Timestamp) -> Self {
+        let object = match include {
+            IncludeObject::None => None,
+            IncludeObject::Metadata => Some(RowObject::Metadata(PartialObjectMetadata::new(
+                "meta.k8s.io/v1",
+                item.meta(),
+            ))),
+            IncludeObject::Object => Some(RowObject::Object(item)),
+        };
+        Row {
+            cells: item.cells(now),
+            object,
+        }
+    }
 }
 
 /// `meta.k8s.io/v1` `PartialObjectMetadata` of one object.

@@ -10,9 +10,7 @@ use super::state::State;
 use super::txn::{store_error, Stored, Txn};
 use crate::api::{IPPrefix, PREFIX_IN_USE_FINALIZER};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{
-    HistoryLimits, KeyRange, ObjectKey, Precondition, SledStore, Store, StoreError,
-};
+use crate::store::{HistoryLimits, KeyRange, Precondition, SledStore, Store, StoreError};
 use base64::Engine;
 use kube::core::Selector;
 use std::path::Path;
@@ -278,79 +276,6 @@ impl Registry {
             Some(v) => codec::decode_stored(&v.value, v.revision),
             None => Err(ApiError::not_found(K::RESOURCE, name)),
         }
-    }
-
-    pub fn list<K: Kind>(
-        &self,
-        namespace: Option<&str>,
-        opts: &ListOptions,
-    ) -> ApiResult<ObjectList<K>> {
-        self.ensure_available()?;
-        let range = KeyRange {
-            resource: K::RESOURCE,
-            namespace: namespace.map(str::to_string),
-        };
-        let identity = list_identity(K::RESOURCE, namespace, opts);
-        let (start_after, list_rv) = match opts.continue_token.as_deref().filter(|t| !t.is_empty())
-        {
-            Some(token) => {
-                let t = decode_continue(token)?;
-                if t.list.as_deref().is_some_and(|l| l != identity) {
-                    return Err(ApiError::BadRequest(format!(
-                        "continue token {token:?} belongs to another list (another resource, namespace or selector); repeat the list it came from, or start a new list without continue"
-                    )));
-                }
-                if t.rv < self.inner.store.oldest_watchable() {
-                    return Err(ApiError::Expired(
-                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
-                    ));
-                }
-                let (ns, name) = t.start.split_once('/').unwrap_or(("", &t.start));
-                (Some(ObjectKey::new(K::RESOURCE, ns, name)), Some(t.rv))
-            }
-            None => (None, None),
-        };
-        let mut decode_error = None;
-        let mut decoded = Vec::new();
-        let page = self
-            .inner
-            .store
-            .list(
-                &range,
-                start_after.as_ref(),
-                opts.limit.filter(|l| *l > 0),
-                &mut |v| match codec::decode_stored::<K>(&v.value, v.revision) {
-                    Ok(obj) if matches_list(&obj, opts) => {
-                        decoded.push(obj);
-                        true
-                    }
-                    Ok(_) => false,
-                    Err(e) => {
-                        decode_error.get_or_insert(e);
-                        false
-                    }
-                },
-            )
-            .map_err(store_error)?;
-        if let Some(e) = decode_error {
-            return Err(e);
-        }
-        // The filter decoded one item beyond the limit when there are more.
-        decoded.truncate(page.items.len());
-        let rv = list_rv.unwrap_or(page.revision);
-        let continue_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => Some(encode_continue(&ContinueToken {
-                rv,
-                start: format!("{}/{}", last.key.namespace, last.key.name),
-                list: Some(identity),
-            })),
-            _ => None,
-        };
-        Ok(ObjectList {
-            items: decoded,
-            resource_version: rv.to_string(),
-            continue_token,
-        })
     }
 
     /// `resourceVersion` / `resourceVersionMatch` of a list. The store keeps no history of

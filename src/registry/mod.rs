@@ -6,6 +6,7 @@ mod claim;
 pub mod codec;
 mod generic;
 pub mod kind;
+mod list;
 mod lookup;
 pub mod managed_fields;
 pub mod meta;
@@ -26,6 +27,7 @@ pub use generic::{
     DeleteOptions, ListOptions, ObjectList, Preconditions, PropagationPolicy, Registry, Subresource,
 };
 pub use kind::Kind;
+pub use list::{ListChunks, LIST_CHUNK};
 pub use managed_fields::{FieldManager, Operation};
 pub use parents::ParentPlan;
 pub use state::pool_with_children;
