@@ -2,6 +2,7 @@
 use super::codec;
 use super::generic::{matches_list, ListOptions, Registry};
 use super::kind::Kind;
+use super::list::ListChunks;
 use super::txn::store_error;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventType, KeyRange, Revision, SharedEncoding, WatchReceiver};
@@ -45,7 +46,9 @@ pub struct Watch<K> {
     /// Skip ADDED and MODIFIED store events without decoding them (see
     /// [`Watch::deletions_only`]).
     deletions_only: bool,
-    initial: VecDeque<K>,
+    /// The objects a watch from now starts with, read a chunk at a time as they are sent.
+    initial: Option<ListChunks<K>>,
+    initial_chunk: VecDeque<K>,
     initial_end_bookmark: Option<Revision>,
     rx: WatchReceiver,
     range: KeyRange,
@@ -79,8 +82,7 @@ impl Registry {
             let mut list = opts.list.clone();
             list.limit = None;
             list.continue_token = None;
-            let items = self.list::<K>(namespace, &list)?.items;
-            (rx, items.into(), start)
+            (rx, Some(self.list_chunks::<K>(namespace, &list)?), start)
         } else {
             let rv = parse_rv(opts.resource_version.as_deref().unwrap_or_default())?;
             let rx = store.watch(rv).map_err(|e| match e {
@@ -89,7 +91,7 @@ impl Registry {
                 }
                 other => store_error(other),
             })?;
-            (rx, VecDeque::new(), rv)
+            (rx, None, rv)
         };
         let initial_end_bookmark =
             (opts.send_initial_events && opts.allow_bookmarks).then_some(start);
@@ -98,6 +100,7 @@ impl Registry {
             share_encoded: None,
             deletions_only: false,
             initial,
+            initial_chunk: VecDeque::new(),
             initial_end_bookmark,
             rx,
             range,
@@ -122,8 +125,18 @@ impl<K: Kind> Watch<K> {
         if self.done {
             return None;
         }
-        if let Some(obj) = self.initial.pop_front() {
-            return Some(WatchEvent::Added(obj));
+        while let Some(list) = &mut self.initial {
+            if let Some(obj) = self.initial_chunk.pop_front() {
+                return Some(WatchEvent::Added(obj));
+            }
+            match list.next_chunk() {
+                Ok(Some(chunk)) => self.initial_chunk = chunk.into(),
+                Ok(None) => self.initial = None,
+                Err(e) => {
+                    self.done = true;
+                    return Some(WatchEvent::Error(e));
+                }
+            }
         }
         if let Some(rv) = self.initial_end_bookmark.take() {
             return Some(WatchEvent::Bookmark {
