@@ -379,3 +379,6 @@ fn yaml_sequence_entry(out: &mut Vec<u8>, text: &str) {
         out.push(b'\n');
     }
 }
+
+#[cfg(test)]
+mod tests;
