@@ -71,7 +71,7 @@ pub fn list_response<K: Served>(
         Representation::Object { yaml: true } => "application/yaml",
         _ => "application/json",
     };
-    let mut writer = ListWriter {
+    let writer = ListWriter {
         source,
         format: Format::of::<K>(repr),
         include,
@@ -84,17 +84,17 @@ pub fn list_response<K: Served>(
         done: false,
         _kind: std::marker::PhantomData,
     };
-    let body = futures::stream::poll_fn(move |_| {
-        std::task::Poll::Ready(match writer.next_bytes() {
-            Ok(Some(bytes)) => Some(Ok(bytes)),
+    let body = futures::stream::unfold(Some(writer), |writer| async move {
+        let mut writer = writer?;
+        match writer.next_bytes() {
+            Ok(Some(bytes)) => Some((Ok(bytes), Some(writer))),
             Ok(None) => None,
             Err(e) => {
                 // Past the status line: all that is left is to end the body short.
                 tracing::warn!(error = %e, "list ended before its last item");
-                writer.done = true;
-                Some(Err(e))
+                Some((Err(e), None))
             }
-        })
+        }
     });
     let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
     resp.headers_mut().insert(
@@ -121,22 +121,19 @@ enum Format {
 
 impl Format {
     fn of<K: Served>(repr: Representation) -> Format {
+        let objects = |yaml| Format::Objects {
+            api_version: K::api_version(&()).into_owned(),
+            kind: format!("{}List", K::KIND),
+            yaml,
+        };
         match repr {
             Representation::Table { .. } => Format::Table,
             Representation::PartialObjectMetadata { beta } => Format::Metadata {
                 api_version: meta_api_version(beta),
             },
             Representation::PartialObjectMetadataProtobuf => Format::MetadataProtobuf,
-            Representation::Object { yaml } => Format::Objects {
-                api_version: K::api_version(&()).into_owned(),
-                kind: format!("{}List", K::KIND),
-                yaml,
-            },
-            Representation::Discovery { .. } => Format::Objects {
-                api_version: K::api_version(&()).into_owned(),
-                kind: format!("{}List", K::KIND),
-                yaml: false,
-            },
+            Representation::Object { yaml } => objects(yaml),
+            Representation::Discovery { .. } => objects(false),
         }
     }
 }
