@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod error;

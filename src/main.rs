@@ -2,6 +2,7 @@
 //! `ipam-apiserver serve`: parse flags, open the registry, set up TLS and authentication
 //! (standalone PKI, or delegated to the cluster), bind, and serve until ctrl-c or SIGTERM.
 use clap::Parser;
+use ipam_apiserver::audit::{self, Auditor};
 use ipam_apiserver::auth::{self, authz::Authorizer, standalone::StandalonePki};
 use ipam_apiserver::cluster::events::EventRecorder;
 use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
@@ -95,9 +96,20 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             .clone()
             .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
     );
+    let (auditor, audit_writer) = match &config.audit {
+        Some(c) => audit::start(c).map(|(a, w)| (Some(a), Some(w)))?,
+        None => (None, None),
+    };
     match &config.mode {
-        Mode::Standalone => serve_standalone(&config, limits, registry.clone()).await?,
-        Mode::Cluster(cluster) => serve_cluster(&config, cluster, limits, registry.clone()).await?,
+        Mode::Standalone => serve_standalone(&config, limits, registry.clone(), auditor).await?,
+        Mode::Cluster(cluster) => {
+            serve_cluster(&config, cluster, limits, registry.clone(), auditor).await?
+        }
+    }
+    // The server is gone, and with it every sender: write what is queued.
+    if let Some(writer) = audit_writer {
+        let wait = move || writer.finish(std::time::Duration::from_secs(10));
+        let _ = tokio::task::spawn_blocking(wait).await;
     }
     // Requests are drained: store what the status writer has not yet.
     if let Err(e) = registry.write_stale_statuses().await {
@@ -117,6 +129,7 @@ async fn serve_standalone(
     config: &Config,
     limits: server::ConnectionLimits,
     registry: Registry,
+    auditor: Option<Auditor>,
 ) -> Result<(), Fatal> {
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
@@ -130,12 +143,9 @@ async fn serve_standalone(
     let kubeconfig = pki.write_kubeconfig(&data_dir, addr)?;
 
     let health = health_routes(&registry);
-    let app = http::router(registry)
-        .merge(health)
-        .layer(axum::middleware::from_fn_with_state(
-            authn,
-            auth::authenticate,
-        ));
+    let app = audit::layer(http::router(registry).merge(health), auditor.as_ref()).layer(
+        axum::middleware::from_fn_with_state(authn, auth::authenticate),
+    );
 
     eprintln!(
         "Standalone mode: admin kubeconfig written to {kc}\n  export KUBECONFIG={kc}\n  kubectl --kubeconfig {kc} get ipprefixes",
@@ -153,6 +163,7 @@ async fn serve_cluster(
     cluster: &ClusterConfig,
     limits: server::ConnectionLimits,
     registry: Registry,
+    auditor: Option<Auditor>,
 ) -> Result<(), Fatal> {
     let client = kube_client(cluster.kubeconfig.as_deref()).await?;
     let authn_client = match &cluster.authentication_kubeconfig {
@@ -178,18 +189,18 @@ async fn serve_cluster(
 
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
-    // Layers run outside-in: authenticate, then authorize, then the API.
+    // Layers run outside-in: authenticate, audit, authorize, then the API.
     let health = health_routes(&registry);
     let app = http::router_with(registry, Some(hooks))
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(
             authorizer,
             auth::authz::authorize,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            authn,
-            auth::authenticate,
         ));
+    let app = audit::layer(app, auditor.as_ref()).layer(axum::middleware::from_fn_with_state(
+        authn,
+        auth::authenticate,
+    ));
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
     server::run(listener, tls, app, limits, shutdown).await?;

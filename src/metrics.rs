@@ -65,6 +65,12 @@ pub struct Metrics {
     /// SubjectAccessReviews sent to the cluster (cluster mode; answers from the cache are not
     /// counted): the load authorization puts on kube-apiserver.
     pub access_reviews: Counter,
+    /// Audit events written to the audit log.
+    pub audit_events: Counter,
+    /// Audit events dropped because the writer's queue was full.
+    pub audit_events_dropped: Counter,
+    /// Audit events (or buffered batches) a failing write lost, e.g. on a full disk.
+    pub audit_write_failures: Counter,
     /// Per root IPPrefix: (allocated + excluded) / total, refreshed at every scrape.
     pub root_utilization: Family<RootLabels, Gauge<f64, AtomicU64>>,
     pub root_children: Family<RootLabels, Gauge>,
@@ -116,6 +122,9 @@ impl Metrics {
         let durable_wait = stage_histogram();
         let events_dropped = Counter::default();
         let access_reviews = Counter::default();
+        let audit_events = Counter::default();
+        let audit_events_dropped = Counter::default();
+        let audit_write_failures = Counter::default();
         let root_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
         let root_children = Family::<RootLabels, Gauge>::default();
         let open_connections = Gauge::default();
@@ -187,6 +196,21 @@ impl Metrics {
             access_reviews.clone(),
         );
         registry.register(
+            "audit_events",
+            "Audit events written to the audit log",
+            audit_events.clone(),
+        );
+        registry.register(
+            "audit_events_dropped",
+            "Audit events dropped because the audit log's writer was behind",
+            audit_events_dropped.clone(),
+        );
+        registry.register(
+            "audit_write_failures",
+            "Audit log writes that failed (e.g. a full disk); their events are lost",
+            audit_write_failures.clone(),
+        );
+        registry.register(
             "root_prefix_utilization_ratio",
             "(allocated + excluded) / total addresses of each root IPPrefix",
             root_utilization.clone(),
@@ -250,6 +274,9 @@ impl Metrics {
             durable_wait,
             events_dropped,
             access_reviews,
+            audit_events,
+            audit_events_dropped,
+            audit_write_failures,
             root_utilization,
             root_children,
             open_connections,

@@ -124,6 +124,28 @@ pub struct ServeOptions {
     /// children, the most utilized first (bounds the series count of large plans).
     #[arg(long, default_value_t = crate::metrics::DEFAULT_PREFIX_SERIES, value_name = "N")]
     pub metrics_prefix_series: usize,
+
+    /// Write an audit.k8s.io/v1 Event per audited request to this file, one per line; `-` is
+    /// standard output. Without it, nothing is audited.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log_path: Option<PathBuf>,
+
+    /// An audit.k8s.io/v1 Policy saying which requests are recorded at which level. Default:
+    /// every write (create, update, patch, delete, deletecollection) at Metadata.
+    #[arg(long, value_name = "FILE")]
+    pub audit_policy_file: Option<PathBuf>,
+
+    /// Days to keep rotated audit log files (by the timestamp in their names); 0 keeps them.
+    #[arg(long = "audit-log-maxage", default_value_t = 0, value_name = "DAYS")]
+    pub audit_log_maxage: u32,
+
+    /// Rotated audit log files to keep; 0 keeps all.
+    #[arg(long = "audit-log-maxbackup", default_value_t = 0, value_name = "N")]
+    pub audit_log_maxbackup: u32,
+
+    /// Megabytes the audit log may reach before it is rotated; 0 means 100.
+    #[arg(long = "audit-log-maxsize", default_value_t = 0, value_name = "MB")]
+    pub audit_log_maxsize: u32,
 }
 
 /// A byte count: a number, optionally with a binary suffix (`Ki`, `Mi`, `Gi`) as Kubernetes
@@ -175,6 +197,20 @@ pub struct Config {
     /// The bound on per-IPPrefix metric series.
     pub metrics_prefix_series: usize,
     pub mode: Mode,
+    /// `None`: no audit log.
+    pub audit: Option<AuditConfig>,
+}
+
+/// The audit log's flags, as kube-apiserver's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// `-` is standard output.
+    pub path: PathBuf,
+    pub policy_file: Option<PathBuf>,
+    pub max_age_days: u32,
+    pub max_backups: u32,
+    /// 0 means 100.
+    pub max_size_mb: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +284,21 @@ impl ServeOptions {
                 }
             }
         }
+
+        let audit = match (self.audit_log_path, self.audit_policy_file) {
+            (Some(path), policy_file) => Some(AuditConfig {
+                path,
+                policy_file,
+                max_age_days: self.audit_log_maxage,
+                max_backups: self.audit_log_maxbackup,
+                max_size_mb: self.audit_log_maxsize,
+            }),
+            (None, Some(_)) => {
+                errs.push("--audit-policy-file has no effect without --audit-log-path".to_string());
+                None
+            }
+            (None, None) => None,
+        };
 
         let default_ip = if self.standalone {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -351,6 +402,7 @@ impl ServeOptions {
                 metrics_prefix_series: self.metrics_prefix_series,
                 watch_history_bytes: self.watch_history_bytes,
                 mode,
+                audit,
             }),
             _ => Err(InvalidOptions(errs)),
         }
@@ -496,5 +548,33 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cfg.bind, "[::1]:0".parse().unwrap());
+    }
+
+    #[test]
+    fn audit_flags_make_an_audit_config_and_a_policy_needs_a_log() {
+        let cfg = parse(&["--standalone"]).unwrap();
+        assert_eq!(cfg.audit, None);
+        let cfg = parse(&[
+            "--standalone",
+            "--audit-log-path",
+            "-",
+            "--audit-log-maxsize",
+            "5",
+            "--audit-log-maxbackup",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.audit,
+            Some(AuditConfig {
+                path: PathBuf::from("-"),
+                policy_file: None,
+                max_age_days: 0,
+                max_backups: 3,
+                max_size_mb: 5,
+            })
+        );
+        let err = parse(&["--standalone", "--audit-policy-file", "p.yaml"]).unwrap_err();
+        assert!(err.0[0].contains("--audit-log-path"), "{err}");
     }
 }

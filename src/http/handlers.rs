@@ -6,6 +6,7 @@ use super::respond::{object_response, Served};
 use super::table::IncludeObject;
 use super::watch::watch_response;
 use super::AppState;
+use crate::audit;
 use crate::auth::UserInfo;
 use crate::error::{ApiError, ApiResult};
 use crate::registry::codec::decode_body;
@@ -167,13 +168,14 @@ pub async fn create<K: Served>(
         &manager,
     )
     .await?;
-    object_response(
+    let resp = object_response(
         StatusCode::CREATED,
         &created,
         repr,
         IncludeObject::Object,
         &warnings,
-    )
+    )?;
+    Ok(audit::written(resp, created))
 }
 
 /// PUT on an object (`STATUS = false`) or on its `/status` subresource (`STATUS = true`).
@@ -203,13 +205,14 @@ pub async fn replace<K: Served, const STATUS: bool>(
     if let Some(written) = written {
         warnings.extend(ignored_status(&written, &updated)?);
     }
-    object_response(
+    let resp = object_response(
         StatusCode::OK,
         &updated,
         repr,
         IncludeObject::Object,
         &warnings,
-    )
+    )?;
+    Ok(audit::written(resp, updated))
 }
 
 /// PATCH on an object (`STATUS = false`) or on its `/status` subresource (`STATUS = true`).
@@ -233,7 +236,8 @@ pub async fn patch<K: Served, const STATUS: bool>(
         subresource::<STATUS>(),
     )
     .await?;
-    object_response(code, &obj, repr, IncludeObject::Object, &warnings)
+    let resp = object_response(code, &obj, repr, IncludeObject::Object, &warnings)?;
+    Ok(audit::written(resp, obj))
 }
 
 /// Warnings for the server-owned status fields a `/status` write tried to change.
@@ -323,7 +327,8 @@ pub async fn delete<K: Served>(
     } else {
         StatusCode::ACCEPTED
     };
-    object_response(code, &obj, repr, IncludeObject::Object, &[])
+    let resp = object_response(code, &obj, repr, IncludeObject::Object, &[])?;
+    Ok(audit::written(resp, obj))
 }
 
 pub async fn delete_collection<K: Served>(
@@ -344,7 +349,12 @@ pub async fn delete_collection<K: Served>(
         Representation::Table { .. } => Representation::Object { yaml: false },
         other => other,
     };
-    Ok(list_response(deleted, repr, IncludeObject::Object))
+    // The removed objects, for the audit log (the list is written as a stream from its own).
+    let items = deleted.items.clone();
+    Ok(audit::written(
+        list_response(deleted, repr, IncludeObject::Object),
+        items,
+    ))
 }
 
 pub fn watch_options<K: Served>(params: &Params) -> ApiResult<WatchOptions> {
