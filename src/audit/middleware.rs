@@ -39,20 +39,54 @@ pub async fn audit(State(auditor): State<Auditor>, req: Request, next: Next) -> 
     }
     let mut event = base_event(&req, &attrs, &decision, audit_id, received);
 
-    let req = if decision.level >= Level::Request && has_body(&req) {
+    // A create names its object only in the body: kept (not parsed) to name a refused one.
+    let create = event.verb == "create";
+    let (req, body) = if create || (decision.level >= Level::Request && has_body(&req)) {
         let (parts, body) = req.into_parts();
         // Read as the handlers read it: the same limit, and the same answer past it.
         let bytes = match RequestBody::from_request(Request::new(body), &()).await {
             Ok(RequestBody(bytes)) => bytes,
             Err(e) => return finish(&auditor, event, &decision, e.into_response()).await,
         };
-        event.request_object = parse_object(&bytes, decision.omit_managed_fields);
-        Request::from_parts(parts, Body::from(bytes))
+        if decision.level >= Level::Request {
+            event.request_object = parse_object(&bytes, decision.omit_managed_fields);
+        }
+        (
+            Request::from_parts(parts, Body::from(bytes.clone())),
+            Some(bytes),
+        )
     } else {
-        req
+        (req, None)
     };
     let resp = next.run(req).await;
+    if resp.extensions().get::<Written>().is_none() {
+        name_from_request(&mut event, body.as_ref());
+    }
     finish(&auditor, event, &decision, resp).await
+}
+
+/// The name (and namespace) in the body of a create that wrote nothing: who asked for what.
+fn name_from_request(event: &mut Event, body: Option<&Bytes>) {
+    let Some(r) = event.object_ref.as_mut().filter(|r| r.name.is_empty()) else {
+        return;
+    };
+    let from_body;
+    let parsed = match &event.request_object {
+        Some(v) => Some(v),
+        None => {
+            from_body = body.and_then(|b| parse_object(b, true));
+            from_body.as_ref()
+        }
+    };
+    let meta = parsed.map(|v| &v["metadata"]);
+    if let Some(name) = meta.and_then(|m| m["name"].as_str()) {
+        r.name = name.to_string();
+    }
+    if r.namespace.is_empty() {
+        if let Some(ns) = meta.and_then(|m| m["namespace"].as_str()) {
+            r.namespace = ns.to_string();
+        }
+    }
 }
 
 /// Fill in what the response tells, and queue the event (a watch's when its stream ends).

@@ -5,9 +5,11 @@
 //! the user) and before authorization (a 403 is recorded too). Write handlers name the objects
 //! they wrote with [`written`]; the event then carries the block in annotations
 //! ([`PREFIX_ANNOTATION`], [`PARENT_ANNOTATION`], [`IPPREFIX_ANNOTATION`]), so the log answers
-//! "who held fd20::5, and when" after the objects are gone. Events are written by one thread
+//! "who held fd20::5, and when" after the objects are gone; what the server does by itself (a
+//! retention that ends) is recorded through [`record_internal`]. Events are written by one thread
 //! behind a bounded queue ([`sink`]): auditing never blocks a request.
 mod event;
+mod internal;
 mod middleware;
 pub mod policy;
 pub mod rotate;
@@ -17,6 +19,7 @@ pub use event::{
     describe, written, Described, Event, Level, Stage, Written, CLAIM_ANNOTATION,
     IPPREFIX_ANNOTATION, PARENT_ANNOTATION, PREFIX_ANNOTATION,
 };
+pub use internal::{record_internal, INTERNAL_USER, REASON_ANNOTATION};
 
 use crate::options::AuditConfig;
 use policy::Policy;
@@ -51,7 +54,9 @@ pub fn start(config: &AuditConfig) -> Result<(Auditor, sink::Writer), String> {
         .map_err(|e| format!("--audit-log-path {}: {e}", config.path.display()))?;
     let (sender, writer) = sink::start(output, sink::QUEUE_CAPACITY)
         .map_err(|e| format!("cannot start the audit log writer: {e}"))?;
-    Ok((Auditor(Arc::new(Inner { policy, sender })), writer))
+    let auditor = Auditor(Arc::new(Inner { policy, sender }));
+    internal::install(&auditor);
+    Ok((auditor, writer))
 }
 
 /// `app` with requests recorded by `auditor`, if there is one. Layer it inside authentication

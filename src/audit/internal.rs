@@ -1,0 +1,178 @@
+//! What the server does by itself, without a request (a Released block freed when its retention
+//! ends, Released children freed with their parent): recorded as a request by the server's own
+//! identity would be, so the log names every block that changed hands.
+//!
+//! Reached through a process-wide handle, as metrics are: the code that acts (the registry) has
+//! no other reason to hold the audit log.
+use super::event::{describe, Event, MicroTime, ObjectRef, ResponseStatus, Stage, User, Written};
+use super::policy::Policy;
+use super::{Auditor, Inner};
+use crate::api::{IPPrefix, IPPrefixClaim, GROUP, VERSION};
+use crate::auth::authz::Attributes;
+use crate::auth::UserInfo;
+use kube::Resource;
+use std::any::Any;
+use std::sync::{Arc, OnceLock, Weak};
+
+/// The identity internal actions are recorded under, as kube-apiserver's loopback client.
+pub const INTERNAL_USER: &str = "system:apiserver";
+/// Why the server acted, e.g. `RetentionExpired`.
+pub const REASON_ANNOTATION: &str = "ipam.miloapis.com/reason";
+
+/// Weak: the writer finishes once the server's own handles are gone.
+static INSTALLED: OnceLock<Weak<Inner>> = OnceLock::new();
+
+/// Make `auditor` the one [`record_internal`] writes to (the first call wins).
+pub(super) fn install(auditor: &Auditor) {
+    let _ = INSTALLED.set(Arc::downgrade(&auditor.0));
+}
+
+/// Record that the server did `verb` (e.g. `delete`) to `object` (an [`IPPrefix`] or
+/// [`IPPrefixClaim`]) for `reason`. Does nothing without an audit log; never blocks.
+pub fn record_internal<T: Any + Send + Sync>(verb: &str, object: T, reason: &str) {
+    if let Some(auditor) = INSTALLED.get().and_then(Weak::upgrade) {
+        let written = Written(Arc::new(object));
+        if let Some(event) = internal_event(&auditor.policy, verb, &written, reason) {
+            auditor.sender.send(event);
+        }
+    }
+}
+
+/// The event for an internal action, if the policy records it.
+pub(super) fn internal_event(
+    policy: &Policy,
+    verb: &str,
+    written: &Written,
+    reason: &str,
+) -> Option<Event> {
+    let any = written.0.as_ref();
+    let (resource, namespaced) = if any.is::<IPPrefixClaim>() {
+        (IPPrefixClaim::plural(&()), true)
+    } else if any.is::<IPPrefix>() {
+        (IPPrefix::plural(&()), false)
+    } else {
+        return None;
+    };
+    let d = describe(written);
+    let user = UserInfo {
+        username: INTERNAL_USER.into(),
+        groups: vec!["system:masters".into()],
+        ..UserInfo::default()
+    };
+    let attrs = Attributes::Resource {
+        verb: verb.into(),
+        group: GROUP.into(),
+        version: VERSION.into(),
+        resource: resource.to_string(),
+        subresource: String::new(),
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+    };
+    let decision = policy.evaluate(Some(&user), &attrs);
+    if !decision.records(Stage::ResponseComplete) {
+        return None;
+    }
+    let scope = if namespaced {
+        format!("/namespaces/{}", d.namespace)
+    } else {
+        String::new()
+    };
+    let now = MicroTime::now();
+    let mut annotations = d.annotations;
+    annotations.insert(REASON_ANNOTATION.into(), reason.into());
+    Some(Event {
+        kind: Event::KIND,
+        api_version: Event::API_VERSION,
+        level: decision.level,
+        audit_id: uuid::Uuid::new_v4().to_string(),
+        stage: Stage::ResponseComplete,
+        request_uri: format!("/apis/{GROUP}/{VERSION}{scope}/{resource}/{}", d.name),
+        verb: verb.into(),
+        user: User::from(&user),
+        source_ips: Vec::new(),
+        user_agent: None,
+        object_ref: Some(ObjectRef {
+            resource: resource.to_string(),
+            namespace: d.namespace,
+            name: d.name,
+            uid: d.uid,
+            api_group: GROUP.into(),
+            api_version: VERSION.into(),
+            resource_version: d.resource_version,
+            subresource: String::new(),
+        }),
+        response_status: Some(ResponseStatus::new(200, None)),
+        request_object: None,
+        response_object: None,
+        request_received_timestamp: now,
+        stage_timestamp: now,
+        annotations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ClaimReference, IPPrefixSpec, PrefixReference};
+
+    fn released() -> IPPrefix {
+        IPPrefix::new(
+            "p.web",
+            IPPrefixSpec {
+                prefix: "fd20::5/128".into(),
+                parent_ref: Some(PrefixReference {
+                    name: "subnet".into(),
+                }),
+                claim_ref: Some(ClaimReference {
+                    namespace: "p".into(),
+                    name: "web".into(),
+                    uid: None,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn an_expiry_is_a_delete_by_the_server_naming_the_block_and_its_claim() {
+        let written = Written(Arc::new(released()));
+        let e = internal_event(
+            &Policy::default_writes(),
+            "delete",
+            &written,
+            "RetentionExpired",
+        )
+        .expect("a delete is a write: recorded by default");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["verb"], "delete");
+        assert_eq!(v["user"]["username"], INTERNAL_USER);
+        assert_eq!(
+            v["requestURI"],
+            "/apis/ipam.miloapis.com/v1alpha1/ipprefixes/p.web"
+        );
+        assert_eq!(v["objectRef"]["resource"], "ipprefixes");
+        assert_eq!(v["objectRef"]["name"], "p.web");
+        assert_eq!(v["responseStatus"]["code"], 200);
+        assert_eq!(
+            v["annotations"],
+            serde_json::json!({
+                "ipam.miloapis.com/prefix": "fd20::5/128",
+                "ipam.miloapis.com/parent": "subnet",
+                "ipam.miloapis.com/ipprefix": "p.web",
+                "ipam.miloapis.com/claim": "p/web",
+                "ipam.miloapis.com/reason": "RetentionExpired",
+            })
+        );
+        assert_eq!(v["sourceIPs"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_policy_can_leave_internal_actions_out() {
+        let policy = Policy::parse(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  users: [system:apiserver]\n- level: Metadata\n",
+        )
+        .unwrap();
+        let written = Written(Arc::new(released()));
+        assert!(internal_event(&policy, "delete", &written, "RetentionExpired").is_none());
+    }
+}

@@ -1,0 +1,370 @@
+//! The audit log through the running binary: what a claim's life leaves in it, across
+//! rotations; the default policy; a disk that is full.
+mod common;
+
+use common::TestServer;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
+
+const ROOT: &str = r#"
+apiVersion: ipam.miloapis.com/v1alpha1
+kind: IPPrefix
+metadata: {name: root}
+spec: {prefix: "fd20::/48"}
+"#;
+
+fn claim_yaml(name: &str, reclaim_policy: &str) -> String {
+    format!(
+        r#"
+apiVersion: ipam.miloapis.com/v1alpha1
+kind: IPPrefixClaim
+metadata: {{name: {name}, namespace: p}}
+spec:
+  parentRef: {{name: root}}
+  prefixLength: 64
+  reclaimPolicy: {reclaim_policy}
+"#
+    )
+}
+
+/// `kubectl create -f` of `yaml`, written to a file in `dir`.
+fn kubectl_create(server: &TestServer, dir: &Path, yaml: &str) -> String {
+    let file = dir.join("object.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    server.kubectl_ok(&["create", "-f", file.to_str().unwrap(), "-o", "json"])
+}
+
+/// Rotated files beside `log`, oldest first (their names hold the time).
+fn backups(log: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("audit-") && name.ends_with(".log")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Every event in the backups and then the live file, in the order written.
+fn events(log: &Path) -> Vec<Value> {
+    backups(log)
+        .iter()
+        .chain(std::iter::once(&log.to_path_buf()))
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+/// Requests recorded at RequestResponse (the OpenAPI document, ~100s of KB each) until the
+/// log rotates once more.
+async fn fill_until_rotated(server: &TestServer, log: &Path) {
+    let newest = backups(log).last().cloned();
+    for _ in 0..500 {
+        let (status, _, _) = server.raw("GET", "/openapi/v2", None, Vec::new()).await;
+        assert!(status.is_success());
+        if backups(log).last() != newest.as_ref() {
+            return;
+        }
+    }
+    panic!("the audit log did not rotate; backups: {:?}", backups(log));
+}
+
+fn claim_events<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e["objectRef"]["resource"] == "ipprefixclaims" && e["objectRef"]["name"] == name
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claims_create_release_rebind_and_delete_stay_in_the_log_across_rotations() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.log");
+    let policy = logs.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"
+apiVersion: audit.k8s.io/v1
+kind: Policy
+rules:
+- level: RequestResponse
+  nonResourceURLs: ["/openapi/v2"]
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+"#,
+    )
+    .unwrap();
+    let mut server = TestServer::start_with(
+        &[],
+        &[
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--audit-policy-file",
+            policy.to_str().unwrap(),
+            "--audit-log-maxsize",
+            "1",
+            "--audit-log-maxbackup",
+            "3",
+        ],
+    );
+    let scratch = logs.path();
+    kubectl_create(&server, scratch, ROOT);
+    let made: Value = serde_json::from_str(&kubectl_create(
+        &server,
+        scratch,
+        &claim_yaml("web", "Retain"),
+    ))
+    .unwrap();
+    let prefix = made["status"]["prefix"].as_str().unwrap().to_string();
+    fill_until_rotated(&server, &log).await;
+    server.kubectl_ok(&["delete", "ipprefixclaim", "web", "-n", "p"]);
+    fill_until_rotated(&server, &log).await;
+    let rebound: Value = serde_json::from_str(&kubectl_create(
+        &server,
+        scratch,
+        &claim_yaml("web", "Delete"),
+    ))
+    .unwrap();
+    assert_eq!(rebound["status"]["prefix"], prefix.as_str());
+    assert_eq!(rebound["status"]["conditions"][0]["reason"], "Rebound");
+    server.kubectl_ok(&["delete", "ipprefixclaim", "web", "-n", "p"]);
+    // SIGTERM: the server writes what is queued before it exits.
+    assert!(server.stop().success());
+
+    let all = events(&log);
+    assert!(
+        backups(&log).len() >= 2,
+        "rotated twice: {:?}",
+        backups(&log)
+    );
+    let lifecycle = claim_events(&all, "web");
+    let summary: Vec<(String, u64)> = lifecycle
+        .iter()
+        .map(|e| {
+            (
+                e["verb"].as_str().unwrap().to_string(),
+                e["responseStatus"]["code"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("create".to_string(), 201),
+            ("delete".to_string(), 200),
+            ("create".to_string(), 201),
+            ("delete".to_string(), 200)
+        ],
+        "{lifecycle:#?}"
+    );
+    let mut ids = std::collections::HashSet::new();
+    let mut last_received = String::new();
+    for e in &lifecycle {
+        assert_eq!(e["kind"], "Event");
+        assert_eq!(e["apiVersion"], "audit.k8s.io/v1");
+        assert_eq!(e["level"], "Metadata");
+        assert_eq!(e["stage"], "ResponseComplete");
+        assert_eq!(e["user"]["username"], "admin");
+        assert!(
+            e["user"]["groups"]
+                .as_array()
+                .unwrap()
+                .contains(&"system:masters".into()),
+            "{e}"
+        );
+        assert_eq!(e["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+        assert!(
+            e["userAgent"].as_str().unwrap().starts_with("kubectl"),
+            "{e}"
+        );
+        assert_eq!(e["objectRef"]["namespace"], "p");
+        assert_eq!(e["objectRef"]["apiGroup"], "ipam.miloapis.com");
+        assert_eq!(e["objectRef"]["apiVersion"], "v1alpha1");
+        assert_eq!(
+            e["annotations"],
+            serde_json::json!({
+                "ipam.miloapis.com/prefix": prefix,
+                "ipam.miloapis.com/parent": "root",
+                "ipam.miloapis.com/ipprefix": "p.web",
+            }),
+            "{e}"
+        );
+        assert!(e.get("requestObject").is_none() && e.get("responseObject").is_none());
+        assert!(ids.insert(e["auditID"].as_str().unwrap().to_string()));
+        let received = e["requestReceivedTimestamp"].as_str().unwrap().to_string();
+        assert!(received >= last_received, "{received} < {last_received}");
+        assert!(e["stageTimestamp"].as_str().unwrap() >= received.as_str());
+        last_received = received;
+    }
+    // The two creates name the uid of the claim each made; the first and second claims differ.
+    assert_ne!(
+        lifecycle[0]["objectRef"]["uid"],
+        lifecycle[2]["objectRef"]["uid"]
+    );
+    assert_eq!(lifecycle[0]["objectRef"]["uid"], made["metadata"]["uid"]);
+    let padding = all
+        .iter()
+        .filter(|e| e["requestURI"] == "/openapi/v2")
+        .count();
+    assert!(padding > 0);
+    assert!(all
+        .iter()
+        .filter(|e| e["requestURI"] == "/openapi/v2")
+        .all(|e| e["level"] == "RequestResponse" && e["responseObject"]["swagger"] == "2.0"));
+
+    // Two more rotations: only the newest three backups stay.
+    server.restart();
+    fill_until_rotated(&server, &log).await;
+    fill_until_rotated(&server, &log).await;
+    assert_eq!(backups(&log).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_policy_every_write_is_recorded_at_metadata_and_no_read() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.log");
+    let mut server = TestServer::start_with(&[], &["--audit-log-path", log.to_str().unwrap()]);
+    let small_root = r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{"name":"tiny"},"spec":{"prefix":"fd30::/127"}}"#;
+    let (status, _, _) = server
+        .raw(
+            "POST",
+            &format!("{GV}/ipprefixes"),
+            Some("application/json"),
+            small_root,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let claim = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefixClaim","metadata":{{"name":"{name}"}},"spec":{{"parentRef":{{"name":"tiny"}},"prefixLength":128}}}}"#
+        )
+    };
+    let claims = format!("{GV}/namespaces/q/ipprefixclaims");
+    for (name, want) in [("a", 201), ("b", 201), ("c", 409)] {
+        let (status, headers, _) = server
+            .raw("POST", &claims, Some("application/json"), claim(name))
+            .await;
+        assert_eq!(status, want);
+        assert!(headers.contains_key("audit-id"));
+    }
+    server.raw("GET", &claims, None, Vec::new()).await;
+    let (status, _, _) = server.raw("DELETE", &claims, None, Vec::new()).await;
+    assert_eq!(status, 200);
+    assert!(server.stop().success());
+
+    let all = events(&log);
+    let seen: Vec<(&str, &str, &str, u64)> = all
+        .iter()
+        .map(|e| {
+            (
+                e["verb"].as_str().unwrap(),
+                e["objectRef"]["resource"].as_str().unwrap(),
+                e["objectRef"]["name"].as_str().unwrap_or_default(),
+                e["responseStatus"]["code"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("create", "ipprefixes", "tiny", 201),
+            ("create", "ipprefixclaims", "a", 201),
+            ("create", "ipprefixclaims", "b", 201),
+            ("create", "ipprefixclaims", "c", 409),
+            ("deletecollection", "ipprefixclaims", "", 200),
+        ]
+    );
+    assert!(all.iter().all(|e| e["level"] == "Metadata"));
+    assert_eq!(
+        all[0]["annotations"]["ipam.miloapis.com/prefix"],
+        "fd30::/127"
+    );
+    assert_eq!(
+        all[1]["annotations"]["ipam.miloapis.com/prefix"],
+        "fd30::/128"
+    );
+    assert_eq!(
+        all[2]["annotations"]["ipam.miloapis.com/prefix"],
+        "fd30::1/128"
+    );
+    let refused = &all[3];
+    assert_eq!(refused["responseStatus"]["reason"], "Exhausted");
+    assert!(
+        refused["responseStatus"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no free /128"),
+        "{refused}"
+    );
+    assert!(refused.get("annotations").is_none(), "{refused}");
+    // A namespace emptied in one request still names every block it freed.
+    assert_eq!(
+        all[4]["annotations"]["ipam.miloapis.com/prefix"],
+        "fd30::/128,fd30::1/128"
+    );
+    assert_eq!(
+        all[4]["annotations"]["ipam.miloapis.com/ipprefix"],
+        "q.a,q.b"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_loses_audit_events_but_never_an_allocation() {
+    let server = TestServer::start_with(&[], &["--audit-log-path", "/dev/full"]);
+    let root = r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{"name":"r"},"spec":{"prefix":"10.0.0.0/24"}}"#;
+    let (status, _, _) = server
+        .raw(
+            "POST",
+            &format!("{GV}/ipprefixes"),
+            Some("application/json"),
+            root,
+        )
+        .await;
+    assert_eq!(status, 201);
+    for i in 0..20 {
+        let claim = format!(
+            r#"{{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefixClaim","metadata":{{"name":"c{i}"}},"spec":{{"parentRef":{{"name":"r"}},"prefixLength":32}}}}"#
+        );
+        let (status, _, _) = server
+            .raw(
+                "POST",
+                &format!("{GV}/namespaces/d/ipprefixclaims"),
+                Some("application/json"),
+                claim,
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    // The writer reports on its own thread: wait (bounded) for the count and the log line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, body) = server.raw("GET", "/metrics", None, Vec::new()).await;
+        let metrics = String::from_utf8(body).unwrap();
+        let failures = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ipam_audit_write_failures_total "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap_or(0.0);
+        if failures >= 1.0 && server.stderr().contains("audit log: write failed") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failure counted or logged; metrics:\n{metrics}\nstderr:\n{}",
+            server.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
