@@ -368,3 +368,73 @@ async fn a_full_disk_loses_audit_events_but_never_an_allocation() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_records_request_bodies_and_a_watch_from_start_to_end() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.log");
+    let policy = logs.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitManagedFields: true
+rules:
+- level: Request
+  verbs: [create]
+- level: Metadata
+  verbs: [watch]
+"#,
+    )
+    .unwrap();
+    let mut server = TestServer::start_with(&[
+        "--audit-log-path",
+        log.to_str().unwrap(),
+        "--audit-policy-file",
+        policy.to_str().unwrap(),
+    ]);
+    let root = r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{"name":"w","managedFields":[{"manager":"x","operation":"Update"}]},"spec":{"prefix":"10.9.0.0/16"}}"#;
+    let (status, _, _) = server
+        .raw(
+            "POST",
+            &format!("{GV}/ipprefixes"),
+            Some("application/json"),
+            root,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _, _) = server
+        .raw(
+            "GET",
+            &format!("{GV}/ipprefixes?watch=true&timeoutSeconds=1"),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(server.stop().success());
+
+    let all = events(&log);
+    let stages: Vec<(&str, &str)> = all
+        .iter()
+        .map(|e| (e["verb"].as_str().unwrap(), e["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("create", "ResponseComplete"),
+            ("watch", "ResponseStarted"),
+            ("watch", "ResponseComplete"),
+        ]
+    );
+    let create = &all[0];
+    assert_eq!(create["level"], "Request");
+    assert_eq!(create["requestObject"]["spec"]["prefix"], "10.9.0.0/16");
+    assert!(create["requestObject"]["metadata"]
+        .get("managedFields")
+        .is_none());
+    assert!(create.get("responseObject").is_none());
+    assert_eq!(all[1]["auditID"], all[2]["auditID"]);
+    assert!(all[2]["stageTimestamp"].as_str() > all[1]["stageTimestamp"].as_str());
+}
