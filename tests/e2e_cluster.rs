@@ -64,6 +64,10 @@ fn cluster_e2e() {
             "deploy_kustomization_is_accepted_by_kube_apiserver",
             deploy_kustomization_is_accepted_by_kube_apiserver,
         ),
+        (
+            "the_audit_log_names_the_end_user_and_every_block_a_namespace_deletion_freed",
+            the_audit_log_names_the_end_user_and_every_block_a_namespace_deletion_freed,
+        ),
     ];
     for (name, case) in cases {
         let t = Instant::now();
@@ -600,5 +604,66 @@ fn deploy_kustomization_is_accepted_by_kube_apiserver(env: &Envtest) {
         "apiservice.apiregistration.k8s.io/v1alpha1.ipam.miloapis.com",
     ] {
         assert!(out.contains(object), "{object} missing from:\n{out}");
+    }
+}
+
+/// Runs after the cases above and reads what they left in the audit log: the user is the one
+/// kube-apiserver authenticated (sent by the front proxy), not the proxy; a refused claim is
+/// there with its name; the namespace controller's deletion of team-d names every block.
+fn the_audit_log_names_the_end_user_and_every_block_a_namespace_deletion_freed(env: &Envtest) {
+    let events = || -> Vec<Value> {
+        std::fs::read_to_string(env.audit_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let find = |all: &[Value], name: &str, ns: &str, user: &str| -> Option<Value> {
+        all.iter()
+            .find(|e| {
+                e["verb"] == "create"
+                    && e["objectRef"]["name"] == name
+                    && e["objectRef"]["namespace"] == ns
+                    && e["user"]["username"] == user
+            })
+            .cloned()
+    };
+    env.wait_for("bob's and alice's claims in the audit log", || {
+        let all = events();
+        find(&all, "bobs", "team-b", "bob").is_some()
+            && find(&all, "alices", "team-b", "alice").is_some()
+    });
+    let all = events();
+    let bobs = find(&all, "bobs", "team-b", "bob").unwrap();
+    assert_eq!(bobs["responseStatus"]["code"], 201, "{bobs}");
+    assert_eq!(
+        bobs["annotations"]["ipam.miloapis.com/prefix"], "fd20::/64",
+        "{bobs}"
+    );
+    assert_eq!(
+        bobs["annotations"]["ipam.miloapis.com/parent"], "root-b",
+        "{bobs}"
+    );
+    let alices = find(&all, "alices", "team-b", "alice").unwrap();
+    assert_eq!(alices["responseStatus"]["code"], 403, "{alices}");
+    assert_eq!(alices["responseStatus"]["reason"], "Forbidden", "{alices}");
+
+    // Every block team-d held is named by a delete in team-d, whoever sent it.
+    let freed: Vec<String> = all
+        .iter()
+        .filter(|e| {
+            e["objectRef"]["namespace"] == "team-d"
+                && (e["verb"] == "delete" || e["verb"] == "deletecollection")
+        })
+        .filter_map(|e| e["annotations"]["ipam.miloapis.com/prefix"].as_str())
+        .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    for block in [
+        "fd40::/48",
+        "fd40::/64",
+        "fd40:0:0:1::/64",
+        "fd40:0:0:2::/64",
+    ] {
+        assert!(freed.iter().any(|f| f == block), "{block} not in {freed:?}");
     }
 }

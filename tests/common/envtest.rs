@@ -318,6 +318,11 @@ impl Envtest {
         Some(env)
     }
 
+    /// ipam-apiserver's audit log (every write, at Metadata).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("logs/ipam-audit.log")
+    }
+
     /// Start ipam-apiserver in cluster mode; learn its port from its log.
     fn start_ipam(&mut self) {
         let p = |f: &str| self.pki.join(f).display().to_string();
@@ -337,6 +342,8 @@ impl Envtest {
                 &p("ext.key"),
                 "--kubeconfig",
                 &self.kubeconfig.display().to_string(),
+                "--audit-log-path",
+                &self.audit_log().display().to_string(),
             ])
             .env(
                 "RUST_LOG",
