@@ -12,6 +12,10 @@ use std::time::Duration;
 
 /// Events waiting for the writer; kube-apiserver's default batch buffer.
 pub const QUEUE_CAPACITY: usize = 10_000;
+/// How long the writer lets events gather after the first of a batch. Waking it and writing
+/// once per event cost a quarter of the server's CPU per create at ~8k creates/s; once per
+/// window, a request only queues (the sender wakes nobody while the writer sleeps).
+pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
 /// Where lines go.
 pub enum Output {
@@ -104,8 +108,9 @@ impl Writer {
 fn write_until_closed(rx: Receiver<Event>, mut output: Output) {
     let mut failing = false;
     let mut line = Vec::with_capacity(4096);
-    // Write what is queued, then flush once: one write(2) per burst, not per event.
+    // Write what gathered in one window, then flush once: one write(2) per batch.
     while let Ok(first) = rx.recv() {
+        std::thread::sleep(BATCH_WINDOW);
         let mut next = Some(first);
         while let Some(event) = next {
             line.clear();
