@@ -388,12 +388,15 @@ rules:
 "#,
     )
     .unwrap();
-    let mut server = TestServer::start_with(&[
-        "--audit-log-path",
-        log.to_str().unwrap(),
-        "--audit-policy-file",
-        policy.to_str().unwrap(),
-    ]);
+    let mut server = TestServer::start_with(
+        &[],
+        &[
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--audit-policy-file",
+            policy.to_str().unwrap(),
+        ],
+    );
     let root = r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{"name":"w","managedFields":[{"manager":"x","operation":"Update"}]},"spec":{"prefix":"10.9.0.0/16"}}"#;
     let (status, _, _) = server
         .raw(
