@@ -95,6 +95,9 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             .clone()
             .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
     );
+    // Released IPPrefixes are freed at their status.retainedUntil (at once when it passed
+    // while the server was down).
+    tokio::spawn(registry.clone().run_retention());
     match &config.mode {
         Mode::Standalone => serve_standalone(&config, limits, registry.clone()).await?,
         Mode::Cluster(cluster) => serve_cluster(&config, cluster, limits, registry.clone()).await?,
