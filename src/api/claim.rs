@@ -59,7 +59,7 @@ pub struct ChildPrefixTemplate {
     /// Name, labels and annotations of the IPPrefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TemplateMetadata>,
-    /// Spec fields of the IPPrefix (`reserve`, `exclude`).
+    /// Spec fields of the IPPrefix (`reserve`, `exclude`, the pool policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<TemplateSpec>,
 }
@@ -90,6 +90,15 @@ pub struct TemplateSpec {
     /// Blocks inside the new block that are never handed out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// The lengths claims from the new block may have (e.g. a network's /48 hands out /64s only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_prefix_lengths: Option<super::PrefixLengthRange>,
+    /// The length a claim from the new block gets when it gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prefix_length: Option<i32>,
+    /// A Released child of the new block is freed at most this long after its claim went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retention_seconds: Option<i64>,
 }
 
 /// The block allocated for a claim on create. Read-only.

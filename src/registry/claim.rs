@@ -694,6 +694,33 @@ fn bind(
             ))
         }
     };
+    let child_spec = IPPrefixSpec {
+        prefix: block.to_string(),
+        parent_ref: Some(PrefixReference::new(name_of(&parent.obj))),
+        exclude: tspec.exclude,
+        reserve: tspec.reserve,
+        claim_ref: Some(ClaimReference {
+            namespace: ns,
+            name: name.clone(),
+            uid: claim.metadata.uid.clone(),
+        }),
+        reclaim_policy: claim.spec.reclaim_policy.clone(),
+        address_space: parent.obj.spec.address_space.clone(),
+        allowed_prefix_lengths: tspec.allowed_prefix_lengths,
+        default_prefix_length: tspec.default_prefix_length,
+        max_retention_seconds: tspec.max_retention_seconds,
+    };
+    // The template's lengths are judged against the block actually allocated.
+    let mut errs = Vec::new();
+    policy::validate_policy(&child_spec, Some(block), &mut errs);
+    if !errs.is_empty() {
+        for e in &mut errs {
+            e.field = e
+                .field
+                .replacen("spec.", "spec.childPrefixTemplate.spec.", 1);
+        }
+        return Err(ApiError::invalid(IPPrefixClaim::KIND, &name, errs));
+    }
     if let Err(e) = take_block(tx, &parent.obj, block, &child_name)? {
         return Err(block_error(
             IPPrefixClaim::RESOURCE,
@@ -705,23 +732,7 @@ fn bind(
         ));
     }
     let parent_name = name_of(&parent.obj);
-    let mut child = IPPrefix::new(
-        &child_name,
-        IPPrefixSpec {
-            prefix: block.to_string(),
-            parent_ref: Some(PrefixReference::new(&parent_name)),
-            exclude: tspec.exclude,
-            reserve: tspec.reserve,
-            claim_ref: Some(ClaimReference {
-                namespace: ns,
-                name: name.clone(),
-                uid: claim.metadata.uid.clone(),
-            }),
-            reclaim_policy: claim.spec.reclaim_policy.clone(),
-            address_space: parent.obj.spec.address_space.clone(),
-            ..Default::default()
-        },
-    );
+    let mut child = IPPrefix::new(&child_name, child_spec);
     child.metadata.labels = Some(tmeta.labels).filter(|l| !l.is_empty());
     child.metadata.annotations = Some(tmeta.annotations).filter(|a| !a.is_empty());
     meta::prepare_for_create(&mut child.metadata);
