@@ -853,6 +853,12 @@ fn rebind(
             s.expiries.insert(&n, at);
         });
     }
+    if tx.state.expiries.waiting.remove(&child_name) {
+        let n = child_name.clone();
+        tx.on_undo(move |s| {
+            s.expiries.waiting.insert(n);
+        });
+    }
     let key = (ns, name);
     tx.state.released.remove(&key);
     let undo_name = child_name.clone();
