@@ -93,14 +93,6 @@ impl Expiries {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.due.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.due.is_empty()
-    }
-
     pub fn changed(&self) -> Arc<tokio::sync::Notify> {
         self.changed.clone()
     }
