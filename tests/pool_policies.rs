@@ -127,6 +127,14 @@ fn seed_plan_claims_that_name_only_a_parent_get_its_default_length() {
         "jsonpath={.spec.allowedPrefixLengths.min}-{.spec.allowedPrefixLengths.max}/{.spec.defaultPrefixLength}",
     ]);
     assert_eq!(out, "64-64/64");
+    // kubectl explain knows the new fields.
+    let out = server.kubectl_ok(&["explain", "ipprefix.spec.defaultPrefixLength"]);
+    assert!(
+        out.contains("The length a claim from this prefix gets when it gives neither"),
+        "{out}"
+    );
+    let out = server.kubectl_ok(&["explain", "ipprefixclaim.spec.retentionSeconds"]);
+    assert!(out.contains("Only with `Retain`"), "{out}");
     // A length the network does not allow is refused, naming the field and the range.
     let bad = write(
         dir.path(),
