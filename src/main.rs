@@ -96,6 +96,9 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             .clone()
             .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
     );
+    // Released IPPrefixes are freed at their status.retainedUntil (at once when it passed
+    // while the server was down).
+    tokio::spawn(registry.clone().run_retention());
     let (auditor, audit_writer) = match &config.audit {
         Some(c) => audit::start(c).map(|(a, w)| (Some(a), Some(w)))?,
         None => (None, None),

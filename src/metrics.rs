@@ -36,6 +36,15 @@ pub struct ClosedLabels {
 pub struct RootLabels {
     pub name: String,
     pub prefix: String,
+    /// Roots of different address spaces may hold the same prefix.
+    pub address_space: String,
+}
+
+/// An IPPrefix with children: its name is unique whatever its address space.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrefixLabels {
+    pub name: String,
+    pub prefix: String,
 }
 
 pub struct Metrics {
@@ -81,12 +90,12 @@ pub struct Metrics {
     pub closed_connections: Family<ClosedLabels, Counter>,
     /// Per IPPrefix that has children, for the most utilized [`Metrics::prefix_series_limit`]
     /// of them, refreshed at every scrape: (allocated + excluded) / total.
-    pub prefix_utilization: Family<RootLabels, Gauge<f64, AtomicU64>>,
+    pub prefix_utilization: Family<PrefixLabels, Gauge<f64, AtomicU64>>,
     /// The shortest prefix length still allocatable (family length + 1 when nothing is).
-    pub prefix_largest_free: Family<RootLabels, Gauge>,
-    pub prefix_children: Family<RootLabels, Gauge>,
+    pub prefix_largest_free: Family<PrefixLabels, Gauge>,
+    pub prefix_children: Family<PrefixLabels, Gauge>,
     /// `spec.defaultPrefixLength` of those IPPrefixes that set it.
-    pub prefix_default_length: Family<RootLabels, Gauge>,
+    pub prefix_default_length: Family<PrefixLabels, Gauge>,
     /// IPPrefixes with children left out of the per-prefix series by the bound.
     pub prefix_series_omitted: Gauge,
     prefix_series_limit: AtomicUsize,
@@ -130,10 +139,10 @@ impl Metrics {
         let open_connections = Gauge::default();
         let refused_connections = Counter::default();
         let closed_connections = Family::<ClosedLabels, Counter>::default();
-        let prefix_utilization = Family::<RootLabels, Gauge<f64, AtomicU64>>::default();
-        let prefix_largest_free = Family::<RootLabels, Gauge>::default();
-        let prefix_children = Family::<RootLabels, Gauge>::default();
-        let prefix_default_length = Family::<RootLabels, Gauge>::default();
+        let prefix_utilization = Family::<PrefixLabels, Gauge<f64, AtomicU64>>::default();
+        let prefix_largest_free = Family::<PrefixLabels, Gauge>::default();
+        let prefix_children = Family::<PrefixLabels, Gauge>::default();
+        let prefix_default_length = Family::<PrefixLabels, Gauge>::default();
         let prefix_series_omitted = Gauge::default();
         registry.register(
             "apiserver_requests",

@@ -650,7 +650,7 @@ async fn lists_page_with_limit_and_continue_and_filter_by_selectors() {
     assert_eq!(status.code, 400);
     assert_eq!(
         status.message,
-        "field label not supported: \"spec.bogus\"; supported fields: \"metadata.name\", \"metadata.namespace\", \"spec.parentRef.name\", \"spec.prefix\", \"status.phase\", \"spec.prefix.contains\""
+        "field label not supported: \"spec.bogus\"; supported fields: \"metadata.name\", \"metadata.namespace\", \"spec.parentRef.name\", \"spec.prefix\", \"spec.addressSpace\", \"status.phase\", \"spec.prefix.contains\""
     );
 }
 

@@ -668,7 +668,7 @@ async fn metrics_count_the_requests_allocations_and_commits_a_user_made() {
     assert_eq!(
         sample(
             &m,
-            "ipam_root_prefix_utilization_ratio{name=\"metered\",prefix=\"fd00:7::/126\"}"
+            "ipam_root_prefix_utilization_ratio{name=\"metered\",prefix=\"fd00:7::/126\",address_space=\"\"}"
         ),
         0.75,
         "{m}"
@@ -676,7 +676,7 @@ async fn metrics_count_the_requests_allocations_and_commits_a_user_made() {
     assert_eq!(
         sample(
             &m,
-            "ipam_root_prefix_children{name=\"metered\",prefix=\"fd00:7::/126\"}"
+            "ipam_root_prefix_children{name=\"metered\",prefix=\"fd00:7::/126\",address_space=\"\"}"
         ),
         3.0,
         "{m}"

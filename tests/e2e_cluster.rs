@@ -61,6 +61,10 @@ fn cluster_e2e() {
             every_claim_that_goes_gets_a_released_event,
         ),
         (
+            "a_retention_that_ends_gets_a_retention_expired_event",
+            a_retention_that_ends_gets_a_retention_expired_event,
+        ),
+        (
             "deploy_kustomization_is_accepted_by_kube_apiserver",
             deploy_kustomization_is_accepted_by_kube_apiserver,
         ),
@@ -591,6 +595,36 @@ fn every_claim_that_goes_gets_a_released_event(env: &Envtest) {
             })
     });
     wait_allocated(env, "root-e", |a| a == "0");
+}
+
+/// A Retain claim with `retentionSeconds` goes; at the deadline the server frees its block and
+/// the claim's namespace gets a RetentionExpired event.
+fn a_retention_that_ends_gets_a_retention_expired_event(env: &Envtest) {
+    env.apply(&root("root-f", "fd60::/16"));
+    env.apply(&namespace("team-f"));
+    env.apply(
+        &retain(claim("team-f", "nic", "root-f", 128))
+            .replace("spec: {", "spec: {retentionSeconds: 1, "),
+    );
+    env.kubectl_ok(&["delete", "ippc", "nic", "-n", "team-f"]);
+    env.wait_for("the retained block to be freed", || {
+        let out = env.kubectl(&["get", "ipp", "team-f.nic"]);
+        !out.status.success() && stderr_of(&out).contains("NotFound")
+    });
+    env.wait_for("a RetentionExpired event for the claim", || {
+        json(env, &["get", "events", "-n", "team-f"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| {
+                e["reason"] == "RetentionExpired"
+                    && e["involvedObject"]["name"] == "nic"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("ipprefix \"team-f.nic\" (fd60::/128)"))
+            })
+    });
+    wait_allocated(env, "root-f", |a| a == "0");
 }
 
 fn deploy_kustomization_is_accepted_by_kube_apiserver(env: &Envtest) {

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct IPPrefixClaimSpec {
     /// The length of the block wanted: longer than the parent's, at most 32 (IPv4) / 128 (IPv6).
-    /// Required unless `prefix` is set.
+    /// Without it (and without `prefix`) the parent's `defaultPrefixLength`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_length: Option<i32>,
     /// `IPv4` or `IPv6`: filters the parents chosen by `parentSelector`; must match `parentRef`.
@@ -39,9 +39,14 @@ pub struct IPPrefixClaimSpec {
     /// Exactly this block (a static request), as a canonical CIDR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// `Delete` (default) or `Retain`. The only mutable spec field.
+    /// `Delete` (default) or `Retain`. Mutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reclaim_policy: Option<String>,
+    /// Only with `Retain`: how long the block stays Released after the claim goes; absent → the
+    /// parent's `maxRetentionSeconds`, else until an admin deletes it. Capped by the parent's
+    /// `maxRetentionSeconds`. Mutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_seconds: Option<i64>,
     /// Applied to the IPPrefix made for this claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_prefix_template: Option<ChildPrefixTemplate>,
@@ -54,7 +59,7 @@ pub struct ChildPrefixTemplate {
     /// Name, labels and annotations of the IPPrefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TemplateMetadata>,
-    /// Spec fields of the IPPrefix (`reserve`, `exclude`).
+    /// Spec fields of the IPPrefix (`reserve`, `exclude`, the pool policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<TemplateSpec>,
 }
@@ -85,6 +90,15 @@ pub struct TemplateSpec {
     /// Blocks inside the new block that are never handed out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// The lengths claims from the new block may have (e.g. a network's /48 hands out /64s only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_prefix_lengths: Option<super::PrefixLengthRange>,
+    /// The length a claim from the new block gets when it gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prefix_length: Option<i32>,
+    /// A Released child of the new block is freed at most this long after its claim went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retention_seconds: Option<i64>,
 }
 
 /// The block allocated for a claim on create. Read-only.

@@ -1,5 +1,6 @@
 //! IPPrefix: a cluster-scoped address block, like a PersistentVolume.
 use super::{PrefixReference, ReserveSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,32 @@ pub struct IPPrefixSpec {
     /// `Delete` or `Retain`: what happens to this block when its claim is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reclaim_policy: Option<String>,
+    /// The address space of the tree under a root: roots overlap only when their spaces differ
+    /// (absent = the one shared space). Given on roots; the server copies a parent's space into
+    /// the blocks carved from it. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_space: Option<String>,
+    /// The lengths claims from this prefix (and static carves in it) may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_prefix_lengths: Option<PrefixLengthRange>,
+    /// The length a claim from this prefix gets when it gives neither `prefixLength` nor `prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prefix_length: Option<i32>,
+    /// A Released child is freed at most this long after its claim went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retention_seconds: Option<i64>,
+}
+
+/// An inclusive range of prefix lengths; a bound left out does not restrict.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixLengthRange {
+    /// The shortest length allowed (the largest block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<i32>,
+    /// The longest length allowed (the smallest block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<i32>,
 }
 
 /// The claim an IPPrefix is bound to.
@@ -61,6 +88,12 @@ pub struct IPPrefixStatus {
     /// Retain, or, being deleted, by a finalizer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// When Released: when the claim went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+    /// When Released with a retention limit: when the server frees the block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<Time>,
     /// `IPv4` or `IPv6`, derived from `spec.prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family: Option<String>,

@@ -169,6 +169,20 @@ fn record_retained_freed(events: &EventRecorder, prefix: &IPPrefix) {
     claim.metadata.namespace = Some(claim_ref.namespace.clone());
     claim.metadata.uid = claim_ref.uid.clone();
     let name = prefix.metadata.name.clone().unwrap_or_default();
+    // Freed by the server at status.retainedUntil, or by a delete before then.
+    let expired = prefix
+        .status
+        .as_ref()
+        .and_then(|s| s.retained_until.as_ref())
+        .is_some_and(|until| until.0 <= jiff::Timestamp::now());
+    if expired {
+        let message = format!(
+            "the retention of ipprefix \"{name}\" ({}), released by this claim, ended; its block is free again",
+            prefix.spec.prefix
+        );
+        events.record(&claim, EventType::Normal, "RetentionExpired", message);
+        return;
+    }
     let message = format!(
         "ipprefix \"{name}\" ({}), released by this claim, is deleted and its block is free again",
         prefix.spec.prefix

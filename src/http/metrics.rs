@@ -2,7 +2,7 @@
 //!
 //! Routed inside [`super::router`], so it sits behind the same authentication as the API.
 use super::AppState;
-use crate::metrics::{global, RequestLabels, RootLabels};
+use crate::metrics::{global, PrefixLabels, RequestLabels, RootLabels};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -43,6 +43,7 @@ pub async fn serve(State(app): State<AppState>) -> Response {
         let labels = RootLabels {
             name: root.name,
             prefix: root.prefix,
+            address_space: root.address_space,
         };
         m.root_utilization
             .get_or_create(&labels)
@@ -57,7 +58,7 @@ pub async fn serve(State(app): State<AppState>) -> Response {
     m.prefix_default_length.clear();
     let (prefixes, omitted) = app.registry.prefix_usage(m.prefix_series_limit()).await;
     for p in prefixes {
-        let labels = RootLabels {
+        let labels = PrefixLabels {
             name: p.name,
             prefix: p.prefix,
         };

@@ -5,6 +5,7 @@
 //! parent's status in one transaction. Nothing is written when there is no room.
 use super::kind::{Kind, Removal};
 use super::meta;
+use super::policy;
 use super::prefix::{block_error, name_of, take_block};
 use super::release;
 use super::state::{parse_stored, reserve_of};
@@ -96,7 +97,7 @@ impl Kind for IPPrefixClaim {
             if changed {
                 errs.push(FieldError::forbidden(
                     field,
-                    "field is immutable after creation; only spec.reclaimPolicy may change",
+                    "field is immutable after creation; only spec.reclaimPolicy and spec.retentionSeconds may change",
                 ));
             }
         };
@@ -151,7 +152,7 @@ impl Kind for IPPrefixClaim {
             release::set_condition(self, waiting);
             return Ok(Removal::KeepInUse);
         }
-        release::release_claimed_prefix(tx, child)?;
+        release::release_claimed_prefix(tx, child, self.spec.retention_seconds)?;
         Ok(Removal::Remove)
     }
 }
@@ -163,11 +164,9 @@ fn validate_claim_spec(spec: &IPPrefixClaimSpec) -> Vec<FieldError> {
         .prefix
         .as_deref()
         .and_then(|p| validate_cidr("spec.prefix", p, &mut errs));
+    // Neither prefixLength nor prefix: the parent's defaultPrefixLength, checked on allocation.
     match (spec.prefix_length, &spec.prefix) {
-        (None, None) => errs.push(FieldError::required(
-            "spec.prefixLength",
-            "required unless spec.prefix is set",
-        )),
+        (None, _) => {}
         (Some(len), _) => {
             let max = family.map_or(128, |f| i32::from(f.max_prefix_len()));
             if !(1..=max).contains(&len) {
@@ -186,7 +185,6 @@ fn validate_claim_spec(spec: &IPPrefixClaimSpec) -> Vec<FieldError> {
                 }
             }
         }
-        (None, Some(_)) => {}
     }
     if let (Some(f), Some(p)) = (family, prefix) {
         if IpFamily::of(&p) != f {
@@ -243,6 +241,25 @@ fn validate_claim_spec(spec: &IPPrefixClaimSpec) -> Vec<FieldError> {
         spec.reclaim_policy.as_deref(),
         &mut errs,
     );
+    if let Some(r) = spec.retention_seconds {
+        let retain = spec
+            .reclaim_policy
+            .as_deref()
+            .and_then(ReclaimPolicy::parse)
+            == Some(ReclaimPolicy::Retain);
+        if r < 0 {
+            errs.push(FieldError::invalid(
+                "spec.retentionSeconds",
+                r,
+                "must be greater than or equal to 0",
+            ));
+        } else if !retain {
+            errs.push(FieldError::forbidden(
+                "spec.retentionSeconds",
+                "may be set only with spec.reclaimPolicy: Retain",
+            ));
+        }
+    }
     if let Some(t) = &spec.child_prefix_template {
         if let Some(m) = &t.metadata {
             if let Some(n) = &m.name {
@@ -373,19 +390,15 @@ fn bound_prefix(claim: &IPPrefixClaim, tx: &Txn<'_>) -> ApiResult<Option<Stored<
     Ok(bound.then_some(child))
 }
 
-/// What a claim asks for: the length, the exact block if any, and the family.
-pub(super) type Request = (u8, Option<IpNet>, Option<IpFamily>);
+/// What a claim asks for: the length (`None`: the parent's default), the exact block if any,
+/// and the family.
+pub(super) type Request = (Option<u8>, Option<IpNet>, Option<IpFamily>);
 
 pub(super) fn requested(claim: &IPPrefixClaim) -> ApiResult<Request> {
     let exact: Option<IpNet> = claim.spec.prefix.as_deref().and_then(|p| p.parse().ok());
-    let len: u8 = match (exact, claim.spec.prefix_length) {
-        (Some(p), _) => p.prefix_len(),
-        (None, Some(l)) => u8::try_from(l).unwrap_or(u8::MAX),
-        (None, None) => {
-            return Err(ApiError::Internal(
-                "validated claim without a length".into(),
-            ))
-        }
+    let len = match (exact, claim.spec.prefix_length) {
+        (Some(p), _) => Some(p.prefix_len()),
+        (None, l) => l.map(|l| u8::try_from(l).unwrap_or(u8::MAX)),
     };
     let family = claim
         .spec
@@ -433,9 +446,10 @@ fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
         };
         match found {
             Ok(block) => return bind(claim, tx, parent, block),
-            Err(AllocError::Exhausted { largest_free, .. }) => {
-                tried.push((name_of(&parent.obj), pnet, largest_free))
-            }
+            Err(AllocError::Exhausted {
+                largest_free,
+                requested_len,
+            }) => tried.push((name_of(&parent.obj), pnet, requested_len, largest_free)),
             Err(AllocError::OutsidePool { .. } | AllocError::FamilyMismatch { .. })
                 if by_selector => {}
             Err(e) => {
@@ -458,8 +472,8 @@ fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
     Err(exhausted(&name, len, exact, by_selector, &tried))
 }
 
-/// The block `parent` would give the claim, or why not; `None` when a selector skips it (the
-/// length cannot fit in it, it is being deleted). Takes nothing.
+/// The block `parent` would give the claim, or why not; `None` when a selector skips it (no
+/// length, a length it cannot hold or does not allow, it is being deleted). Takes nothing.
 pub(super) fn fit(
     tx: &mut Txn<'_>,
     parent: &Stored<IPPrefix>,
@@ -468,6 +482,36 @@ pub(super) fn fit(
     claim: &str,
 ) -> ApiResult<Option<Result<IpNet, AllocError>>> {
     let pnet = parse_stored(&parent.obj)?;
+    let parent_name = name_of(&parent.obj);
+    let Some(len) = len.or_else(|| policy::default_length(&parent.obj)) else {
+        if by_selector {
+            return Ok(None);
+        }
+        return Err(ApiError::invalid(
+            IPPrefixClaim::KIND,
+            claim,
+            vec![FieldError::required(
+                "spec.prefixLength",
+                format!("required unless spec.prefix is set or the parent ipprefix \"{parent_name}\" has spec.defaultPrefixLength"),
+            )],
+        ));
+    };
+    let inside = exact
+        .is_none_or(|p| IpFamily::of(&p) == IpFamily::of(&pnet) && pnet.contains(&p) && p != pnet);
+    if inside {
+        let checked = match exact {
+            Some(p) => {
+                policy::check_allowed(&parent.obj, pnet, len, "spec.prefix", format!("\"{p}\""))
+            }
+            None => policy::check_allowed(&parent.obj, pnet, len, "spec.prefixLength", len),
+        };
+        if let Err(cause) = checked {
+            if by_selector {
+                return Ok(None);
+            }
+            return Err(ApiError::invalid(IPPrefixClaim::KIND, claim, vec![cause]));
+        }
+    }
     if by_selector && (len <= pnet.prefix_len() || len > pnet.max_prefix_len()) {
         return Ok(None);
     }
@@ -560,24 +604,34 @@ fn forbidden_parent(claim: &str, parent: &str) -> ApiError {
     ))
 }
 
+/// A parent tried: name, block, the length asked of it, its largest free length.
+type Tried = (String, IpNet, u8, Option<u8>);
+
 fn exhausted(
     name: &str,
-    len: u8,
+    len: Option<u8>,
     exact: Option<IpNet>,
     by_selector: bool,
-    tried: &[(String, IpNet, Option<u8>)],
+    tried: &[Tried],
 ) -> ApiError {
-    let what = match exact {
-        Some(p) => format!("{p} is not free"),
-        None => format!("no free /{len}"),
+    // Without a length of its own the claim asks each parent for that parent's default.
+    let len = len.or(tried.first().map(|t| t.2));
+    let what = match (exact, len) {
+        (Some(p), _) => format!("{p} is not free"),
+        (None, Some(len)) => format!("no free /{len}"),
+        (None, None) => "no free block".to_string(),
     };
-    let describe = |(n, net, largest): &(String, IpNet, Option<u8>)| match largest {
+    let room = match len {
+        Some(len) => format!("room for a /{len}"),
+        None => "room for the claim (or a spec.defaultPrefixLength)".to_string(),
+    };
+    let describe = |(n, net, _, largest): &Tried| match largest {
         Some(l) => format!("ipprefix \"{n}\" ({net}; largest free block /{l})"),
         None => format!("ipprefix \"{n}\" ({net}; full)"),
     };
     let message = match (by_selector, tried) {
         (_, []) => {
-            format!("{what}: no ipprefix with room for a /{len} matches spec.parentSelector")
+            format!("{what}: no ipprefix with {room} matches spec.parentSelector")
         }
         (false, [one]) => format!("{what} in {}", describe(one)),
         (_, many) => format!(
@@ -640,6 +694,33 @@ fn bind(
             ))
         }
     };
+    let child_spec = IPPrefixSpec {
+        prefix: block.to_string(),
+        parent_ref: Some(PrefixReference::new(name_of(&parent.obj))),
+        exclude: tspec.exclude,
+        reserve: tspec.reserve,
+        claim_ref: Some(ClaimReference {
+            namespace: ns,
+            name: name.clone(),
+            uid: claim.metadata.uid.clone(),
+        }),
+        reclaim_policy: claim.spec.reclaim_policy.clone(),
+        address_space: parent.obj.spec.address_space.clone(),
+        allowed_prefix_lengths: tspec.allowed_prefix_lengths,
+        default_prefix_length: tspec.default_prefix_length,
+        max_retention_seconds: tspec.max_retention_seconds,
+    };
+    // The template's lengths are judged against the block actually allocated.
+    let mut errs = Vec::new();
+    policy::validate_policy(&child_spec, Some(block), &mut errs);
+    if !errs.is_empty() {
+        for e in &mut errs {
+            e.field = e
+                .field
+                .replacen("spec.", "spec.childPrefixTemplate.spec.", 1);
+        }
+        return Err(ApiError::invalid(IPPrefixClaim::KIND, &name, errs));
+    }
     if let Err(e) = take_block(tx, &parent.obj, block, &child_name)? {
         return Err(block_error(
             IPPrefixClaim::RESOURCE,
@@ -651,21 +732,7 @@ fn bind(
         ));
     }
     let parent_name = name_of(&parent.obj);
-    let mut child = IPPrefix::new(
-        &child_name,
-        IPPrefixSpec {
-            prefix: block.to_string(),
-            parent_ref: Some(PrefixReference::new(&parent_name)),
-            exclude: tspec.exclude,
-            reserve: tspec.reserve,
-            claim_ref: Some(ClaimReference {
-                namespace: ns,
-                name: name.clone(),
-                uid: claim.metadata.uid.clone(),
-            }),
-            reclaim_policy: claim.spec.reclaim_policy.clone(),
-        },
-    );
+    let mut child = IPPrefix::new(&child_name, child_spec);
     child.metadata.labels = Some(tmeta.labels).filter(|l| !l.is_empty());
     child.metadata.annotations = Some(tmeta.annotations).filter(|a| !a.is_empty());
     meta::prepare_for_create(&mut child.metadata);
@@ -698,7 +765,7 @@ fn bind(
 fn rebind_compatible(
     claim: &IPPrefixClaim,
     released: &IPPrefix,
-    len: u8,
+    len: Option<u8>,
     exact: Option<IpNet>,
     tx: &Txn<'_>,
 ) -> ApiResult<bool> {
@@ -708,7 +775,7 @@ fn rebind_compatible(
     if released.metadata.deletion_timestamp.is_some() {
         return Ok(false);
     }
-    if net.prefix_len() != len || exact.is_some_and(|e| e != net) {
+    if len.is_some_and(|l| l != net.prefix_len()) || exact.is_some_and(|e| e != net) {
         return Ok(false);
     }
     if let Some(f) = claim.spec.ip_family.as_deref().and_then(IpFamily::parse) {
@@ -726,12 +793,16 @@ fn rebind_compatible(
     if !tx.may_use(&parent_name) {
         return Ok(false);
     }
-    if let Some(r) = &claim.spec.parent_ref {
-        return Ok(r.name == parent_name);
-    }
     let Some(parent) = tx.get::<IPPrefix>("", &parent_name)? else {
         return Ok(false);
     };
+    // A claim without a length gets its block back if that is the parent's default length.
+    if len.is_none() && policy::default_length(&parent.obj) != Some(net.prefix_len()) {
+        return Ok(false);
+    }
+    if let Some(r) = &claim.spec.parent_ref {
+        return Ok(r.name == parent_name);
+    }
     let selector: Selector = match claim
         .spec
         .parent_selector
@@ -768,10 +839,26 @@ fn rebind(
         uid: claim.metadata.uid.clone(),
     });
     child.spec.reclaim_policy = claim.spec.reclaim_policy.clone();
-    child.status.get_or_insert_with(Default::default).phase = Some(prefix_phase::BOUND.into());
+    let status = child.status.get_or_insert_with(Default::default);
+    status.phase = Some(prefix_phase::BOUND.into());
+    // Bound again: its retention no longer runs.
+    status.released_at = None;
+    status.retained_until = None;
     child.metadata.resource_version = None;
     tx.put(&child, Precondition::Revision(revision))?;
     release::set_bound(tx, &child_name, true);
+    if let Some(at) = tx.state.expiries.remove(&child_name) {
+        let n = child_name.clone();
+        tx.on_undo(move |s| {
+            s.expiries.insert(&n, at);
+        });
+    }
+    if tx.state.expiries.waiting.remove(&child_name) {
+        let n = child_name.clone();
+        tx.on_undo(move |s| {
+            s.expiries.waiting.insert(n);
+        });
+    }
     let key = (ns, name);
     tx.state.released.remove(&key);
     let undo_name = child_name.clone();

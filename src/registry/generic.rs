@@ -238,7 +238,7 @@ impl Registry {
     /// The writer lock, for a caller that will commit under it. From the moment it queues
     /// until it lets go, the store knows a commit is on its way and may hold a group's fsync
     /// for it ([`crate::store::Store::intend_commit`]).
-    async fn lock_to_commit(&self) -> Writer<'_> {
+    pub(super) async fn lock_to_commit(&self) -> Writer<'_> {
         let intent = self.inner.store.intend_commit();
         let queued = std::time::Instant::now();
         let state = self.lock().await;
@@ -810,7 +810,7 @@ pub(super) fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
 }
 
 /// The writer lock, held by a caller that will commit (see [`Registry::lock_to_commit`]).
-struct Writer<'a> {
+pub(super) struct Writer<'a> {
     state: tokio::sync::MutexGuard<'a, State>,
     _intent: crate::store::CommitIntent,
 }

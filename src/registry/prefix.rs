@@ -1,7 +1,8 @@
 //! IPPrefix policy: canonical CIDRs, roots that do not overlap, static carves inside a parent,
 //! exclusions and reservations that never cover a child, and protected deletes.
 use super::kind::{Kind, Removal};
-use super::state::{exclusions_of, parse_stored, reserve_of, PoolEntry};
+use super::policy;
+use super::state::{exclusions_of, parse_stored, reserve_of, PoolEntry, Root};
 use super::status::refresh_prefix_status;
 use super::txn::{Stored, Txn};
 use super::validate::{
@@ -19,6 +20,7 @@ impl Kind for IPPrefix {
     const FIELD_SELECTORS: &'static [&'static str] = &[
         "spec.parentRef.name",
         "spec.prefix",
+        "spec.addressSpace",
         "status.phase",
         super::selector::PREFIX_CONTAINS,
     ];
@@ -32,6 +34,7 @@ impl Kind for IPPrefix {
                 .map(|p| p.name.clone())
                 .unwrap_or_default(),
             "spec.prefix" => self.spec.prefix.clone(),
+            "spec.addressSpace" => self.spec.address_space.clone().unwrap_or_default(),
             "status.phase" => self.phase().to_string(),
             _ => String::new(),
         }
@@ -91,6 +94,7 @@ impl Kind for IPPrefix {
             self.spec.reclaim_policy.as_deref(),
             &mut errs,
         );
+        policy::validate_policy(&self.spec, net, &mut errs);
         errs
     }
 
@@ -106,6 +110,16 @@ impl Kind for IPPrefix {
         if self.spec.parent_ref != old.spec.parent_ref {
             errs.push(FieldError::forbidden(
                 "spec.parentRef",
+                "field is immutable",
+            ));
+        }
+        if self.spec.address_space != old.spec.address_space {
+            errs.push(FieldError::invalid(
+                "spec.addressSpace",
+                format!(
+                    "\"{}\"",
+                    self.spec.address_space.as_deref().unwrap_or_default()
+                ),
                 "field is immutable",
             ));
         }
@@ -132,20 +146,29 @@ impl Kind for IPPrefix {
         let net = parse_stored(self)?;
         let name = name_of(self);
         match self.spec.parent_ref.clone() {
-            Some(parent_ref) => carve_static(tx, &name, net, &parent_ref.name)?,
+            Some(parent_ref) => carve_static(tx, self, net, &parent_ref.name)?,
             None => {
-                if let Some((other, other_net)) =
-                    tx.state.roots.iter().find(|(_, r)| overlaps(r, &net))
+                let space = self.spec.address_space.clone();
+                if let Some((other, other_root)) = tx
+                    .state
+                    .roots
+                    .iter()
+                    .find(|(_, r)| r.space == space && overlaps(&r.net, &net))
                 {
+                    let in_space = match &space {
+                        Some(s) => format!(" in address space \"{s}\""),
+                        None => String::new(),
+                    };
                     return Err(ApiError::conflict(
                         Self::RESOURCE,
                         &name,
                         format!(
-                            "root prefix {net} overlaps root ipprefix \"{other}\" ({other_net})"
+                            "root prefix {net} overlaps root ipprefix \"{other}\" ({}){in_space}",
+                            other_root.net
                         ),
                     ));
                 }
-                tx.state.roots.insert(name.clone(), net);
+                tx.state.roots.insert(name.clone(), Root { net, space });
                 tx.on_undo(move |s| {
                     s.roots.remove(&name);
                 });
@@ -270,10 +293,16 @@ pub(super) fn release_prefix(
             });
         }
     }
+    if let Some(at) = tx.state.expiries.remove(&name) {
+        let n = name.clone();
+        tx.on_undo(move |s| {
+            s.expiries.insert(&n, at);
+        });
+    }
     let Some(parent_ref) = &prefix.spec.parent_ref else {
-        if tx.state.roots.remove(&name).is_some() {
+        if let Some(root) = tx.state.roots.remove(&name) {
             tx.on_undo(move |s| {
-                s.roots.insert(name, net);
+                s.roots.insert(name, root);
             });
         }
         return Ok(None);
@@ -294,11 +323,32 @@ pub(super) fn release_prefix(
         });
     }
     tx.state.mark_status_stale(&parent_ref.name);
+    // A parent past its retention that waited for its children goes when the last one does.
+    if tx.state.children(&parent_ref.name) == 0
+        && tx.state.expiries.waiting.remove(&parent_ref.name)
+    {
+        let p = parent_ref.name.clone();
+        let previous = tx.state.expiries.insert(&p, 0);
+        tx.on_undo(move |s| {
+            s.expiries.remove(&p);
+            if let Some(at) = previous {
+                s.expiries.insert(&p, at);
+            }
+            s.expiries.waiting.insert(p);
+        });
+    }
     Ok(Some(parent))
 }
 
-/// A static carve: a user-made IPPrefix with `parentRef` takes exactly its block.
-fn carve_static(tx: &mut Txn<'_>, name: &str, net: IpNet, parent_name: &str) -> ApiResult<()> {
+/// A static carve: a user-made IPPrefix with `parentRef` takes exactly its block, of a length
+/// the parent allows, in the parent's address space.
+fn carve_static(
+    tx: &mut Txn<'_>,
+    carve: &mut IPPrefix,
+    net: IpNet,
+    parent_name: &str,
+) -> ApiResult<()> {
+    let name = &name_of(carve);
     let Some(parent) = tx.get::<IPPrefix>("", parent_name)? else {
         return Err(ApiError::invalid(
             IPPrefix::KIND,
@@ -310,6 +360,36 @@ fn carve_static(tx: &mut Txn<'_>, name: &str, net: IpNet, parent_name: &str) -> 
             )],
         ));
     };
+    let pnet = parse_stored(&parent.obj)?;
+    let mut errs = Vec::new();
+    if IpFamily::of(&pnet) == IpFamily::of(&net) && pnet.contains(&net) && pnet != net {
+        if let Err(e) = policy::check_allowed(
+            &parent.obj,
+            pnet,
+            net.prefix_len(),
+            "spec.prefix",
+            format!("\"{net}\""),
+        ) {
+            errs.push(e);
+        }
+    }
+    let parent_space = parent.obj.spec.address_space.clone();
+    match &carve.spec.address_space {
+        Some(s) if Some(s) != parent_space.as_ref() => errs.push(FieldError::invalid(
+            "spec.addressSpace",
+            format!("\"{s}\""),
+            format!(
+                "must be the address space of the parent ipprefix \"{parent_name}\" ({})",
+                parent_space
+                    .as_deref()
+                    .map_or("none".to_string(), |p| format!("\"{p}\""))
+            ),
+        )),
+        _ => carve.spec.address_space = parent_space,
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(IPPrefix::KIND, name, errs));
+    }
     if let Err(e) = take_block(tx, &parent.obj, net, name)? {
         return Err(block_error(
             IPPrefix::RESOURCE,

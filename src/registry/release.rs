@@ -7,13 +7,14 @@
 //! Every change that may end a wait walks up from where it happened ([`settle`]), in the same
 //! transaction.
 use super::meta;
+use super::policy;
 use super::prefix::{name_of, release_prefix};
 use super::txn::{Stored, Txn};
 use crate::api::*;
 use crate::error::ApiResult;
 use crate::store::Precondition;
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// How many holders a waiting claim's condition names.
 const NAMED_HOLDERS: usize = 3;
@@ -145,10 +146,16 @@ pub(super) fn set_condition(claim: &mut IPPrefixClaim, condition: Condition) -> 
 }
 
 /// Release the block held by a claim that is going away, following the prefix's
-/// reclaimPolicy: `Retain` keeps it `Released` for a claim of the same name; `Delete` frees it
+/// reclaimPolicy: `Retain` keeps it `Released` for a claim of the same name, until its
+/// retention (the claim's `retention_seconds`, capped by the parent's `maxRetentionSeconds`)
+/// ends; `Delete` frees it
 /// and the unbound prefixes below it, or, when a user finalizer keeps one of them, leaves it
 /// terminating (`Released`, `deletionTimestamp`), still holding its block.
-pub(super) fn release_claimed_prefix(tx: &mut Txn<'_>, child: Stored<IPPrefix>) -> ApiResult<()> {
+pub(super) fn release_claimed_prefix(
+    tx: &mut Txn<'_>,
+    child: Stored<IPPrefix>,
+    retention_seconds: Option<i64>,
+) -> ApiResult<()> {
     let Stored {
         obj: mut prefix,
         revision,
@@ -161,10 +168,32 @@ pub(super) fn release_claimed_prefix(tx: &mut Txn<'_>, child: Stored<IPPrefix>) 
         .and_then(ReclaimPolicy::parse)
         == Some(ReclaimPolicy::Retain);
     if retain {
-        prefix.status.get_or_insert_with(Default::default).phase =
-            Some(prefix_phase::RELEASED.into());
+        let parent = match &prefix.spec.parent_ref {
+            Some(r) => tx.get::<IPPrefix>("", &r.name)?,
+            None => None,
+        };
+        let keep = policy::retention(parent.as_ref().map(|p| &p.obj), retention_seconds);
+        let now = meta::now();
+        let until = keep.map(|secs| {
+            jiff::Timestamp::from_second(now.0.as_second().saturating_add(secs))
+                .unwrap_or(jiff::Timestamp::MAX)
+        });
+        let status = prefix.status.get_or_insert_with(Default::default);
+        status.phase = Some(prefix_phase::RELEASED.into());
+        status.released_at = Some(now);
+        status.retained_until = until.map(Time);
         prefix.metadata.resource_version = None;
         tx.put(&prefix, Precondition::Revision(revision))?;
+        if let Some(until) = until {
+            let previous = tx.state.expiries.insert(&name, until.as_second());
+            let n = name.clone();
+            tx.on_undo(move |s| {
+                s.expiries.remove(&n);
+                if let Some(at) = previous {
+                    s.expiries.insert(&n, at);
+                }
+            });
+        }
         set_bound(tx, &name, false);
         if let Some(c) = &prefix.spec.claim_ref {
             let key = (c.namespace.clone(), c.name.clone());
@@ -320,7 +349,7 @@ fn settle_claim(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()> {
         .filter(|f| f != PREFIX_IN_USE_FINALIZER)
         .collect();
     if remaining.is_empty() {
-        release_claimed_prefix(tx, prefix)?;
+        release_claimed_prefix(tx, prefix, obj.spec.retention_seconds)?;
         tx.delete::<IPPrefixClaim>(
             &cr.namespace,
             &cr.name,

@@ -19,7 +19,7 @@ pub struct PoolEntry {
 pub struct State {
     /// Pools of IPPrefixes that have (or just had) children; others are built on demand.
     pools: HashMap<String, PoolEntry>,
-    /// Roots (no parentRef): roots may not overlap.
+    /// Roots (no parentRef): roots of one address space may not overlap.
     pub roots: Roots,
     /// Released IPPrefixes by the claim (namespace, name) they wait for, for rebinding.
     pub released: HashMap<(String, String), String>,
@@ -37,6 +37,65 @@ pub struct State {
     /// a deleting claim (its Bound descendants) is known without reading them; few, unlike
     /// the Bound ones. See `release.rs`.
     unbound: std::collections::HashSet<String>,
+    /// When Released IPPrefixes are due to be freed (`status.retainedUntil`).
+    pub expiries: Expiries,
+}
+
+/// A root IPPrefix: its block and its address space (`None` = the shared one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    pub net: IpNet,
+    pub space: Option<String>,
+}
+
+/// The deadlines of Released IPPrefixes, earliest first, so the expiry task sleeps until the
+/// next one instead of scanning every IPPrefix. Changed inside transactions, with undo.
+#[derive(Default)]
+pub struct Expiries {
+    /// (deadline in Unix seconds, IPPrefix name).
+    due: BTreeSet<(i64, String)>,
+    by_name: HashMap<String, i64>,
+    /// Past their deadline but still parents of children: freed when their last child goes.
+    pub waiting: std::collections::HashSet<String>,
+    /// Wakes the expiry task when an earlier deadline arrives.
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Expiries {
+    /// Schedule `name` at `at` (replacing an earlier schedule). Returns the previous deadline.
+    pub fn insert(&mut self, name: &str, at: i64) -> Option<i64> {
+        let old = self.remove(name);
+        self.due.insert((at, name.to_string()));
+        self.by_name.insert(name.to_string(), at);
+        self.changed.notify_one();
+        old
+    }
+
+    /// Forget `name`'s deadline. Returns it.
+    pub fn remove(&mut self, name: &str) -> Option<i64> {
+        let at = self.by_name.remove(name)?;
+        self.due.remove(&(at, name.to_string()));
+        Some(at)
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<i64> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Up to `limit` names due at or before `now`, earliest first.
+    pub fn due(&self, now: i64, limit: usize) -> Vec<(i64, String)> {
+        self.due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
 }
 
 pub fn reserve_of(spec: Option<&ReserveSpec>) -> Reserve {
@@ -103,24 +162,25 @@ pub fn parse_stored(prefix: &IPPrefix) -> ApiResult<IpNet> {
 /// The root IPPrefixes, by name and by block.
 #[derive(Default)]
 pub struct Roots {
-    by_name: BTreeMap<String, IpNet>,
+    by_name: BTreeMap<String, Root>,
     /// Block → names: finds the roots containing an address in at most 129 lookups
     /// whatever their number (several when address spaces overlap).
     by_net: HashMap<IpNet, BTreeSet<String>>,
 }
 
 impl Roots {
-    pub fn insert(&mut self, name: String, net: IpNet) {
-        if let Some(old) = self.by_name.insert(name.clone(), net) {
-            self.forget(&name, old);
+    pub fn insert(&mut self, name: String, root: Root) {
+        let net = root.net;
+        if let Some(old) = self.by_name.insert(name.clone(), root) {
+            self.forget(&name, old.net);
         }
         self.by_net.entry(net).or_default().insert(name);
     }
 
-    pub fn remove(&mut self, name: &str) -> Option<IpNet> {
-        let net = self.by_name.remove(name)?;
-        self.forget(name, net);
-        Some(net)
+    pub fn remove(&mut self, name: &str) -> Option<Root> {
+        let root = self.by_name.remove(name)?;
+        self.forget(name, root.net);
+        Some(root)
     }
 
     fn forget(&mut self, name: &str, net: IpNet) {
@@ -133,7 +193,7 @@ impl Roots {
     }
 
     /// Every root, in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &IpNet)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Root)> {
         self.by_name.iter()
     }
 
@@ -275,6 +335,9 @@ impl State {
             if e.parent.is_some() && !e.bound {
                 state.unbound.insert(e.name.clone());
             }
+            if let Some(at) = e.retained_until {
+                state.expiries.insert(&e.name, at);
+            }
             match e.parent {
                 Some(parent) => match children.get_mut(&parent) {
                     Some(kids) => kids.push((e.net, e.name)),
@@ -283,7 +346,13 @@ impl State {
                     }
                 },
                 None => {
-                    state.roots.insert(e.name, e.net);
+                    state.roots.insert(
+                        e.name,
+                        Root {
+                            net: e.net,
+                            space: e.address_space,
+                        },
+                    );
                 }
             }
         }
@@ -321,6 +390,9 @@ pub struct IndexEntry {
     /// `status.children` as stored: a prefix that had children when the process stopped may
     /// have a status to bring up to date.
     pub stored_children: i64,
+    /// `status.retainedUntil` of a Released prefix, in Unix seconds.
+    pub retained_until: Option<i64>,
+    pub address_space: Option<String>,
 }
 
 impl IndexEntry {
@@ -341,8 +413,16 @@ impl IndexEntry {
                     .map(|c| (c.namespace.clone(), c.name.clone()))
             })
             .flatten();
+        let retained_until = p
+            .status
+            .as_ref()
+            .and_then(|s| s.retained_until.as_ref())
+            .filter(|_| released_for.is_some())
+            .map(|t| t.0.as_second());
         Ok(IndexEntry {
             net,
+            retained_until,
+            address_space: p.spec.address_space.clone(),
             parent: p.spec.parent_ref.as_ref().map(|r| r.name.clone()),
             exclude: exclusions_of(p),
             reserve: reserve_of(p.spec.reserve.as_ref()),
@@ -371,9 +451,11 @@ struct NameView {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PhaseView {
     phase: Option<String>,
     children: Option<i64>,
+    retained_until: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Decode a stored IPPrefix for the indexes: name, spec, phase and number of children only.
@@ -384,6 +466,7 @@ pub fn decode_for_index(bytes: &[u8]) -> Result<IndexEntry, String> {
     prefix.status = view.status.map(|s| crate::api::IPPrefixStatus {
         phase: s.phase,
         children: s.children,
+        retained_until: s.retained_until,
         ..Default::default()
     });
     IndexEntry::of(&prefix)

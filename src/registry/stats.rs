@@ -8,6 +8,8 @@ use crate::api::IPPrefix;
 pub struct RootUsage {
     pub name: String,
     pub prefix: String,
+    /// The root's address space (`""` for the shared one): two roots may hold the same prefix.
+    pub address_space: String,
     /// (allocated + excluded) / total, 0.0 ..= 1.0.
     pub utilization: f64,
     pub children: usize,
@@ -95,24 +97,25 @@ impl Registry {
 
     /// Every root IPPrefix (no parent) with its utilization, from the in-memory indexes.
     pub async fn root_usage(&self) -> Vec<RootUsage> {
-        // (name, prefix, (utilization, children) when it has a pool)
-        type Row = (String, String, Option<(f64, usize)>);
+        // (name, prefix, space, (utilization, children) when it has a pool)
+        type Row = (String, String, String, Option<(f64, usize)>);
         let roots: Vec<Row> = {
             let state = self.lock().await;
             state
                 .roots
                 .iter()
-                .map(|(name, net)| {
+                .map(|(name, root)| {
                     let usage = state
                         .pool(name)
                         .map(|e| (e.pool.capacity().ratio(), e.pool.allocated_count()));
-                    (name.clone(), net.to_string(), usage)
+                    let space = root.space.clone().unwrap_or_default();
+                    (name.clone(), root.net.to_string(), space, usage)
                 })
                 .collect()
         };
         roots
             .into_iter()
-            .map(|(name, prefix, usage)| {
+            .map(|(name, prefix, address_space, usage)| {
                 // A root without children has no pool yet: only its exclusions count.
                 let (utilization, children) = usage.unwrap_or_else(|| {
                     let excluded = self
@@ -125,6 +128,7 @@ impl Registry {
                 RootUsage {
                     name,
                     prefix,
+                    address_space,
                     utilization,
                     children,
                 }

@@ -46,7 +46,8 @@ const FIELD_SELECTOR: QueryParam = (
     "fieldSelector",
     "string",
     "A selector on fields: metadata.name, metadata.namespace, spec.parentRef.name, \
-         status.phase, spec.prefixLength.",
+         status.phase; claims also spec.prefixLength; ipprefixes also spec.prefix, \
+         spec.addressSpace and spec.prefix.contains=<address or CIDR>.",
 );
 const FIELD_VALIDATION: QueryParam = (
     "fieldValidation",
