@@ -8,7 +8,7 @@ use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
 use ipam_apiserver::cluster::tls::ReloadingCert;
 use ipam_apiserver::cluster::Cluster;
 use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
-use ipam_apiserver::store::SledStore;
+use ipam_apiserver::store::{SledStore, Store};
 use ipam_apiserver::{http, registry::Registry, server};
 use std::path::Path;
 use std::process::ExitCode;
@@ -78,8 +78,8 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     let limits = connection_limits(&config);
     // The registry first: it takes the data directory's lock, so a second process stops here,
     // before touching the PKI, the kubeconfig or the cluster.
-    let registry = Registry::open(&config.data_dir, config.watch_history)?;
-    let store = registry.store().clone();
+    let store = open_store(&config)?;
+    let registry = Registry::new(store.clone()).await?;
     // A previous run may have stopped between a change of children and the status write.
     let updated = registry.write_stale_statuses().await?;
     if updated > 0 {
@@ -100,6 +100,14 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     }
     store.flush()?;
     Ok(())
+}
+
+/// The store the flags choose: sled in the data directory.
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, Fatal> {
+    let started = std::time::Instant::now();
+    let store = SledStore::open(&config.data_dir, config.watch_history)?;
+    tracing::info!(elapsed = ?started.elapsed(), "store opened");
+    Ok(Arc::new(store))
 }
 
 /// `/healthz`, `/livez`, `/readyz`, failing once `registry`'s store has failed.

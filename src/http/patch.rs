@@ -101,7 +101,7 @@ pub async fn apply_patch<K: Served>(
     };
     let pinned_rv = patch.pointer("/metadata/resourceVersion").is_some();
     for attempt in 0..PATCH_RETRIES {
-        let current = app.registry.get::<K>(namespace, name)?;
+        let current = app.registry.get::<K>(namespace, name).await?;
         let mut doc = to_value(&current)?;
         match &json_patch {
             Some(p) => json_patch::patch(&mut doc, p).map_err(|e| {
@@ -213,7 +213,7 @@ async fn server_side_apply<K: Served>(
     let pinned_rv = config.pointer("/metadata/resourceVersion").is_some();
     for attempt in 0..PATCH_RETRIES {
         let retry = !pinned_rv && attempt + 1 < PATCH_RETRIES;
-        let current = match app.registry.get::<K>(namespace, name) {
+        let current = match app.registry.get::<K>(namespace, name).await {
             Ok(obj) => Some(obj),
             Err(ApiError::NotFound(_)) if sub == Subresource::Main => None,
             Err(e) => return Err(e),

@@ -31,26 +31,29 @@ impl Registry {
                 })
                 .collect()
         };
-        roots
-            .into_iter()
-            .map(|(name, prefix, usage)| {
-                // A root without children has no pool yet: only its exclusions count.
-                let (utilization, children) = usage.unwrap_or_else(|| {
+        let mut usages = Vec::with_capacity(roots.len());
+        for (name, prefix, usage) in roots {
+            // A root without children has no pool yet: only its exclusions count.
+            let (utilization, children) = match usage {
+                Some(usage) => usage,
+                None => {
                     let excluded = self
                         .get::<IPPrefix>("", &name)
+                        .await
                         .ok()
                         .and_then(|p| new_pool(&p).ok())
                         .map_or(0.0, |pool| ratio(&pool.capacity()));
                     (excluded, 0)
-                });
-                RootUsage {
-                    name,
-                    prefix,
-                    utilization,
-                    children,
                 }
-            })
-            .collect()
+            };
+            usages.push(RootUsage {
+                name,
+                prefix,
+                utilization,
+                children,
+            });
+        }
+        usages
     }
 }
 

@@ -4,7 +4,8 @@ use super::generic::{matches_list, ListOptions, Registry};
 use super::kind::Kind;
 use super::txn::store_error;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{EventType, KeyRange, Revision, WatchReceiver};
+use crate::store::{EventStream, EventType, KeyRange, Revision};
+use futures::StreamExt;
 use std::collections::VecDeque;
 
 #[derive(Debug, Default, Clone)]
@@ -47,14 +48,16 @@ pub struct Watch<K> {
     deletions_only: bool,
     initial: VecDeque<K>,
     initial_end_bookmark: Option<Revision>,
-    rx: WatchReceiver,
+    rx: EventStream,
+    /// The revision of the last store event received (or the start revision).
+    last: Revision,
     range: KeyRange,
     list: ListOptions,
     done: bool,
 }
 
 impl Registry {
-    pub fn watch<K: Kind>(
+    pub async fn watch<K: Kind>(
         &self,
         namespace: Option<&str>,
         opts: WatchOptions,
@@ -79,7 +82,7 @@ impl Registry {
             let mut list = opts.list.clone();
             list.limit = None;
             list.continue_token = None;
-            let items = self.list::<K>(namespace, &list)?.items;
+            let items = self.list::<K>(namespace, &list).await?.items;
             (rx, items.into(), start)
         } else {
             let rv = parse_rv(opts.resource_version.as_deref().unwrap_or_default())?;
@@ -100,6 +103,7 @@ impl Registry {
             initial,
             initial_end_bookmark,
             rx,
+            last: start,
             range,
             list: opts.list,
             done: false,
@@ -132,16 +136,17 @@ impl<K: Kind> Watch<K> {
             });
         }
         loop {
-            let ev = match self.rx.recv().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return None,
-                Err(_) => {
+            let ev = match self.rx.next().await {
+                Some(Ok(ev)) => ev,
+                None => return None,
+                Some(Err(_)) => {
                     self.done = true;
                     return Some(WatchEvent::Error(ApiError::Expired(
                         "the watch fell too far behind the retained event history; list again and watch from its resourceVersion".into(),
                     )));
                 }
             };
+            self.last = ev.object.revision;
             if !self.range.contains(&ev.object.key) {
                 continue;
             }
@@ -213,6 +218,6 @@ impl<K: Kind> Watch<K> {
 
     /// The newest revision this watcher has seen all events up to: a safe bookmark.
     pub fn bookmark_revision(&self) -> Revision {
-        self.rx.last_revision()
+        self.last
     }
 }

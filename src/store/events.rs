@@ -1,5 +1,5 @@
 //! The retained event history and the live fan-out to watchers.
-use super::{Revision, StoreError, Versioned};
+use super::{EventStream, Revision, StoreError, Versioned};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -116,9 +116,11 @@ impl History {
             .cloned()
             .collect();
         let live = self.live.subscribe();
+        let floor = backlog.back().map_or(after, |e| e.object.revision);
         Ok(WatchReceiver {
             backlog,
             live,
+            floor,
             last: after,
         })
     }
@@ -130,9 +132,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A watcher's stream of events in revision order.
-pub struct WatchReceiver {
+pub(super) struct WatchReceiver {
     backlog: VecDeque<Arc<StoreEvent>>,
     live: broadcast::Receiver<Arc<StoreEvent>>,
+    /// Live events up to this revision were in the backlog, or before the start. (Not `last`:
+    /// the events of one commit may share a revision.)
+    floor: Revision,
     last: Revision,
 }
 
@@ -146,7 +151,7 @@ impl WatchReceiver {
         }
         loop {
             match self.live.recv().await {
-                Ok(ev) if ev.object.revision <= self.last => continue,
+                Ok(ev) if ev.object.revision <= self.floor => continue,
                 Ok(ev) => {
                     self.last = ev.object.revision;
                     return Ok(Some(ev));
@@ -162,8 +167,16 @@ impl WatchReceiver {
         }
     }
 
-    /// The revision of the last event handed out (or the start revision).
-    pub fn last_revision(&self) -> Revision {
-        self.last
+    /// As a [`Stream`](futures::Stream): the events, then `Err(Expired)` once if it fell
+    /// behind; it ends when the store shuts down.
+    pub(super) fn into_stream(self) -> EventStream {
+        Box::pin(futures::stream::unfold(Some(self), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(Some(ev)) => Some((Ok(ev), Some(rx))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        }))
     }
 }
