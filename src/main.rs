@@ -8,7 +8,7 @@ use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
 use ipam_apiserver::cluster::tls::ReloadingCert;
 use ipam_apiserver::cluster::Cluster;
 use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
-use ipam_apiserver::store::{SledStore, Store};
+use ipam_apiserver::store::{EtcdStore, SledStore, Store};
 use ipam_apiserver::{http, registry::Registry, server};
 use std::path::Path;
 use std::process::ExitCode;
@@ -50,18 +50,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let data_dir = config.data_dir.clone();
+    // sled's checkpoint at exit; etcd keeps nothing here.
+    let data_dir = config.etcd.is_none().then(|| config.data_dir.clone());
     let served = runtime.block_on(serve(config));
     // Ends every task, and with them the store's last handles: its threads flush and exit.
     drop(runtime);
     match served {
         Ok(()) => {
             let started = std::time::Instant::now();
-            match SledStore::checkpoint(&data_dir, std::time::Duration::from_secs(10)) {
-                Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "store checkpointed"),
-                Err(e) => {
+            match data_dir.map(|d| SledStore::checkpoint(&d, std::time::Duration::from_secs(10))) {
+                Some(Ok(())) => tracing::info!(elapsed = ?started.elapsed(), "store checkpointed"),
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "no checkpoint; the next start replays the store's log")
                 }
+                None => {}
             }
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -78,7 +80,7 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     let limits = connection_limits(&config);
     // The registry first: it takes the data directory's lock, so a second process stops here,
     // before touching the PKI, the kubeconfig or the cluster.
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let registry = Registry::new(store.clone()).await?;
     // A previous run may have stopped between a change of children and the status write.
     let updated = registry.write_stale_statuses().await?;
@@ -102,18 +104,29 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// The store the flags choose: sled in the data directory.
-fn open_store(config: &Config) -> Result<Arc<dyn Store>, Fatal> {
+/// The store the flags choose: etcd with `--etcd-servers`, else sled in the data directory.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Fatal> {
     let started = std::time::Instant::now();
-    let store = SledStore::open(&config.data_dir, config.watch_history)?;
+    let store: Arc<dyn Store> = match &config.etcd {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => Arc::new(SledStore::open(&config.data_dir, config.watch_history)?),
+    };
     tracing::info!(elapsed = ?started.elapsed(), "store opened");
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
-/// `/healthz`, `/livez`, `/readyz`, failing once `registry`'s store has failed.
-fn health_routes(registry: &Registry) -> axum::Router {
-    let registry = registry.clone();
-    http::health::routes(move || registry.store_failed())
+/// `/healthz`, `/livez`, `/readyz`, failing once `registry`'s store has failed; on etcd,
+/// `/readyz` also while etcd does not answer.
+fn health_routes(config: &Config, registry: &Registry) -> axum::Router {
+    let failed = registry.clone();
+    let store_failed = move || failed.store_failed();
+    match config.etcd {
+        Some(_) => {
+            let registry = registry.clone();
+            http::health::routes_with_etcd(store_failed, move || !registry.store_ready())
+        }
+        None => http::health::routes(store_failed),
+    }
 }
 
 async fn serve_standalone(
@@ -132,7 +145,7 @@ async fn serve_standalone(
     let addr = listener.local_addr()?;
     let kubeconfig = pki.write_kubeconfig(&data_dir, addr)?;
 
-    let health = health_routes(&registry);
+    let health = health_routes(config, &registry);
     let app = http::router(registry)
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(
@@ -182,7 +195,7 @@ async fn serve_cluster(
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
     // Layers run outside-in: authenticate, then authorize, then the API.
-    let health = health_routes(&registry);
+    let health = health_routes(config, &registry);
     let app = http::router_with(registry, Some(hooks))
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(

@@ -114,6 +114,32 @@ pub struct ServeOptions {
     /// a request in flight. 0 disables.
     #[arg(long, default_value = "90s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_connection_timeout: std::time::Duration,
+
+    /// etcd client URLs (v3 API): keep all API data in etcd instead of sled in --data-dir, so
+    /// several replicas can serve the same data.
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    pub etcd_servers: Vec<String>,
+
+    /// The root of this server's keys in etcd; they live under PREFIX/ipam.miloapis.com/.
+    #[arg(long, default_value = "/registry", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+
+    /// CA bundle verifying etcd's serving certificates (TLS).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate presented to etcd, with --etcd-keyfile.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Private key of --etcd-certfile.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// How often one replica compacts etcd's history (Go duration: 5m, 1h30m, 90s); 0 leaves
+    /// compaction to the operator.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub etcd_compaction_interval: std::time::Duration,
 }
 
 /// A duration as Kubernetes' flags write it (`90s`, `1m30s`, `500ms`, or Go's bare `0`).
@@ -139,6 +165,8 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// `None`: idle connections are kept.
     pub idle_connection_timeout: Option<std::time::Duration>,
+    /// `Some`: the store is etcd; `None`: sled in `data_dir`.
+    pub etcd: Option<crate::store::EtcdOptions>,
     pub mode: Mode,
 }
 
@@ -213,6 +241,8 @@ impl ServeOptions {
                 }
             }
         }
+
+        let etcd = self.etcd_options(&mut errs);
 
         let default_ip = if self.standalone {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -313,10 +343,61 @@ impl ServeOptions {
                 max_connections: self.max_connections,
                 idle_connection_timeout: Some(self.idle_connection_timeout)
                     .filter(|t| !t.is_zero()),
+                etcd,
                 mode,
             }),
             _ => Err(InvalidOptions(errs)),
         }
+    }
+}
+
+impl ServeOptions {
+    /// The etcd flags, when `--etcd-servers` is given; a flag that needs it is an error without.
+    fn etcd_options(&self, errs: &mut Vec<String>) -> Option<crate::store::EtcdOptions> {
+        let servers: Vec<String> = self
+            .etcd_servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            for (flag, given) in [
+                ("--etcd-cafile", self.etcd_cafile.is_some()),
+                ("--etcd-certfile", self.etcd_certfile.is_some()),
+                ("--etcd-keyfile", self.etcd_keyfile.is_some()),
+            ] {
+                if given {
+                    errs.push(format!("{flag} needs --etcd-servers"));
+                }
+            }
+            return None;
+        }
+        for url in &servers {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errs.push(format!(
+                    "--etcd-servers: {url:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
+            errs.push("--etcd-certfile and --etcd-keyfile go together".to_string());
+        }
+        let prefix = self.etcd_prefix.trim_end_matches('/').to_string();
+        if !prefix.starts_with('/') {
+            errs.push(format!(
+                "--etcd-prefix: {:?} must start with /",
+                self.etcd_prefix
+            ));
+        }
+        Some(crate::store::EtcdOptions {
+            servers,
+            prefix,
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+            compaction_interval: self.etcd_compaction_interval,
+            watch_history: self.watch_history,
+        })
     }
 }
 
@@ -442,5 +523,44 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cfg.bind, "[::1]:0".parse().unwrap());
+    }
+
+    #[test]
+    fn etcd_flags_choose_etcd_and_bad_ones_are_named() {
+        let cfg = parse(&[
+            "--standalone",
+            "--etcd-servers",
+            "http://127.0.0.1:2379,http://127.0.0.1:2381",
+            "--etcd-compaction-interval",
+            "1h30m",
+        ])
+        .unwrap();
+        let etcd = cfg.etcd.expect("etcd chosen");
+        assert_eq!(etcd.servers.len(), 2);
+        assert_eq!(etcd.prefix, "/registry");
+        assert_eq!(
+            etcd.compaction_interval,
+            std::time::Duration::from_secs(5400)
+        );
+        assert!(parse(&["--standalone"]).unwrap().etcd.is_none());
+        let err = parse(&[
+            "--standalone",
+            "--etcd-servers",
+            "127.0.0.1:2379",
+            "--etcd-certfile",
+            "c.pem",
+        ])
+        .unwrap_err();
+        let err = err.to_string();
+        for flag in [
+            "--etcd-servers: \"127.0.0.1:2379\"",
+            "--etcd-certfile and --etcd-keyfile",
+        ] {
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+        let err = parse(&["--standalone", "--etcd-cafile", "ca.pem"]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("--etcd-cafile needs --etcd-servers"));
     }
 }

@@ -58,6 +58,8 @@ impl StoreEvent {
 /// the snapshot, then the live ones.
 pub(super) struct History {
     inner: Mutex<HistoryInner>,
+    /// Bumped by [`History::restart`]: a watcher subscribed before it missed events.
+    generation: Arc<std::sync::atomic::AtomicU64>,
     live: broadcast::Sender<Arc<StoreEvent>>,
     capacity: usize,
 }
@@ -78,8 +80,19 @@ impl History {
                 oldest: start,
             }),
             live,
+            generation: Default::default(),
             capacity: capacity.max(1),
         }
+    }
+
+    /// Events up to `oldest` are lost (etcd compacted them before they were seen): forget the
+    /// history, and end every current watcher with `Expired` at its next event.
+    pub(super) fn restart(&self, oldest: Revision) {
+        let mut inner = lock(&self.inner);
+        inner.events.clear();
+        inner.oldest = inner.oldest.max(oldest);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub(super) fn publish(&self, events: Vec<StoreEvent>) {
@@ -117,9 +130,13 @@ impl History {
             .collect();
         let live = self.live.subscribe();
         let floor = backlog.back().map_or(after, |e| e.object.revision);
+        let generation = self.generation.clone();
+        let subscribed = generation.load(std::sync::atomic::Ordering::Acquire);
         Ok(WatchReceiver {
             backlog,
             live,
+            generation,
+            subscribed,
             floor,
             last: after,
         })
@@ -135,6 +152,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(super) struct WatchReceiver {
     backlog: VecDeque<Arc<StoreEvent>>,
     live: broadcast::Receiver<Arc<StoreEvent>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The history's generation when this watcher subscribed.
+    subscribed: u64,
     /// Live events up to this revision were in the backlog, or before the start. (Not `last`:
     /// the events of one commit may share a revision.)
     floor: Revision,
@@ -152,6 +172,15 @@ impl WatchReceiver {
         loop {
             match self.live.recv().await {
                 Ok(ev) if ev.object.revision <= self.floor => continue,
+                Ok(_)
+                    if self.generation.load(std::sync::atomic::Ordering::Acquire)
+                        != self.subscribed =>
+                {
+                    return Err(StoreError::Expired {
+                        requested: self.last,
+                        oldest: self.last + 1,
+                    })
+                }
                 Ok(ev) => {
                     self.last = ev.object.revision;
                     return Ok(Some(ev));

@@ -4,9 +4,11 @@
 //! assigns the revision (`resourceVersion`) itself: every written key gets its own, strictly
 //! increasing across the whole store, and the registry stamps it into the object on read.
 
+pub mod etcd;
 mod events;
 mod sled_store;
 
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use events::{EventType, StoreEvent};
 pub use sled_store::SledStore;
 
