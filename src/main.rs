@@ -134,6 +134,9 @@ async fn serve_standalone(
     limits: server::ConnectionLimits,
     registry: Registry,
 ) -> Result<(), Fatal> {
+    // On etcd no store has made it yet; it holds the PKI and the kubeconfig.
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
 
