@@ -85,6 +85,7 @@ async fn run(prefixes: usize) {
                 let batch = std::mem::take(&mut ops);
                 store
                     .commit(batch)
+                    .await
                     .expect("commit")
                     .durable
                     .await
@@ -94,13 +95,14 @@ async fn run(prefixes: usize) {
     }
     store
         .commit(ops)
+        .await
         .expect("commit")
         .durable
         .await
         .expect("durable");
 
     let loaded = Instant::now();
-    let registry = Registry::with_store(store).expect("load");
+    let registry = Registry::new(store).await.expect("load");
     let load = loaded.elapsed().as_secs_f64();
 
     let selector = format!("spec.prefix.contains={target}");
@@ -122,7 +124,7 @@ async fn run(prefixes: usize) {
     let scans = 3;
     let t = Instant::now();
     for _ in 0..scans {
-        let listed = registry.list::<IPPrefix>(None, &opts).expect("list");
+        let listed = registry.list::<IPPrefix>(None, &opts).await.expect("list");
         assert_eq!(listed.items.len(), 3);
     }
     let scan = t.elapsed().as_secs_f64() / f64::from(scans) * 1e3;

@@ -74,7 +74,7 @@ fn run(committers: u64, commits: u64) {
                             precondition: Precondition::Absent,
                         },
                     ];
-                    let committed = store.commit(ops).expect("commit");
+                    let committed = store.commit(ops).await.expect("commit");
                     committed.durable.await.expect("durable");
                 }
             }));

@@ -9,7 +9,7 @@ use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
 use ipam_apiserver::cluster::tls::ReloadingCert;
 use ipam_apiserver::cluster::Cluster;
 use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
-use ipam_apiserver::store::{HistoryLimits, SledStore};
+use ipam_apiserver::store::{EtcdStore, HistoryLimits, SledStore, Store};
 use ipam_apiserver::{http, registry::Registry, server};
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,18 +52,20 @@ fn main() -> ExitCode {
         }
     };
     ipam_apiserver::metrics::global().set_prefix_series_limit(config.metrics_prefix_series);
-    let data_dir = config.data_dir.clone();
+    // sled's checkpoint at exit; etcd keeps nothing here.
+    let data_dir = config.etcd.is_none().then(|| config.data_dir.clone());
     let served = runtime.block_on(serve(config));
     // Ends every task, and with them the store's last handles: its threads flush and exit.
     drop(runtime);
     match served {
         Ok(()) => {
             let started = std::time::Instant::now();
-            match SledStore::checkpoint(&data_dir, std::time::Duration::from_secs(10)) {
-                Ok(()) => tracing::info!(elapsed = ?started.elapsed(), "store checkpointed"),
-                Err(e) => {
+            match data_dir.map(|d| SledStore::checkpoint(&d, std::time::Duration::from_secs(10))) {
+                Some(Ok(())) => tracing::info!(elapsed = ?started.elapsed(), "store checkpointed"),
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "no checkpoint; the next start replays the store's log")
                 }
+                None => {}
             }
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -80,12 +82,8 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     let limits = connection_limits(&config);
     // The registry first: it takes the data directory's lock, so a second process stops here,
     // before touching the PKI, the kubeconfig or the cluster.
-    let history = HistoryLimits {
-        events: config.watch_history,
-        bytes: config.watch_history_bytes,
-    };
-    let registry = Registry::open(&config.data_dir, history)?;
-    let store = registry.store().clone();
+    let store = open_store(&config).await?;
+    let registry = Registry::new(store.clone()).await?;
     // A previous run may have stopped between a change of children and the status write.
     let updated = registry.write_stale_statuses().await?;
     if updated > 0 {
@@ -122,10 +120,35 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// `/healthz`, `/livez`, `/readyz`, failing once `registry`'s store has failed.
-fn health_routes(registry: &Registry) -> axum::Router {
-    let registry = registry.clone();
-    http::health::routes(move || registry.store_failed())
+/// The store the flags choose: etcd with `--etcd-servers`, else sled in the data directory.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Fatal> {
+    let started = std::time::Instant::now();
+    let store: Arc<dyn Store> = match &config.etcd {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => {
+            let history = HistoryLimits {
+                events: config.watch_history,
+                bytes: config.watch_history_bytes,
+            };
+            Arc::new(SledStore::open(&config.data_dir, history)?)
+        }
+    };
+    tracing::info!(elapsed = ?started.elapsed(), "store opened");
+    Ok(store)
+}
+
+/// `/healthz`, `/livez`, `/readyz`, failing once `registry`'s store has failed; on etcd,
+/// `/readyz` also while etcd does not answer.
+fn health_routes(config: &Config, registry: &Registry) -> axum::Router {
+    let failed = registry.clone();
+    let store_failed = move || failed.store_failed();
+    match config.etcd {
+        Some(_) => {
+            let registry = registry.clone();
+            http::health::routes_with_etcd(store_failed, move || !registry.store_ready())
+        }
+        None => http::health::routes(store_failed),
+    }
 }
 
 async fn serve_standalone(
@@ -134,6 +157,9 @@ async fn serve_standalone(
     registry: Registry,
     auditor: Option<Auditor>,
 ) -> Result<(), Fatal> {
+    // On etcd no store has made it yet; it holds the PKI and the kubeconfig.
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
 
@@ -145,7 +171,7 @@ async fn serve_standalone(
     let addr = listener.local_addr()?;
     let kubeconfig = pki.write_kubeconfig(&data_dir, addr)?;
 
-    let health = health_routes(&registry);
+    let health = health_routes(config, &registry);
     let app = audit::layer(http::router(registry).merge(health), auditor.as_ref()).layer(
         axum::middleware::from_fn_with_state(authn, auth::authenticate),
     );
@@ -193,7 +219,7 @@ async fn serve_cluster(
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
     // Layers run outside-in: authenticate, audit, authorize, then the API.
-    let health = health_routes(&registry);
+    let health = health_routes(config, &registry);
     let app = http::router_with(registry, Some(hooks))
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(

@@ -146,6 +146,32 @@ pub struct ServeOptions {
     /// Megabytes the audit log may reach before it is rotated; 0 means 100.
     #[arg(long = "audit-log-maxsize", default_value_t = 0, value_name = "MB")]
     pub audit_log_maxsize: u32,
+
+    /// etcd client URLs (v3 API): keep all API data in etcd instead of sled in --data-dir, so
+    /// several replicas can serve the same data.
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    pub etcd_servers: Vec<String>,
+
+    /// The root of this server's keys in etcd; they live under PREFIX/ipam.miloapis.com/.
+    #[arg(long, default_value = "/registry", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+
+    /// CA bundle verifying etcd's serving certificates (TLS).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate presented to etcd, with --etcd-keyfile.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// Private key of --etcd-certfile.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// How often one replica compacts etcd's history (Go duration: 5m, 1h30m, 90s); 0 leaves
+    /// compaction to the operator.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub etcd_compaction_interval: std::time::Duration,
 }
 
 /// A byte count: a number, optionally with a binary suffix (`Ki`, `Mi`, `Gi`) as Kubernetes
@@ -196,6 +222,8 @@ pub struct Config {
     pub idle_connection_timeout: Option<std::time::Duration>,
     /// The bound on per-IPPrefix metric series.
     pub metrics_prefix_series: usize,
+    /// `Some`: the store is etcd; `None`: sled in `data_dir`.
+    pub etcd: Option<crate::store::EtcdOptions>,
     pub mode: Mode,
     /// `None`: no audit log.
     pub audit: Option<AuditConfig>,
@@ -285,6 +313,7 @@ impl ServeOptions {
             }
         }
 
+        let etcd = self.etcd_options(&mut errs);
         let audit = match (self.audit_log_path, self.audit_policy_file) {
             (Some(path), policy_file) => Some(AuditConfig {
                 path,
@@ -401,11 +430,65 @@ impl ServeOptions {
                     .filter(|t| !t.is_zero()),
                 metrics_prefix_series: self.metrics_prefix_series,
                 watch_history_bytes: self.watch_history_bytes,
+                etcd,
                 mode,
                 audit,
             }),
             _ => Err(InvalidOptions(errs)),
         }
+    }
+}
+
+impl ServeOptions {
+    /// The etcd flags, when `--etcd-servers` is given; a flag that needs it is an error without.
+    fn etcd_options(&self, errs: &mut Vec<String>) -> Option<crate::store::EtcdOptions> {
+        let servers: Vec<String> = self
+            .etcd_servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            for (flag, given) in [
+                ("--etcd-cafile", self.etcd_cafile.is_some()),
+                ("--etcd-certfile", self.etcd_certfile.is_some()),
+                ("--etcd-keyfile", self.etcd_keyfile.is_some()),
+            ] {
+                if given {
+                    errs.push(format!("{flag} needs --etcd-servers"));
+                }
+            }
+            return None;
+        }
+        for url in &servers {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errs.push(format!(
+                    "--etcd-servers: {url:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
+            errs.push("--etcd-certfile and --etcd-keyfile go together".to_string());
+        }
+        let prefix = self.etcd_prefix.trim_end_matches('/').to_string();
+        if !prefix.starts_with('/') {
+            errs.push(format!(
+                "--etcd-prefix: {:?} must start with /",
+                self.etcd_prefix
+            ));
+        }
+        Some(crate::store::EtcdOptions {
+            servers,
+            prefix,
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+            compaction_interval: self.etcd_compaction_interval,
+            watch_history: crate::store::HistoryLimits {
+                events: self.watch_history,
+                bytes: self.watch_history_bytes,
+            },
+        })
     }
 }
 
@@ -576,5 +659,44 @@ mod tests {
         );
         let err = parse(&["--standalone", "--audit-policy-file", "p.yaml"]).unwrap_err();
         assert!(err.0[0].contains("--audit-log-path"), "{err}");
+    }
+
+    #[test]
+    fn etcd_flags_choose_etcd_and_bad_ones_are_named() {
+        let cfg = parse(&[
+            "--standalone",
+            "--etcd-servers",
+            "http://127.0.0.1:2379,http://127.0.0.1:2381",
+            "--etcd-compaction-interval",
+            "1h30m",
+        ])
+        .unwrap();
+        let etcd = cfg.etcd.expect("etcd chosen");
+        assert_eq!(etcd.servers.len(), 2);
+        assert_eq!(etcd.prefix, "/registry");
+        assert_eq!(
+            etcd.compaction_interval,
+            std::time::Duration::from_secs(5400)
+        );
+        assert!(parse(&["--standalone"]).unwrap().etcd.is_none());
+        let err = parse(&[
+            "--standalone",
+            "--etcd-servers",
+            "127.0.0.1:2379",
+            "--etcd-certfile",
+            "c.pem",
+        ])
+        .unwrap_err();
+        let err = err.to_string();
+        for flag in [
+            "--etcd-servers: \"127.0.0.1:2379\"",
+            "--etcd-certfile and --etcd-keyfile",
+        ] {
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+        let err = parse(&["--standalone", "--etcd-cafile", "ca.pem"]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("--etcd-cafile needs --etcd-servers"));
     }
 }

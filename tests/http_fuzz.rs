@@ -9,6 +9,7 @@
 use axum::body::Body;
 use http::{Request, StatusCode};
 use ipam_apiserver::registry::Registry;
+use ipam_apiserver::store::SledStore;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Map, Value};
@@ -490,7 +491,10 @@ fn arbitrary_requests_never_fail_the_server_nor_change_the_store_when_rejected()
         .enable_all()
         .build()
         .unwrap();
-    let registry = Registry::open(dir.path(), 100_000).unwrap();
+    let store = SledStore::open(dir.path(), 100_000).unwrap();
+    let registry = rt
+        .block_on(Registry::new(std::sync::Arc::new(store)))
+        .unwrap();
     let store = registry.store().clone();
     let app = ipam_apiserver::http::router(registry);
     rt.block_on(async {

@@ -7,6 +7,7 @@ use axum::body::Body;
 use futures::StreamExt;
 use http::{Request, StatusCode};
 use ipam_apiserver::registry::Registry;
+use ipam_apiserver::store::SledStore;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
@@ -76,7 +77,8 @@ async fn every_watcher_sees_every_create_once_in_order() {
     let watchers = env_or("WATCH_FANOUT_WATCHERS", 100);
     let dir = tempfile::tempdir().unwrap();
     // History and live buffer far larger than the run: a watcher never has to catch up by 410.
-    let registry = Registry::open(dir.path(), 200_000).unwrap();
+    let store = SledStore::open(dir.path(), 200_000).unwrap();
+    let registry = Registry::new(std::sync::Arc::new(store)).await.unwrap();
     let store = registry.store().clone();
     let app = ipam_apiserver::http::router(registry);
     post(

@@ -127,7 +127,7 @@ fn follow_deletions<K: crate::registry::Kind>(
                 resource_version: Some(registry.store().revision().to_string()),
                 ..Default::default()
             };
-            let mut watch = match registry.watch::<K>(None, opts) {
+            let mut watch = match registry.watch::<K>(None, opts).await {
                 Ok(mut w) => {
                     w.deletions_only();
                     w

@@ -66,7 +66,7 @@ pub async fn list_or_watch<K: Served>(
     let repr = negotiate(&headers)?;
     let namespace = path.get("namespace").map(String::as_str);
     if params.flag("watch")? {
-        return watch_response::<K>(&app, namespace, &params, repr, shutdown.map(|e| e.0));
+        return watch_response::<K>(&app, namespace, &params, repr, shutdown.map(|e| e.0)).await;
     }
     app.registry.check_list_version(
         params.get("resourceVersion"),
@@ -80,7 +80,7 @@ pub async fn list_or_watch<K: Served>(
         let list = app.registry.list_indexed::<K>(namespace, &opts).await?;
         return Ok(list_response(list, repr, include));
     }
-    let list = app.registry.list_chunks::<K>(namespace, &opts)?;
+    let list = app.registry.list_chunks::<K>(namespace, &opts).await?;
     Ok(list_response(list, repr, include))
 }
 
@@ -108,6 +108,7 @@ pub async fn watch_legacy<K: Served>(
         repr,
         shutdown.map(|e| e.0),
     )
+    .await
 }
 
 pub async fn get<K: Served>(
@@ -117,7 +118,10 @@ pub async fn get<K: Served>(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let repr = negotiate(&headers)?;
-    let obj = app.registry.get::<K>(namespace_of(&path), name_of(&path))?;
+    let obj = app
+        .registry
+        .get::<K>(namespace_of(&path), name_of(&path))
+        .await?;
     object_response(StatusCode::OK, &obj, repr, include_object(&params)?, &[])
 }
 

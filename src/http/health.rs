@@ -6,6 +6,10 @@
 //! The `store` check fails once the store has failed (a failed fsync): from then on the server
 //! answers every API request 503 until it restarts, so liveness should restart it and readiness
 //! should take it out of its Service, as kube-apiserver's `etcd` check does.
+//!
+//! On etcd, `/readyz` also has an `etcd` check: it fails while etcd does not answer (no quorum),
+//! so the Service routes around the replica, but `/livez` does not, since a restart would not
+//! bring etcd back.
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,15 +17,48 @@ use axum::Router;
 use http::StatusCode;
 use std::sync::Arc;
 
-/// The checks, in the order they are reported.
-const CHECKS: [&str; 2] = ["ping", "store"];
+/// The checks, in the order they are reported (`etcd` on `/readyz` only, with etcd).
+const CHECKS: [&str; 3] = ["ping", "store", "etcd"];
 
-/// Whether the store has failed (`Registry::store_failed`).
-type StoreFailed = Arc<dyn Fn() -> bool + Send + Sync>;
+/// What the checks ask: whether the store has failed (`Registry::store_failed`), and whether
+/// etcd, when it is the store, does not answer now.
+#[derive(Clone)]
+struct Probes {
+    store_failed: Arc<dyn Fn() -> bool + Send + Sync>,
+    etcd_down: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+type StoreFailed = Probes;
 
 /// The health routes; merge them into the main router *inside* the authentication layer (the
 /// layer lets these paths through unauthenticated).
 pub fn routes(store_failed: impl Fn() -> bool + Send + Sync + 'static) -> Router {
+    routes_for(Probes {
+        store_failed: Arc::new(store_failed),
+        etcd_down: None,
+    })
+}
+
+/// [`routes`] with the `etcd` readiness check.
+pub fn routes_with_etcd(
+    store_failed: impl Fn() -> bool + Send + Sync + 'static,
+    etcd_down: impl Fn() -> bool + Send + Sync + 'static,
+) -> Router {
+    routes_for(Probes {
+        store_failed: Arc::new(store_failed),
+        etcd_down: Some(Arc::new(etcd_down)),
+    })
+}
+
+/// The checks of `endpoint`.
+fn checks(endpoint: &str, probes: &Probes) -> &'static [&'static str] {
+    match (endpoint, &probes.etcd_down) {
+        ("readyz", Some(_)) => &CHECKS,
+        _ => &CHECKS[..2],
+    }
+}
+
+fn routes_for(probes: Probes) -> Router {
     let mut router = Router::new();
     for endpoint in ["healthz", "livez", "readyz"] {
         router = router.route(
@@ -32,7 +69,7 @@ pub fn routes(store_failed: impl Fn() -> bool + Send + Sync + 'static) -> Router
                 },
             ),
         );
-        for check in CHECKS {
+        for &check in checks(endpoint, &probes) {
             router = router.route(
                 &format!("/{endpoint}/{check}"),
                 get(move |State(failed): State<StoreFailed>| async move {
@@ -48,14 +85,17 @@ pub fn routes(store_failed: impl Fn() -> bool + Send + Sync + 'static) -> Router
             );
         }
     }
-    router.with_state(Arc::new(store_failed) as StoreFailed)
+    router.with_state(probes)
 }
 
 /// Why `check` fails, if it does. The reason is not given: these paths are open to anyone, and
 /// the log has said it once, when the store failed.
-fn failure(check: &str, store_failed: &StoreFailed) -> Option<&'static str> {
+fn failure(check: &str, probes: &StoreFailed) -> Option<&'static str> {
     match check {
-        "store" if store_failed() => Some("reason withheld"),
+        "store" if (probes.store_failed)() => Some("reason withheld"),
+        "etcd" if probes.etcd_down.as_ref().is_some_and(|down| down()) => {
+            Some("etcd does not answer")
+        }
         _ => None,
     }
 }
@@ -67,7 +107,7 @@ fn report(endpoint: &str, store_failed: &StoreFailed, query: Option<&str>) -> Re
         .any(|kv| kv == "verbose" || kv.starts_with("verbose="));
     let mut lines = String::new();
     let mut healthy = true;
-    for check in CHECKS {
+    for &check in checks(endpoint, store_failed) {
         match failure(check, store_failed) {
             None => lines.push_str(&format!("[+]{check} ok\n")),
             Some(why) => {
@@ -162,6 +202,42 @@ mod tests {
             assert_eq!(
                 get(&router, &format!("/{endpoint}/ping")).await,
                 (StatusCode::OK, "ok".to_string())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn etcd_down_fails_readiness_only() {
+        let down = Arc::new(AtomicBool::new(false));
+        let router = routes_with_etcd(|| false, {
+            let down = down.clone();
+            move || down.load(Ordering::SeqCst)
+        });
+        assert_eq!(
+            get(&router, "/readyz?verbose").await,
+            (
+                StatusCode::OK,
+                "[+]ping ok\n[+]store ok\n[+]etcd ok\nreadyz check passed\n".to_string()
+            )
+        );
+        down.store(true, Ordering::SeqCst);
+        assert_eq!(
+            get(&router, "/readyz").await,
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "[+]ping ok\n[+]store ok\n[-]etcd failed: etcd does not answer\nreadyz check failed\n"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            get(&router, "/readyz/etcd").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        for path in ["/livez", "/healthz"] {
+            assert_eq!(
+                get(&router, path).await,
+                (StatusCode::OK, "ok".into()),
+                "{path}"
             );
         }
     }

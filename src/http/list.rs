@@ -20,18 +20,20 @@ use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
 /// Where a list's items come from, a chunk at a time.
+#[async_trait::async_trait]
 pub trait ListSource<K>: Send + 'static {
     /// The next chunk; `None` at the end.
-    fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>>;
+    async fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>>;
     fn resource_version(&self) -> &str;
     /// Final once [`ListSource::continue_token_known`].
     fn continue_token(&self) -> Option<&str>;
     fn continue_token_known(&self) -> bool;
 }
 
+#[async_trait::async_trait]
 impl<K: crate::registry::Kind> ListSource<K> for ListChunks<K> {
-    fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
-        ListChunks::next_chunk(self)
+    async fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
+        ListChunks::next_chunk(self).await
     }
     fn resource_version(&self) -> &str {
         ListChunks::resource_version(self)
@@ -45,8 +47,9 @@ impl<K: crate::registry::Kind> ListSource<K> for ListChunks<K> {
 }
 
 /// A list already in memory (what a deletecollection removed): one chunk.
+#[async_trait::async_trait]
 impl<K: Send + 'static> ListSource<K> for ObjectList<K> {
-    fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
+    async fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
         Ok(Some(std::mem::take(&mut self.items)).filter(|items| !items.is_empty()))
     }
     fn resource_version(&self) -> &str {
@@ -86,7 +89,7 @@ pub fn list_response<K: Served>(
     };
     let body = futures::stream::unfold(Some(writer), |writer| async move {
         let mut writer = writer?;
-        match writer.next_bytes() {
+        match writer.next_bytes().await {
             Ok(Some(bytes)) => Some((Ok(bytes), Some(writer))),
             Ok(None) => None,
             Err(e) => {
@@ -195,7 +198,7 @@ fn encode_error(e: impl std::fmt::Display) -> ApiError {
 
 impl<K: Served, S: ListSource<K>> ListWriter<K, S> {
     /// The next piece of the body: the head with the first chunk, a chunk, then the tail.
-    fn next_bytes(&mut self) -> ApiResult<Option<Bytes>> {
+    async fn next_bytes(&mut self) -> ApiResult<Option<Bytes>> {
         if let Some(held) = self.held.take() {
             return Ok(Some(held));
         }
@@ -207,7 +210,7 @@ impl<K: Served, S: ListSource<K>> ListWriter<K, S> {
             self.started = true;
             self.head(&mut out)?;
         }
-        match self.source.next_chunk()? {
+        match self.source.next_chunk().await? {
             Some(chunk) => {
                 for item in &chunk {
                     self.item(&mut out, item)?;

@@ -104,7 +104,7 @@ pub async fn apply_patch<K: Served>(
     };
     let pinned_rv = patch.pointer("/metadata/resourceVersion").is_some();
     for attempt in 0..PATCH_RETRIES {
-        let current = app.registry.get::<K>(namespace, name)?;
+        let current = app.registry.get::<K>(namespace, name).await?;
         let mut doc = to_value(&current)?;
         match &json_patch {
             Some(p) => json::apply(&mut doc, p, K::KIND, name)?,
@@ -221,7 +221,7 @@ async fn server_side_apply<K: Served>(
     let pinned_rv = config.pointer("/metadata/resourceVersion").is_some();
     for attempt in 0..PATCH_RETRIES {
         let retry = !pinned_rv && attempt + 1 < PATCH_RETRIES;
-        let current = match app.registry.get::<K>(namespace, name) {
+        let current = match app.registry.get::<K>(namespace, name).await {
             Ok(obj) => Some(obj),
             Err(ApiError::NotFound(_)) if sub == Subresource::Main => None,
             Err(e) => return Err(e),

@@ -31,7 +31,7 @@ struct WatchStream<K> {
     shutdown: Option<Shutdown>,
 }
 
-pub fn watch_response<K: Served>(
+pub async fn watch_response<K: Served>(
     app: &AppState,
     namespace: Option<&str>,
     params: &Params,
@@ -46,7 +46,7 @@ pub fn watch_response<K: Served>(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let mut watch = app.registry.watch::<K>(namespace, opts)?;
+    let mut watch = app.registry.watch::<K>(namespace, opts).await?;
     if let Some(slot) = shared_slot(repr) {
         watch.share_encoded(slot);
     }

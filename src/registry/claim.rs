@@ -116,11 +116,11 @@ impl Kind for IPPrefixClaim {
         errs
     }
 
-    fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()> {
-        allocate(self, tx)
+    async fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()> {
+        allocate(self, tx).await
     }
 
-    fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()> {
+    async fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()> {
         // The binding still holds for the new spec: say so for this generation, or clients
         // waiting for the condition (`kubectl wait`) take it as stale.
         let generation = self.metadata.generation;
@@ -131,7 +131,7 @@ impl Kind for IPPrefixClaim {
         }
         // The bound IPPrefix follows the claim's reclaimPolicy (the only mutable spec field).
         if self.spec.reclaim_policy != old.spec.reclaim_policy {
-            if let Some(mut child) = bound_prefix(self, tx)? {
+            if let Some(mut child) = bound_prefix(self, tx).await? {
                 child.obj.spec.reclaim_policy = self.spec.reclaim_policy.clone();
                 child.obj.metadata.resource_version = None;
                 tx.put(&child.obj, Precondition::Revision(child.revision))?;
@@ -140,8 +140,8 @@ impl Kind for IPPrefixClaim {
         Ok(())
     }
 
-    fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
-        let Some(child) = bound_prefix(self, tx)? else {
+    async fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+        let Some(child) = bound_prefix(self, tx).await? else {
             return Ok(Removal::Remove);
         };
         // Only Bound descendants hold it; the rest go with its block.
@@ -152,7 +152,7 @@ impl Kind for IPPrefixClaim {
             release::set_condition(self, waiting);
             return Ok(Removal::KeepInUse);
         }
-        release::release_claimed_prefix(tx, child, self.spec.retention_seconds)?;
+        release::release_claimed_prefix(tx, child, self.spec.retention_seconds).await?;
         Ok(Removal::Remove)
     }
 }
@@ -370,7 +370,7 @@ fn validate_match_expressions(
 }
 
 /// The IPPrefix bound to this claim, if it still is.
-fn bound_prefix(claim: &IPPrefixClaim, tx: &Txn<'_>) -> ApiResult<Option<Stored<IPPrefix>>> {
+async fn bound_prefix(claim: &IPPrefixClaim, tx: &Txn<'_>) -> ApiResult<Option<Stored<IPPrefix>>> {
     let Some(name) = claim
         .status
         .as_ref()
@@ -379,7 +379,7 @@ fn bound_prefix(claim: &IPPrefixClaim, tx: &Txn<'_>) -> ApiResult<Option<Stored<
     else {
         return Ok(None);
     };
-    let Some(child) = tx.get::<IPPrefix>("", &name)? else {
+    let Some(child) = tx.get::<IPPrefix>("", &name).await? else {
         return Ok(None);
     };
     let bound = child.obj.spec.claim_ref.as_ref().is_some_and(|c| {
@@ -411,7 +411,7 @@ pub(super) fn requested(claim: &IPPrefixClaim) -> ApiResult<Request> {
 
 /// The Released IPPrefix this claim would get back (an interface that comes back under the
 /// same name gets its old block).
-pub(super) fn rebind_target(
+pub(super) async fn rebind_target(
     claim: &IPPrefixClaim,
     tx: &Txn<'_>,
     (len, exact, _): Request,
@@ -423,21 +423,23 @@ pub(super) fn rebind_target(
     let Some(released_name) = tx.state.released.get(&key) else {
         return Ok(None);
     };
-    let Some(released) = tx.get::<IPPrefix>("", released_name)? else {
+    let Some(released) = tx.get::<IPPrefix>("", released_name).await? else {
         return Ok(None);
     };
-    Ok(rebind_compatible(claim, &released.obj, len, exact, tx)?.then_some(released))
+    Ok(rebind_compatible(claim, &released.obj, len, exact, tx)
+        .await?
+        .then_some(released))
 }
 
-fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
+async fn allocate(claim: &mut IPPrefixClaim, tx: &mut Txn<'_>) -> ApiResult<()> {
     let name = claim.metadata.name.clone().unwrap_or_default();
     let request @ (len, exact, family) = requested(claim)?;
-    if let Some(released) = rebind_target(claim, tx, request)? {
+    if let Some(released) = rebind_target(claim, tx, request).await? {
         return rebind(claim, tx, released);
     }
 
     let by_selector = claim.spec.parent_ref.is_none();
-    let candidates = candidate_parents(claim, tx, family, &name)?;
+    let candidates = candidate_parents(claim, tx, family, &name).await?;
     let mut tried = Vec::new();
     for parent in candidates {
         let pnet = parse_stored(&parent.obj)?;
@@ -535,14 +537,14 @@ pub(super) fn fit(
     }))
 }
 
-pub(super) fn candidate_parents(
+pub(super) async fn candidate_parents(
     claim: &IPPrefixClaim,
     tx: &mut Txn<'_>,
     family: Option<IpFamily>,
     name: &str,
 ) -> ApiResult<Vec<Stored<IPPrefix>>> {
     if let Some(r) = &claim.spec.parent_ref {
-        let Some(parent) = tx.get_parent(&r.name)? else {
+        let Some(parent) = tx.get_parent(&r.name).await? else {
             return Err(ApiError::invalid(
                 IPPrefixClaim::KIND,
                 name,
@@ -579,7 +581,8 @@ pub(super) fn candidate_parents(
         .map_err(|e: kube::core::ParseExpressionError| ApiError::BadRequest(e.to_string()))?;
     // Listed in key order, which is name order: the documented tie-break.
     let matching: Vec<_> = tx
-        .list_all::<IPPrefix>()?
+        .list_all::<IPPrefix>()
+        .await?
         .into_iter()
         .filter(|p| super::selector::matches(&selector, p.obj.metadata.labels.as_ref()))
         .filter(|p| family.is_none_or(|f| p.obj.prefix().is_some_and(|n| IpFamily::of(&n) == f)))
@@ -762,7 +765,7 @@ fn bind(
     Ok(())
 }
 
-fn rebind_compatible(
+async fn rebind_compatible(
     claim: &IPPrefixClaim,
     released: &IPPrefix,
     len: Option<u8>,
@@ -793,7 +796,7 @@ fn rebind_compatible(
     if !tx.may_use(&parent_name) {
         return Ok(false);
     }
-    let Some(parent) = tx.get::<IPPrefix>("", &parent_name)? else {
+    let Some(parent) = tx.get::<IPPrefix>("", &parent_name).await? else {
         return Ok(false);
     };
     // A claim without a length gets its block back if that is the parent's default length.

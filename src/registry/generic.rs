@@ -10,10 +10,9 @@ use super::state::State;
 use super::txn::{store_error, Stored, Txn};
 use crate::api::{IPPrefix, PREFIX_IN_USE_FINALIZER};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{HistoryLimits, KeyRange, Precondition, SledStore, Store, StoreError};
+use crate::store::{KeyRange, Precondition, Store, StoreError};
 use base64::Engine;
 use kube::core::Selector;
-use std::path::Path;
 use std::sync::Arc;
 
 /// A cheap-to-clone handle to the API semantics over one store.
@@ -106,18 +105,9 @@ pub(super) fn list_identity(resource: &str, namespace: Option<&str>, opts: &List
 }
 
 impl Registry {
-    /// Open the store in `data_dir` and rebuild the allocation indexes from it.
-    pub fn open(
-        data_dir: &Path,
-        watch_history: impl Into<HistoryLimits>,
-    ) -> Result<Registry, StoreError> {
-        let started = std::time::Instant::now();
-        let store = SledStore::open(data_dir, watch_history)?;
-        tracing::info!(elapsed = ?started.elapsed(), "store opened");
-        Self::with_store(Arc::new(store))
-    }
-
-    pub fn with_store(store: Arc<dyn Store>) -> Result<Registry, StoreError> {
+    /// The API over `store` (whichever backend `main` chose), with the allocation indexes
+    /// rebuilt from it.
+    pub async fn new(store: Arc<dyn Store>) -> Result<Registry, StoreError> {
         let started = std::time::Instant::now();
         let range = KeyRange {
             resource: "ipprefixes",
@@ -141,15 +131,17 @@ impl Registry {
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start index decoder: {e}")))?;
         let mut batch = Vec::with_capacity(BATCH);
-        let scanned = store.list(&range, None, None, &mut |v| {
-            batch.push(v.value.clone());
-            if batch.len() == BATCH {
-                // A send fails only when the decoder stopped at a damaged value; its error is
-                // reported below.
-                let _ = batches.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-            }
-            false
-        });
+        let scanned = store
+            .list(&range, None, None, &mut |v| {
+                batch.push(v.value.clone());
+                if batch.len() == BATCH {
+                    // A send fails only when the decoder stopped at a damaged value; its error
+                    // is reported below.
+                    let _ = batches.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                }
+                false
+            })
+            .await;
         let _ = batches.send(batch);
         drop(batches);
         let decoded = decoder
@@ -188,17 +180,18 @@ impl Registry {
             if names.is_empty() {
                 return Ok(0);
             }
-            let written = (|| {
+            let written = async {
                 let mut tx = Txn::new(&*self.inner.store, &mut state);
                 let mut written = 0;
                 for name in &names {
-                    if let Some(prefix) = tx.get::<IPPrefix>("", name)? {
+                    if let Some(prefix) = tx.get::<IPPrefix>("", name).await? {
                         written +=
                             usize::from(super::status::store_current_status(&mut tx, prefix)?);
                     }
                 }
-                Ok::<_, ApiError>((written, tx.commit(false)?))
-            })();
+                Ok::<_, ApiError>((written, tx.commit(false).await?))
+            }
+            .await;
             if written.is_err() {
                 for name in &names {
                     state.mark_status_stale(name);
@@ -257,6 +250,11 @@ impl Registry {
         self.inner.store.failure().is_some()
     }
 
+    /// Whether the store can serve now (on etcd: etcd answers), for `/readyz`.
+    pub fn store_ready(&self) -> bool {
+        self.inner.store.ready().is_ok()
+    }
+
     /// 503 once the store has failed: its memory may hold writes that never reached the disk,
     /// and serving them (a retried create answered AlreadyExists, a GET of a lost object) would
     /// make clients act on state a restart takes back.
@@ -269,10 +267,10 @@ impl Registry {
         }
     }
 
-    pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<K> {
+    pub async fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<K> {
         self.ensure_available()?;
         let key = Txn::key::<K>(namespace, name);
-        match self.inner.store.get(&key).map_err(store_error)? {
+        match self.inner.store.get(&key).await.map_err(store_error)? {
             Some(v) => codec::decode_stored(&v.value, v.revision),
             None => Err(ApiError::not_found(K::RESOURCE, name)),
         }
@@ -428,13 +426,15 @@ impl Registry {
             // on every create); a create that fails for another reason still answers
             // AlreadyExists when the name is taken, as Kubernetes does.
             let taken = name.clone();
-            let created = obj.on_create(&mut tx).and_then(|()| {
+            let created = async {
+                obj.on_create(&mut tx).await?;
                 tx.put_new(&obj, move || ApiError::already_exists(K::RESOURCE, &taken))?;
-                tx.commit(dry_run)
-            });
+                tx.commit(dry_run).await
+            }
+            .await;
             match created {
                 Ok(commit) => commit,
-                Err(e) => return Err(self.already_exists_or::<K>(namespace, &name, e)),
+                Err(e) => return Err(self.already_exists_or::<K>(namespace, &name, e).await),
             }
         };
         finish(obj, namespace, &name, commit).await
@@ -442,14 +442,19 @@ impl Registry {
 
     /// `e`, or AlreadyExists if the object's name is taken: what a failed create answers.
     /// Called under the writer lock, once the transaction is undone.
-    fn already_exists_or<K: Kind>(&self, namespace: &str, name: &str, e: ApiError) -> ApiError {
+    async fn already_exists_or<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+        e: ApiError,
+    ) -> ApiError {
         if matches!(
             e,
             ApiError::AlreadyExists(_) | ApiError::ServiceUnavailable(_) | ApiError::Internal(_)
         ) {
             return e;
         }
-        match self.inner.store.get(&Txn::key::<K>(namespace, name)) {
+        match self.inner.store.get(&Txn::key::<K>(namespace, name)).await {
             Ok(Some(_)) => ApiError::already_exists(K::RESOURCE, name),
             _ => e,
         }
@@ -501,7 +506,7 @@ impl Registry {
         let commit = {
             let mut state = self.lock_to_commit().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
-            let Some(old) = tx.get::<K>(namespace, name)? else {
+            let Some(old) = tx.get::<K>(namespace, name).await? else {
                 return Err(ApiError::not_found(K::RESOURCE, name));
             };
             if let Some(rv) = new
@@ -555,12 +560,12 @@ impl Registry {
                     || new.meta().finalizers.as_ref().is_none_or(Vec::is_empty));
             if new.meta().deletion_timestamp.is_some() && last_user_finalizer_gone {
                 // The last finalizer is gone: the object goes now (or waits, in use).
-                let (obj, _) = remove_or_keep(&mut tx, new, old.revision)?;
-                (obj, tx.commit(dry_run)?)
+                let (obj, _) = remove_or_keep(&mut tx, new, old.revision).await?;
+                (obj, tx.commit(dry_run).await?)
             } else {
-                new.on_update(old_obj, &mut tx)?;
+                new.on_update(old_obj, &mut tx).await?;
                 tx.put(&new, Precondition::Revision(old.revision))?;
-                (new, tx.commit(dry_run)?)
+                (new, tx.commit(dry_run).await?)
             }
         };
         let (obj, commit) = commit;
@@ -578,11 +583,11 @@ impl Registry {
         let (obj, gone, mut commit) = {
             let mut state = self.lock_to_commit().await;
             let mut tx = Txn::new(&*self.inner.store, &mut state);
-            let Some(old) = tx.get::<K>(namespace, name)? else {
+            let Some(old) = tx.get::<K>(namespace, name).await? else {
                 return Err(ApiError::not_found(K::RESOURCE, name));
             };
             check_preconditions::<K>(&old, &opts.preconditions, name)?;
-            old.obj.check_delete(&mut tx)?;
+            old.obj.check_delete(&mut tx).await?;
             let mut obj = old.obj.clone();
             // The server's in-use finalizer is decided afresh below (`remove_or_keep`): a
             // claim with nothing bound below never waits behind it.
@@ -599,11 +604,11 @@ impl Registry {
             }
             if obj.meta().deletion_timestamp.is_some() && finalizers.is_empty() {
                 // Waiting behind the in-use finalizer only: check again whether it must.
-                let (obj, gone) = remove_or_keep(&mut tx, obj, old.revision)?;
+                let (obj, gone) = remove_or_keep(&mut tx, obj, old.revision).await?;
                 if !gone && obj == old.obj {
                     return Ok((old.obj, false));
                 }
-                (obj, gone, tx.commit(opts.dry_run)?)
+                (obj, gone, tx.commit(opts.dry_run).await?)
             } else if obj.meta().deletion_timestamp.is_some() {
                 // Already terminating: only a new propagation finalizer changes anything.
                 if finalizers == meta::user_finalizers(obj.meta()) {
@@ -621,7 +626,7 @@ impl Registry {
                 obj.meta_mut().finalizers = Some(finalizers);
                 obj.meta_mut().resource_version = None;
                 tx.put(&obj, Precondition::Revision(old.revision))?;
-                (obj, false, tx.commit(opts.dry_run)?)
+                (obj, false, tx.commit(opts.dry_run).await?)
             } else if !finalizers.is_empty() {
                 let meta = obj.meta_mut();
                 meta.finalizers = Some(finalizers);
@@ -629,10 +634,10 @@ impl Registry {
                 meta.deletion_grace_period_seconds = Some(0);
                 meta.resource_version = None;
                 tx.put(&obj, Precondition::Revision(old.revision))?;
-                (obj, false, tx.commit(opts.dry_run)?)
+                (obj, false, tx.commit(opts.dry_run).await?)
             } else {
-                let (obj, gone) = remove_or_keep(&mut tx, obj, old.revision)?;
-                (obj, gone, tx.commit(opts.dry_run)?)
+                let (obj, gone) = remove_or_keep(&mut tx, obj, old.revision).await?;
+                (obj, gone, tx.commit(opts.dry_run).await?)
             }
         };
         let key = Txn::key::<K>(namespace, name);
@@ -655,7 +660,7 @@ impl Registry {
         let mut list = list.clone();
         list.limit = None;
         list.continue_token = None;
-        let found = self.list::<K>(namespace, &list)?;
+        let found = self.list::<K>(namespace, &list).await?;
         let mut deleted = Vec::new();
         for obj in found.items {
             let ns = obj.meta().namespace.clone().unwrap_or_default();
@@ -706,11 +711,15 @@ fn record_update_fields<K: Kind>(
 
 /// Final removal of `obj` (no finalizers left): the kind releases what it holds in the same
 /// transaction, or keeps the object terminating behind the server's in-use finalizer.
-fn remove_or_keep<K: Kind>(tx: &mut Txn<'_>, mut obj: K, revision: u64) -> ApiResult<(K, bool)> {
+async fn remove_or_keep<K: Kind>(
+    tx: &mut Txn<'_>,
+    mut obj: K,
+    revision: u64,
+) -> ApiResult<(K, bool)> {
     let ns = obj.meta().namespace.clone().unwrap_or_default();
     let name = obj.meta().name.clone().unwrap_or_default();
     let before = obj.clone();
-    match obj.on_remove(tx)? {
+    match obj.on_remove(tx).await? {
         Removal::Remove => {
             tx.delete::<K>(&ns, &name, Precondition::Revision(revision));
             Ok((obj, true))

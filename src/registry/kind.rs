@@ -7,6 +7,7 @@ use super::txn::Txn;
 use crate::error::{ApiResult, FieldError};
 use kube::Resource;
 use serde::{de::DeserializeOwned, Serialize};
+use std::future::Future;
 
 /// What the pipeline does with an object whose last finalizer is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,16 +77,23 @@ pub trait Kind:
     /// Every problem with a change: immutable fields.
     fn validate_update(&self, old: &Self) -> Vec<FieldError>;
 
+    // The hooks read the store, so they are async; their futures are `Send` because requests
+    // run on a multi-threaded runtime.
+
     /// Effects of a create inside its transaction: allocation, related objects, status.
-    fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()>;
+    fn on_create(&mut self, tx: &mut Txn<'_>) -> impl Future<Output = ApiResult<()>> + Send;
     /// Effects of an update inside its transaction.
-    fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()>;
+    fn on_update(
+        &mut self,
+        old: &Self,
+        tx: &mut Txn<'_>,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
     /// Whether a DELETE may start at all (409 if not). Checked before finalizers or a
     /// propagation policy could merely mark the object terminating, and again in `on_remove`.
-    fn check_delete(&self, _tx: &mut Txn<'_>) -> ApiResult<()> {
-        Ok(())
+    fn check_delete(&self, _tx: &mut Txn<'_>) -> impl Future<Output = ApiResult<()>> + Send {
+        std::future::ready(Ok(()))
     }
     /// The object is about to be removed for good: release, refuse (409), or keep it in use
     /// (the hook may say why in the object's status).
-    fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal>;
+    fn on_remove(&mut self, tx: &mut Txn<'_>) -> impl Future<Output = ApiResult<Removal>> + Send;
 }

@@ -38,14 +38,14 @@ pub struct ListChunks<K> {
 impl Registry {
     /// The objects of `K` in `namespace` (all namespaces: `None`) that `opts` selects, whole.
     /// For internal callers; the API writes [`Registry::list_chunks`] as they come.
-    pub fn list<K: Kind>(
+    pub async fn list<K: Kind>(
         &self,
         namespace: Option<&str>,
         opts: &ListOptions,
     ) -> ApiResult<ObjectList<K>> {
-        let mut chunks = self.list_chunks::<K>(namespace, opts)?;
+        let mut chunks = self.list_chunks::<K>(namespace, opts).await?;
         let mut items = Vec::new();
-        while let Some(chunk) = chunks.next_chunk()? {
+        while let Some(chunk) = chunks.next_chunk().await? {
             items.extend(chunk);
         }
         Ok(ObjectList {
@@ -56,7 +56,7 @@ impl Registry {
     }
 
     /// A list to be read chunk by chunk (see [`ListChunks`]).
-    pub fn list_chunks<K: Kind>(
+    pub async fn list_chunks<K: Kind>(
         &self,
         namespace: Option<&str>,
         opts: &ListOptions,
@@ -97,7 +97,7 @@ impl Registry {
             continue_token: None,
             identity,
         };
-        list.first = list.read_chunk()?;
+        list.first = list.read_chunk().await?;
         Ok(list)
     }
 }
@@ -105,10 +105,10 @@ impl Registry {
 impl<K: Kind> ListChunks<K> {
     /// The next chunk, `None` once the list is complete. A store failure part way is an error
     /// the caller can no longer answer with a Status (the list was begun): it ends the body.
-    pub fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
+    pub async fn next_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
         match self.first.take() {
             Some(chunk) => Ok(Some(chunk)),
-            None => self.read_chunk(),
+            None => self.read_chunk().await,
         }
     }
 
@@ -127,7 +127,7 @@ impl<K: Kind> ListChunks<K> {
         self.continue_token.as_deref()
     }
 
-    fn read_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
+    async fn read_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
         let Some(start_after) = self.next.take() else {
             return Ok(None);
         };
@@ -151,6 +151,7 @@ impl<K: Kind> ListChunks<K> {
                     }
                 }
             })
+            .await
             .map_err(store_error)?;
         if let Some(e) = decode_error {
             return Err(e);

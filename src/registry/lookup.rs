@@ -20,7 +20,7 @@ impl Registry {
         let wanted = contains_requirement(&opts.field_selector)
             .filter(|_| K::RESOURCE == <IPPrefix as Kind>::RESOURCE);
         let Some(wanted) = wanted else {
-            return self.list(namespace, opts);
+            return self.list(namespace, opts).await;
         };
         self.ensure_available()?;
         let identity = list_identity(K::RESOURCE, namespace, opts);
@@ -51,7 +51,7 @@ impl Registry {
         let mut more = false;
         for name in &chain[skip..] {
             // Gone since the index was read: a list of the latest state leaves it out.
-            let obj = match self.get::<K>("", name) {
+            let obj = match self.get::<K>("", name).await {
                 Ok(obj) => obj,
                 Err(ApiError::NotFound(_)) => continue,
                 Err(e) => return Err(e),

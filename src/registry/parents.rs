@@ -45,10 +45,11 @@ impl Registry {
         let mut state = self.lock().await;
         // Read-only: never committed, so dropping it writes nothing.
         let mut tx = Txn::new(&**self.store(), &mut state);
-        let rebind = rebind_target(&claim, &tx, request)?
+        let rebind = rebind_target(&claim, &tx, request)
+            .await?
             .and_then(|released| released.obj.spec.parent_ref)
             .map(|r| r.name);
-        let Ok(candidates) = candidate_parents(&claim, &mut tx, request.2, &name) else {
+        let Ok(candidates) = candidate_parents(&claim, &mut tx, request.2, &name).await else {
             return Ok(None);
         };
         let mut plan = ParentPlan {
@@ -100,7 +101,11 @@ mod tests {
     #[tokio::test]
     async fn plan_lists_parents_in_allocation_order_split_by_room() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path(), 100).unwrap();
+        let reg = Registry::new(std::sync::Arc::new(
+            crate::store::SledStore::open(dir.path(), 100).unwrap(),
+        ))
+        .await
+        .unwrap();
         for (name, prefix, reserve) in [
             ("a-full", "10.0.0.0/31", 2),
             ("b-too-short", "10.1.0.0/32", 0),

@@ -132,7 +132,7 @@ impl Kind for IPPrefix {
         errs
     }
 
-    fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()> {
+    async fn on_create(&mut self, tx: &mut Txn<'_>) -> ApiResult<()> {
         if self.spec.claim_ref.is_some() {
             return Err(ApiError::invalid(
                 Self::KIND,
@@ -146,7 +146,7 @@ impl Kind for IPPrefix {
         let net = parse_stored(self)?;
         let name = name_of(self);
         match self.spec.parent_ref.clone() {
-            Some(parent_ref) => carve_static(tx, self, net, &parent_ref.name)?,
+            Some(parent_ref) => carve_static(tx, self, net, &parent_ref.name).await?,
             None => {
                 let space = self.spec.address_space.clone();
                 if let Some((other, other_root)) = tx
@@ -178,7 +178,7 @@ impl Kind for IPPrefix {
         refresh_prefix_status(self, tx.state)
     }
 
-    fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()> {
+    async fn on_update(&mut self, old: &Self, tx: &mut Txn<'_>) -> ApiResult<()> {
         let name = name_of(self);
         if self.spec.exclude != old.spec.exclude || self.spec.reserve != old.spec.reserve {
             if let Some(entry) = tx.state.pool_entry_mut(&name) {
@@ -222,12 +222,13 @@ impl Kind for IPPrefix {
     }
 
     /// Refused while bound to a live claim or while it has children, whatever its finalizers.
-    fn check_delete(&self, tx: &mut Txn<'_>) -> ApiResult<()> {
+    async fn check_delete(&self, tx: &mut Txn<'_>) -> ApiResult<()> {
         let name = name_of(self);
         if let Some(claim_ref) = &self.spec.claim_ref {
             if self.phase() != prefix_phase::RELEASED {
-                if let Some(claim) =
-                    tx.get::<IPPrefixClaim>(&claim_ref.namespace, &claim_ref.name)?
+                if let Some(claim) = tx
+                    .get::<IPPrefixClaim>(&claim_ref.namespace, &claim_ref.name)
+                    .await?
                 {
                     if claim.obj.metadata.uid == claim_ref.uid || claim_ref.uid.is_none() {
                         return Err(ApiError::conflict(
@@ -253,16 +254,16 @@ impl Kind for IPPrefix {
         Ok(())
     }
 
-    fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
+    async fn on_remove(&mut self, tx: &mut Txn<'_>) -> ApiResult<Removal> {
         if self.metadata.deletion_timestamp.is_some() && tx.state.children(&name_of(self)) > 0 {
             // Freed with its claim's block, its last user finalizer gone: it still waits for
             // children kept by theirs.
             return Ok(Removal::KeepInUse);
         }
-        self.check_delete(tx)?;
+        self.check_delete(tx).await?;
         // Freeing a block may end the wait of a terminating claim above.
-        if let Some(parent) = release_prefix(tx, self)? {
-            super::release::settle(tx, parent)?;
+        if let Some(parent) = release_prefix(tx, self).await? {
+            super::release::settle(tx, parent).await?;
         }
         Ok(Removal::Remove)
     }
@@ -271,7 +272,7 @@ impl Kind for IPPrefix {
 /// Give `prefix`'s block back to its parent (or drop it from the roots) and forget its indexes,
 /// marking the parent's status stale. The caller deletes the object. Returns the parent, when
 /// it has one.
-pub(super) fn release_prefix(
+pub(super) async fn release_prefix(
     tx: &mut Txn<'_>,
     prefix: &IPPrefix,
 ) -> ApiResult<Option<Stored<IPPrefix>>> {
@@ -307,7 +308,7 @@ pub(super) fn release_prefix(
         }
         return Ok(None);
     };
-    let Some(parent) = tx.get::<IPPrefix>("", &parent_ref.name)? else {
+    let Some(parent) = tx.get::<IPPrefix>("", &parent_ref.name).await? else {
         return Ok(None);
     };
     let entry = tx.state.pool_mut(&parent.obj)?;
@@ -342,14 +343,14 @@ pub(super) fn release_prefix(
 
 /// A static carve: a user-made IPPrefix with `parentRef` takes exactly its block, of a length
 /// the parent allows, in the parent's address space.
-fn carve_static(
+async fn carve_static(
     tx: &mut Txn<'_>,
     carve: &mut IPPrefix,
     net: IpNet,
     parent_name: &str,
 ) -> ApiResult<()> {
     let name = &name_of(carve);
-    let Some(parent) = tx.get::<IPPrefix>("", parent_name)? else {
+    let Some(parent) = tx.get::<IPPrefix>("", parent_name).await? else {
         return Err(ApiError::invalid(
             IPPrefix::KIND,
             name,

@@ -151,7 +151,7 @@ pub(super) fn set_condition(claim: &mut IPPrefixClaim, condition: Condition) -> 
 /// ends; `Delete` frees it
 /// and the unbound prefixes below it, or, when a user finalizer keeps one of them, leaves it
 /// terminating (`Released`, `deletionTimestamp`), still holding its block.
-pub(super) fn release_claimed_prefix(
+pub(super) async fn release_claimed_prefix(
     tx: &mut Txn<'_>,
     child: Stored<IPPrefix>,
     retention_seconds: Option<i64>,
@@ -169,7 +169,7 @@ pub(super) fn release_claimed_prefix(
         == Some(ReclaimPolicy::Retain);
     if retain {
         let parent = match &prefix.spec.parent_ref {
-            Some(r) => tx.get::<IPPrefix>("", &r.name)?,
+            Some(r) => tx.get::<IPPrefix>("", &r.name).await?,
             None => None,
         };
         let keep = policy::retention(parent.as_ref().map(|p| &p.obj), retention_seconds);
@@ -203,9 +203,9 @@ pub(super) fn release_claimed_prefix(
             });
         }
         // A Bound descendant fewer: a claim above may have waited for this one.
-        return settle_above(tx, &prefix);
+        return settle_above(tx, &prefix).await;
     }
-    let freed_below = free_below(tx, &name)?;
+    let freed_below = free_below(tx, &name).await?;
     if freed_below
         && prefix
             .metadata
@@ -213,16 +213,16 @@ pub(super) fn release_claimed_prefix(
             .as_ref()
             .is_none_or(Vec::is_empty)
     {
-        let parent = release_prefix(tx, &prefix)?;
+        let parent = release_prefix(tx, &prefix).await?;
         tx.delete::<IPPrefix>("", &name, Precondition::Revision(revision));
         return match parent {
-            Some(parent) => settle(tx, parent),
+            Some(parent) => settle(tx, parent).await,
             None => Ok(()),
         };
     }
     // Kept by a finalizer (its own, or one below it): the block is released when it goes.
     terminate(tx, prefix.clone(), revision)?;
-    settle_above(tx, &prefix)
+    settle_above(tx, &prefix).await
 }
 
 /// Mark `prefix` terminating: its claim is gone (`Released`) and something still keeps it.
@@ -248,31 +248,37 @@ fn terminate(tx: &mut Txn<'_>, mut prefix: IPPrefix, revision: u64) -> ApiResult
 /// Free every prefix below `name` (none is Bound: the caller checked), deepest first. Returns
 /// whether all went; one kept by a user finalizer (and each prefix above it) is left
 /// terminating instead, holding its block.
-fn free_below(tx: &mut Txn<'_>, name: &str) -> ApiResult<bool> {
-    let mut all = true;
-    for child in children_of(tx, name) {
-        let kids_freed = free_below(tx, &child)?;
-        let Some(c) = tx.get::<IPPrefix>("", &child)? else {
-            continue;
-        };
-        if kids_freed && c.obj.metadata.finalizers.as_ref().is_none_or(Vec::is_empty) {
-            release_prefix(tx, &c.obj)?;
-            tx.delete::<IPPrefix>("", &child, Precondition::Revision(c.revision));
-        } else {
-            all = false;
-            terminate(tx, c.obj, c.revision)?;
+// Boxed: it recurses.
+fn free_below<'a>(
+    tx: &'a mut Txn<'_>,
+    name: &'a str,
+) -> futures::future::BoxFuture<'a, ApiResult<bool>> {
+    Box::pin(async move {
+        let mut all = true;
+        for child in children_of(tx, name) {
+            let kids_freed = free_below(tx, &child).await?;
+            let Some(c) = tx.get::<IPPrefix>("", &child).await? else {
+                continue;
+            };
+            if kids_freed && c.obj.metadata.finalizers.as_ref().is_none_or(Vec::is_empty) {
+                release_prefix(tx, &c.obj).await?;
+                tx.delete::<IPPrefix>("", &child, Precondition::Revision(c.revision));
+            } else {
+                all = false;
+                terminate(tx, c.obj, c.revision)?;
+            }
         }
-    }
-    Ok(all)
+        Ok(all)
+    })
 }
 
 /// [`settle`] from the parent of `prefix`, if it has one.
-fn settle_above(tx: &mut Txn<'_>, prefix: &IPPrefix) -> ApiResult<()> {
+async fn settle_above(tx: &mut Txn<'_>, prefix: &IPPrefix) -> ApiResult<()> {
     let Some(parent) = &prefix.spec.parent_ref else {
         return Ok(());
     };
-    match tx.get::<IPPrefix>("", &parent.name)? {
-        Some(parent) => settle(tx, parent),
+    match tx.get::<IPPrefix>("", &parent.name).await? {
+        Some(parent) => settle(tx, parent).await,
         None => Ok(()),
     }
 }
@@ -280,7 +286,7 @@ fn settle_above(tx: &mut Txn<'_>, prefix: &IPPrefix) -> ApiResult<()> {
 /// Something below `prefix` was released or freed. Walking up: a terminating prefix that only
 /// waited for its children goes; at the first Bound prefix, its claim, if it waits behind the
 /// in-use finalizer, is released when nothing below holds it, or its condition is updated.
-pub(super) fn settle(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()> {
+pub(super) async fn settle(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()> {
     let mut current = prefix;
     loop {
         let p = &current.obj;
@@ -295,7 +301,7 @@ pub(super) fn settle(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()
             if tx.state.children(&name) > 0 {
                 return Ok(());
             }
-            let parent = release_prefix(tx, p)?;
+            let parent = release_prefix(tx, p).await?;
             tx.delete::<IPPrefix>("", &name, Precondition::Revision(current.revision));
             match parent {
                 Some(parent) => {
@@ -306,12 +312,12 @@ pub(super) fn settle(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()
             }
         }
         if p.phase() == prefix_phase::BOUND {
-            return settle_claim(tx, current);
+            return settle_claim(tx, current).await;
         }
         let Some(parent) = &p.spec.parent_ref else {
             return Ok(());
         };
-        match tx.get::<IPPrefix>("", &parent.name)? {
+        match tx.get::<IPPrefix>("", &parent.name).await? {
             Some(parent) => current = parent,
             None => return Ok(()),
         }
@@ -320,48 +326,54 @@ pub(super) fn settle(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()
 
 /// The claim bound to `prefix`, if it waits behind the in-use finalizer: released when nothing
 /// below holds it any more, else its condition names what still does.
-fn settle_claim(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<()> {
-    let Some(cr) = prefix.obj.spec.claim_ref.clone() else {
-        return Ok(());
-    };
-    let Some(claim) = tx.get::<IPPrefixClaim>(&cr.namespace, &cr.name)? else {
-        return Ok(());
-    };
-    let finalizers = claim.obj.metadata.finalizers.clone().unwrap_or_default();
-    if claim.obj.metadata.deletion_timestamp.is_none()
-        || !finalizers.iter().any(|f| f == PREFIX_IN_USE_FINALIZER)
-    {
-        return Ok(());
-    }
-    let prefix_name = name_of(&prefix.obj);
-    let holders = holders_of(tx, &prefix_name);
-    let mut obj = claim.obj;
-    obj.metadata.resource_version = None;
-    if !holders.is_empty() {
-        let condition = waiting_condition(&prefix_name, &holders, obj.metadata.generation);
-        if set_condition(&mut obj, condition) {
+// Boxed: it and `release_claimed_prefix` call each other.
+fn settle_claim<'a>(
+    tx: &'a mut Txn<'_>,
+    prefix: Stored<IPPrefix>,
+) -> futures::future::BoxFuture<'a, ApiResult<()>> {
+    Box::pin(async move {
+        let Some(cr) = prefix.obj.spec.claim_ref.clone() else {
+            return Ok(());
+        };
+        let Some(claim) = tx.get::<IPPrefixClaim>(&cr.namespace, &cr.name).await? else {
+            return Ok(());
+        };
+        let finalizers = claim.obj.metadata.finalizers.clone().unwrap_or_default();
+        if claim.obj.metadata.deletion_timestamp.is_none()
+            || !finalizers.iter().any(|f| f == PREFIX_IN_USE_FINALIZER)
+        {
+            return Ok(());
+        }
+        let prefix_name = name_of(&prefix.obj);
+        let holders = holders_of(tx, &prefix_name);
+        let mut obj = claim.obj;
+        obj.metadata.resource_version = None;
+        if !holders.is_empty() {
+            let condition = waiting_condition(&prefix_name, &holders, obj.metadata.generation);
+            if set_condition(&mut obj, condition) {
+                tx.put(&obj, Precondition::Revision(claim.revision))?;
+            }
+            return Ok(());
+        }
+        let remaining: Vec<String> = finalizers
+            .into_iter()
+            .filter(|f| f != PREFIX_IN_USE_FINALIZER)
+            .collect();
+        if remaining.is_empty() {
+            release_claimed_prefix(tx, prefix, obj.spec.retention_seconds).await?;
+            tx.delete::<IPPrefixClaim>(
+                &cr.namespace,
+                &cr.name,
+                Precondition::Revision(claim.revision),
+            );
+        } else {
+            // Other finalizers still hold it; the release happens when the last of them goes.
+            obj.metadata.finalizers = Some(remaining);
+            if let Some(s) = obj.status.as_mut() {
+                s.conditions.retain(|c| c.type_ != RELEASED_CONDITION);
+            }
             tx.put(&obj, Precondition::Revision(claim.revision))?;
         }
-        return Ok(());
-    }
-    let remaining: Vec<String> = finalizers
-        .into_iter()
-        .filter(|f| f != PREFIX_IN_USE_FINALIZER)
-        .collect();
-    if remaining.is_empty() {
-        release_claimed_prefix(tx, prefix, obj.spec.retention_seconds)?;
-        tx.delete::<IPPrefixClaim>(
-            &cr.namespace,
-            &cr.name,
-            Precondition::Revision(claim.revision),
-        );
-    } else {
-        // Other finalizers still hold it; the release happens when the last of them goes.
-        obj.metadata.finalizers = Some(remaining);
-        if let Some(s) = obj.status.as_mut() {
-            s.conditions.retain(|c| c.type_ != RELEASED_CONDITION);
-        }
-        tx.put(&obj, Precondition::Revision(claim.revision))?;
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -72,7 +72,7 @@ impl Registry {
                 tx.on_undo(move |s| {
                     s.expiries.insert(&n, at);
                 });
-                let Some(prefix) = tx.get::<IPPrefix>("", &name)? else {
+                let Some(prefix) = tx.get::<IPPrefix>("", &name).await? else {
                     continue;
                 };
                 // Only a block still Released past its deadline: a rebind cleared both.
@@ -112,14 +112,14 @@ impl Registry {
                     tx.put(&obj, Precondition::Revision(prefix.revision))?;
                     continue;
                 }
-                let parent = release_prefix(&mut tx, &prefix.obj)?;
+                let parent = release_prefix(&mut tx, &prefix.obj).await?;
                 tx.delete::<IPPrefix>("", &name, Precondition::Revision(prefix.revision));
                 if let Some(parent) = parent {
-                    release::settle(&mut tx, parent)?;
+                    release::settle(&mut tx, parent).await?;
                 }
                 expired += 1;
             }
-            (expired, tx.commit(false)?)
+            (expired, tx.commit(false).await?)
         };
         commit.wait_durable().await?;
         if expired > 0 {

@@ -63,19 +63,16 @@ impl Registry {
             })
             .collect();
         drop(state);
-        let kept = kept
-            .into_iter()
-            .map(|mut p| {
-                p.default_length = self.default_length(&p.name);
-                p
-            })
-            .collect();
+        let mut kept = kept;
+        for p in &mut kept {
+            p.default_length = self.default_length(&p.name).await;
+        }
         (kept, left_out)
     }
 
     /// `spec.defaultPrefixLength` as stored, read on its own (a scrape reads up to
     /// --metrics-prefix-series of them, so the rest of the object is not decoded).
-    fn default_length(&self, name: &str) -> Option<u8> {
+    async fn default_length(&self, name: &str) -> Option<u8> {
         #[derive(serde::Deserialize)]
         struct View {
             spec: SpecView,
@@ -88,6 +85,7 @@ impl Registry {
         let stored = self
             .store()
             .get(&super::txn::Txn::key::<IPPrefix>("", name))
+            .await
             .ok()??;
         serde_json::from_slice::<View>(&stored.value)
             .ok()?
@@ -113,26 +111,29 @@ impl Registry {
                 })
                 .collect()
         };
-        roots
-            .into_iter()
-            .map(|(name, prefix, address_space, usage)| {
-                // A root without children has no pool yet: only its exclusions count.
-                let (utilization, children) = usage.unwrap_or_else(|| {
+        let mut usages = Vec::with_capacity(roots.len());
+        for (name, prefix, address_space, usage) in roots {
+            // A root without children has no pool yet: only its exclusions count.
+            let (utilization, children) = match usage {
+                Some(usage) => usage,
+                None => {
                     let excluded = self
                         .get::<IPPrefix>("", &name)
+                        .await
                         .ok()
                         .and_then(|p| new_pool(&p).ok())
                         .map_or(0.0, |pool| pool.capacity().ratio());
                     (excluded, 0)
-                });
-                RootUsage {
-                    name,
-                    prefix,
-                    address_space,
-                    utilization,
-                    children,
                 }
-            })
-            .collect()
+            };
+            usages.push(RootUsage {
+                name,
+                prefix,
+                address_space,
+                utilization,
+                children,
+            });
+        }
+        usages
     }
 }

@@ -6,9 +6,17 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
-fn open() -> (Registry, tempfile::TempDir) {
+async fn open() -> (Registry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (Registry::open(dir.path(), 10_000).unwrap(), dir)
+    (open_in(dir.path(), 10_000).await.unwrap(), dir)
+}
+
+async fn open_in(
+    dir: &std::path::Path,
+    history: usize,
+) -> Result<Registry, crate::store::StoreError> {
+    let store = crate::store::SledStore::open(dir, history)?;
+    Registry::new(Arc::new(store)).await
 }
 
 fn root(name: &str, prefix: &str) -> IPPrefix {
@@ -22,13 +30,13 @@ fn claim(ns: &str, name: &str, parent: &str, len: u8) -> IPPrefixClaim {
 /// An IPPrefix's status once the status writer has run (the process runs it continuously).
 async fn status_of(reg: &Registry, name: &str) -> IPPrefixStatus {
     reg.write_stale_statuses().await.unwrap();
-    reg.get::<IPPrefix>("", name).unwrap().status.unwrap()
+    reg.get::<IPPrefix>("", name).await.unwrap().status.unwrap()
 }
 
 /// Open the registry again once the previous one's store has let go of the directory.
 async fn reopen(dir: &std::path::Path) -> Registry {
     loop {
-        match Registry::open(dir, 100) {
+        match open_in(dir, 100).await {
             Ok(r) => return r,
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
@@ -53,7 +61,7 @@ fn only(name: &str) -> Option<std::collections::HashSet<String>> {
 /// A registry with the root `subnet` (fd20::/64), and the claim p/nic for a /128 from it that
 /// keeps its block when deleted (`Retain`), not yet created.
 async fn subnet_and_retained_nic() -> (Registry, tempfile::TempDir, IPPrefixClaim) {
-    let (reg, dir) = open();
+    let (reg, dir) = open().await;
     reg.create("", root("subnet", "fd20::/64"), false)
         .await
         .unwrap();
@@ -64,7 +72,7 @@ async fn subnet_and_retained_nic() -> (Registry, tempfile::TempDir, IPPrefixClai
 
 #[tokio::test]
 async fn address_plan_for_a_cloud_network_gets_exact_first_fit_answers() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("platform", "fd20::/20"), false)
         .await
         .unwrap();
@@ -124,7 +132,7 @@ async fn address_plan_for_a_cloud_network_gets_exact_first_fit_answers() {
 
 #[tokio::test]
 async fn ipv4_slash28_with_reserve_gives_13_hosts_then_exhausted() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("v4", "10.128.0.0/16"), false)
         .await
         .unwrap();
@@ -157,7 +165,7 @@ async fn ipv4_slash28_with_reserve_gives_13_hosts_then_exhausted() {
         "no free /32 in ipprefix \"p.net\" (10.128.0.0/28; full)"
     );
     assert!(matches!(
-        reg.get::<IPPrefixClaim>("p", "h13"),
+        reg.get::<IPPrefixClaim>("p", "h13").await,
         Err(ApiError::NotFound(_))
     ));
     let status = status_of(&reg, "p.net").await;
@@ -166,7 +174,7 @@ async fn ipv4_slash28_with_reserve_gives_13_hosts_then_exhausted() {
 
 #[tokio::test]
 async fn exhausted_message_names_parent_and_largest_free_block() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("dfw", "fd20:1::/56"), false)
         .await
         .unwrap();
@@ -190,7 +198,7 @@ async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
     reg.delete::<IPPrefixClaim>("p", "nic", &no_finalizers())
         .await
         .unwrap();
-    let kept: IPPrefix = reg.get("", "p.nic").unwrap();
+    let kept: IPPrefix = reg.get("", "p.nic").await.unwrap();
     assert_eq!(kept.phase(), "Released");
     // Another claim does not get it.
     assert_eq!(
@@ -205,14 +213,17 @@ async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
     assert_eq!(err.code(), 403, "{err}");
     assert!(err.to_string().contains("\"subnet\""), "{err}");
     assert_eq!(
-        reg.get::<IPPrefix>("", "p.nic").unwrap().phase(),
+        reg.get::<IPPrefix>("", "p.nic").await.unwrap().phase(),
         "Released"
     );
     let again = reg.create("p", nic, false).await.unwrap();
     let st = again.status.unwrap();
     assert_eq!(st.prefix.as_deref(), Some("fd20::/128"));
     assert_eq!(st.conditions[0].reason, "Rebound");
-    assert_eq!(reg.get::<IPPrefix>("", "p.nic").unwrap().phase(), "Bound");
+    assert_eq!(
+        reg.get::<IPPrefix>("", "p.nic").await.unwrap().phase(),
+        "Bound"
+    );
 }
 
 /// A replace that leaves out `reclaimPolicy` gets the default, as a create does, and the bound
@@ -221,20 +232,20 @@ async fn retained_prefix_is_released_and_rebound_by_the_same_claim_name_only() {
 async fn an_update_without_reclaim_policy_gets_the_default() {
     let (reg, _dir, nic) = subnet_and_retained_nic().await;
     bound(&reg, nic).await;
-    let mut replaced = reg.get::<IPPrefixClaim>("p", "nic").unwrap();
+    let mut replaced = reg.get::<IPPrefixClaim>("p", "nic").await.unwrap();
     replaced.spec.reclaim_policy = None;
     let updated = reg
         .update("p", "nic", replaced, Subresource::Main, false)
         .await
         .unwrap();
     assert_eq!(updated.spec.reclaim_policy.as_deref(), Some("Delete"));
-    let child = reg.get::<IPPrefix>("", "p.nic").unwrap();
+    let child = reg.get::<IPPrefix>("", "p.nic").await.unwrap();
     assert_eq!(child.spec.reclaim_policy.as_deref(), Some("Delete"));
 }
 
 #[tokio::test]
 async fn bound_prefix_and_parent_with_children_refuse_delete() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("r", "10.0.0.0/8"), false)
         .await
         .unwrap();
@@ -256,7 +267,7 @@ async fn bound_prefix_and_parent_with_children_refuse_delete() {
 
     // Neither a propagation policy nor a finalizer turns the refusal into "terminating": a
     // terminating parent would refuse every new claim while keeping all its children.
-    let mut with_finalizer = reg.get::<IPPrefix>("", "r").unwrap();
+    let mut with_finalizer = reg.get::<IPPrefix>("", "r").await.unwrap();
     with_finalizer.metadata.finalizers = Some(vec!["example.com/keep".into()]);
     reg.update("", "r", with_finalizer, Subresource::Main, false)
         .await
@@ -272,11 +283,11 @@ async fn bound_prefix_and_parent_with_children_refuse_delete() {
             ..DeleteOptions::default()
         };
         for (name, says) in [("ns.c", "delete claim ns/c instead"), ("r", "has 1 child")] {
-            let before = reg.get::<IPPrefix>("", name).unwrap();
+            let before = reg.get::<IPPrefix>("", name).await.unwrap();
             let err = reg.delete::<IPPrefix>("", name, &opts).await.unwrap_err();
             assert_eq!(err.code(), 409, "{name} {policy:?}");
             assert!(err.to_string().contains(says), "{name} {policy:?}: {err}");
-            let after = reg.get::<IPPrefix>("", name).unwrap();
+            let after = reg.get::<IPPrefix>("", name).await.unwrap();
             assert_eq!(after.metadata, before.metadata, "{name} {policy:?}");
         }
     }
@@ -297,7 +308,7 @@ async fn bound_prefix_and_parent_with_children_refuse_delete() {
 /// dry run or not).
 #[tokio::test]
 async fn a_taken_claim_name_is_already_exists_and_allocates_nothing() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("r", "fd20::/127"), false)
         .await
         .unwrap();
@@ -331,7 +342,7 @@ async fn a_taken_claim_name_is_already_exists_and_allocates_nothing() {
 /// refuses the claim, in a dry run too, and allocates nothing.
 #[tokio::test]
 async fn a_taken_child_name_refuses_the_claim_and_allocates_nothing() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("r", "fd20::/64"), false).await.unwrap();
     reg.create("", root("taken", "10.0.0.0/8"), false)
         .await
@@ -355,11 +366,11 @@ async fn a_taken_child_name_refuses_the_claim_and_allocates_nothing() {
         );
     }
     assert!(matches!(
-        reg.get::<IPPrefixClaim>("ns", "c"),
+        reg.get::<IPPrefixClaim>("ns", "c").await,
         Err(ApiError::NotFound(_))
     ));
     assert_eq!(
-        reg.get::<IPPrefix>("", "taken").unwrap().spec.prefix,
+        reg.get::<IPPrefix>("", "taken").await.unwrap().spec.prefix,
         "10.0.0.0/8"
     );
     assert_eq!(bound(&reg, claim("ns", "d", "r", 128)).await, "fd20::/128");
@@ -369,7 +380,7 @@ async fn a_taken_child_name_refuses_the_claim_and_allocates_nothing() {
 /// parent must reach the next claim all the same.
 #[tokio::test]
 async fn a_claim_sees_its_parent_as_last_written() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     let mut parent = root("r", "fd20::/64");
     parent.metadata.finalizers = Some(vec!["example.com/keep".into()]);
     reg.create("", parent, false).await.unwrap();
@@ -396,7 +407,7 @@ async fn a_claim_sees_its_parent_as_last_written() {
 
 #[tokio::test]
 async fn claim_with_children_waits_behind_finalizer_and_goes_with_its_last_child() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("r", "fd20::/20"), false).await.unwrap();
     bound(&reg, claim("ns", "pool", "r", 48)).await;
     bound(&reg, claim("ns", "sub", "ns.pool", 64)).await;
@@ -417,11 +428,11 @@ async fn claim_with_children_waits_behind_finalizer_and_goes_with_its_last_child
         .unwrap();
     assert!(gone);
     assert!(matches!(
-        reg.get::<IPPrefixClaim>("ns", "pool"),
+        reg.get::<IPPrefixClaim>("ns", "pool").await,
         Err(ApiError::NotFound(_))
     ));
     assert!(matches!(
-        reg.get::<IPPrefix>("", "ns.pool"),
+        reg.get::<IPPrefix>("", "ns.pool").await,
         Err(ApiError::NotFound(_))
     ));
     let status = status_of(&reg, "r").await;
@@ -431,7 +442,7 @@ async fn claim_with_children_waits_behind_finalizer_and_goes_with_its_last_child
 
 #[tokio::test]
 async fn overlapping_roots_and_static_carves_conflict_naming_the_holder() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("a", "fd20::/20"), false).await.unwrap();
     let err = reg
         .create("", root("b", "fd20:1::/48"), false)
@@ -464,7 +475,7 @@ async fn overlapping_roots_and_static_carves_conflict_naming_the_holder() {
 
 #[tokio::test]
 async fn invalid_claim_reports_every_cause_and_writes_nothing() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     let rev = reg.store().revision();
     let mut bad = IPPrefixClaim::new(
         "bad",
@@ -494,7 +505,7 @@ async fn invalid_claim_reports_every_cause_and_writes_nothing() {
 
 #[tokio::test]
 async fn selector_fills_parents_in_name_order() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     let labelled = |name: &str, prefix: &str| {
         let mut p = root(name, prefix);
         p.metadata.labels = Some(BTreeMap::from([("tier".to_string(), "hosts".to_string())]));
@@ -540,7 +551,7 @@ async fn selector_fills_parents_in_name_order() {
 
 #[tokio::test]
 async fn dry_run_allocates_nothing() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("r", "10.0.0.0/30"), false)
         .await
         .unwrap();
@@ -556,7 +567,7 @@ async fn dry_run_allocates_nothing() {
 
 #[tokio::test]
 async fn restart_rebuilds_pools_from_storage() {
-    let (reg, dir) = open();
+    let (reg, dir) = open().await;
     reg.create("", root("r", "10.0.0.0/24"), false)
         .await
         .unwrap();
@@ -570,7 +581,7 @@ async fn restart_rebuilds_pools_from_storage() {
 
 #[tokio::test]
 async fn claims_leave_their_parent_alone_until_the_status_writer_stores_one_status() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     let created = reg
         .create("", root("r", "10.0.0.0/24"), false)
         .await
@@ -592,7 +603,7 @@ async fn claims_leave_their_parent_alone_until_the_status_writer_stores_one_stat
     assert_eq!(c20, "10.0.0.20/32");
     assert_eq!(reg.write_stale_statuses().await.unwrap(), 1);
     assert_eq!(reg.write_stale_statuses().await.unwrap(), 0);
-    let stored: IPPrefix = reg.get("", "r").unwrap();
+    let stored: IPPrefix = reg.get("", "r").await.unwrap();
     assert_eq!(stored.spec.exclude, vec!["10.0.0.128/25".to_string()]);
     let status = stored.status.unwrap();
     assert_eq!(status.children, Some(21));
@@ -601,7 +612,7 @@ async fn claims_leave_their_parent_alone_until_the_status_writer_stores_one_stat
 
 #[tokio::test]
 async fn status_left_behind_by_a_stop_is_brought_up_to_date_at_open() {
-    let (reg, dir) = open();
+    let (reg, dir) = open().await;
     reg.create("", root("r", "10.0.0.0/24"), false)
         .await
         .unwrap();
@@ -619,21 +630,26 @@ async fn status_left_behind_by_a_stop_is_brought_up_to_date_at_open() {
     reg.store().flush().unwrap();
     drop(reg);
     let reg = reopen(dir.path()).await;
-    let stale: IPPrefix = reg.get("", "emptied").unwrap();
+    let stale: IPPrefix = reg.get("", "emptied").await.unwrap();
     assert_eq!(stale.status.unwrap().children, Some(1));
     assert_eq!(reg.write_stale_statuses().await.unwrap(), 2);
-    let r = reg.get::<IPPrefix>("", "r").unwrap().status.unwrap();
+    let r = reg.get::<IPPrefix>("", "r").await.unwrap().status.unwrap();
     assert_eq!(
         (r.children, r.capacity.unwrap().allocated.as_str()),
         (Some(2), "2")
     );
-    let emptied = reg.get::<IPPrefix>("", "emptied").unwrap().status.unwrap();
+    let emptied = reg
+        .get::<IPPrefix>("", "emptied")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
     assert_eq!(emptied.children, Some(0));
 }
 
 #[tokio::test]
 async fn the_status_writer_stores_a_change_without_being_asked() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     tokio::spawn(
         reg.clone()
             .run_status_writer(std::time::Duration::from_millis(20)),
@@ -646,7 +662,7 @@ async fn the_status_writer_stores_a_change_without_being_asked() {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let status = reg.get::<IPPrefix>("", "r").unwrap().status.unwrap();
+        let status = reg.get::<IPPrefix>("", "r").await.unwrap().status.unwrap();
         if status.children == Some(3) {
             break;
         }
@@ -660,7 +676,7 @@ async fn the_status_writer_stores_a_change_without_being_asked() {
 
 #[tokio::test]
 async fn claims_allocate_only_from_parents_the_caller_may_use() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("allowed", "10.0.0.0/24"), false)
         .await
         .unwrap();
@@ -687,7 +703,7 @@ async fn claims_allocate_only_from_parents_the_caller_may_use() {
     // By selector: parents the caller may not use are passed over; if it may use none of those
     // that match, the claim is forbidden, not exhausted.
     for name in ["allowed", "secret"] {
-        let mut p = reg.get::<IPPrefix>("", name).unwrap();
+        let mut p = reg.get::<IPPrefix>("", name).await.unwrap();
         p.metadata.labels = Some(BTreeMap::from([("pool".to_string(), "a".to_string())]));
         reg.update("", name, p, Subresource::Main, false)
             .await
@@ -738,7 +754,7 @@ async fn claims_allocate_only_from_parents_the_caller_may_use() {
 
 #[tokio::test]
 async fn a_filtered_watch_sees_objects_leave_and_enter_its_selection() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     let opts = WatchOptions {
         resource_version: Some(reg.store().revision().to_string()),
         list: ListOptions {
@@ -747,7 +763,7 @@ async fn a_filtered_watch_sees_objects_leave_and_enter_its_selection() {
         },
         ..Default::default()
     };
-    let mut watch = reg.watch::<IPPrefix>(None, opts).unwrap();
+    let mut watch = reg.watch::<IPPrefix>(None, opts).await.unwrap();
     let labelled = |tier: &str, policy: &str| {
         let mut p = root("p", "10.0.0.0/8");
         p.metadata.labels = Some(BTreeMap::from([("tier".to_string(), tier.to_string())]));
@@ -763,7 +779,7 @@ async fn a_filtered_watch_sees_objects_leave_and_enter_its_selection() {
         ("a", "Retain"),
         ("a", "Delete"),
     ] {
-        let mut p: IPPrefix = reg.get("", "p").unwrap();
+        let mut p: IPPrefix = reg.get("", "p").await.unwrap();
         p.metadata.labels = labelled(tier, policy).metadata.labels;
         p.spec.reclaim_policy = Some(policy.into());
         reg.update("", "p", p, Subresource::Main, false)
@@ -789,14 +805,14 @@ async fn a_filtered_watch_sees_objects_leave_and_enter_its_selection() {
 
 #[tokio::test]
 async fn a_deletions_only_watch_gets_just_the_deletions_in_order() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     let opts = |reg: &Registry| WatchOptions {
         resource_version: Some(reg.store().revision().to_string()),
         ..Default::default()
     };
-    let mut deletions = reg.watch::<IPPrefix>(None, opts(&reg)).unwrap();
+    let mut deletions = reg.watch::<IPPrefix>(None, opts(&reg)).await.unwrap();
     deletions.deletions_only();
-    let mut everything = reg.watch::<IPPrefix>(None, opts(&reg)).unwrap();
+    let mut everything = reg.watch::<IPPrefix>(None, opts(&reg)).await.unwrap();
     for (name, net) in [
         ("a", "10.0.0.0/8"),
         ("b", "11.0.0.0/8"),
@@ -804,7 +820,7 @@ async fn a_deletions_only_watch_gets_just_the_deletions_in_order() {
     ] {
         reg.create("", root(name, net), false).await.unwrap();
     }
-    let mut b: IPPrefix = reg.get("", "b").unwrap();
+    let mut b: IPPrefix = reg.get("", "b").await.unwrap();
     b.spec.reclaim_policy = Some("Retain".into());
     reg.update("", "b", b, Subresource::Main, false)
         .await
@@ -852,30 +868,31 @@ impl WatchedStore {
     }
 }
 
+#[async_trait::async_trait]
 impl crate::store::Store for WatchedStore {
-    fn get(
+    async fn get(
         &self,
         key: &crate::store::ObjectKey,
     ) -> Result<Option<crate::store::Versioned>, crate::store::StoreError> {
-        self.inner.get(key)
+        self.inner.get(key).await
     }
-    fn list(
+    async fn list(
         &self,
         range: &crate::store::KeyRange,
         start_after: Option<&crate::store::ObjectKey>,
         limit: Option<usize>,
-        filter: &mut dyn FnMut(&crate::store::Versioned) -> bool,
+        filter: &mut crate::store::ListFilter<'_>,
     ) -> Result<crate::store::ListPage, crate::store::StoreError> {
-        self.inner.list(range, start_after, limit, filter)
+        self.inner.list(range, start_after, limit, filter).await
     }
-    fn commit(
+    async fn commit(
         &self,
         ops: Vec<crate::store::Op>,
     ) -> Result<crate::store::Committed, crate::store::StoreError> {
         if self.intents.load(SeqCst) == 0 {
             self.unannounced.fetch_add(1, SeqCst);
         }
-        self.inner.commit(ops)
+        self.inner.commit(ops).await
     }
     fn intend_commit(&self) -> crate::store::CommitIntent {
         self.intents.fetch_add(1, SeqCst);
@@ -893,7 +910,7 @@ impl crate::store::Store for WatchedStore {
     fn watch(
         &self,
         after: crate::store::Revision,
-    ) -> Result<crate::store::WatchReceiver, crate::store::StoreError> {
+    ) -> Result<crate::store::EventStream, crate::store::StoreError> {
         self.inner.watch(after)
     }
     fn flush(&self) -> Result<(), crate::store::StoreError> {
@@ -910,7 +927,7 @@ impl crate::store::Store for WatchedStore {
 async fn after_a_failed_fsync_nothing_is_served_from_memory() {
     let dir = tempfile::tempdir().unwrap();
     let store = WatchedStore::open(dir.path());
-    let reg = Registry::with_store(store.clone()).unwrap();
+    let reg = Registry::new(store.clone()).await.unwrap();
     reg.create("", root("r", "10.0.0.0/24"), false)
         .await
         .unwrap();
@@ -923,9 +940,10 @@ async fn after_a_failed_fsync_nothing_is_served_from_memory() {
             "{e}"
         )
     };
-    unavailable(reg.get::<IPPrefixClaim>("ns", "c").unwrap_err());
+    unavailable(reg.get::<IPPrefixClaim>("ns", "c").await.unwrap_err());
     unavailable(
         reg.list::<IPPrefix>(None, &ListOptions::default())
+            .await
             .unwrap_err(),
     );
     unavailable(
@@ -940,6 +958,7 @@ async fn after_a_failed_fsync_nothing_is_served_from_memory() {
     );
     unavailable(
         reg.watch::<IPPrefix>(None, WatchOptions::default())
+            .await
             .err()
             .unwrap(),
     );
@@ -951,7 +970,7 @@ async fn every_commit_is_announced_and_no_announcement_outlives_its_request() {
     // of waits for the next fsync, and an announcement left behind would hold every fsync.
     let dir = tempfile::tempdir().unwrap();
     let store = WatchedStore::open(dir.path());
-    let reg = Registry::with_store(store.clone()).unwrap();
+    let reg = Registry::new(store.clone()).await.unwrap();
     let left = || (store.intents.load(SeqCst), store.unannounced.load(SeqCst));
     reg.create("", root("r", "10.0.0.0/30"), false)
         .await
@@ -968,7 +987,7 @@ async fn every_commit_is_announced_and_no_announcement_outlives_its_request() {
     ] {
         failed.unwrap_err();
     }
-    let mut a = reg.get::<IPPrefixClaim>("ns", "a").unwrap();
+    let mut a = reg.get::<IPPrefixClaim>("ns", "a").await.unwrap();
     a.metadata.labels = Some(BTreeMap::from([("tier".into(), "web".into())]));
     reg.update("ns", "a", a, Subresource::Main, false)
         .await
@@ -988,7 +1007,7 @@ async fn every_commit_is_announced_and_no_announcement_outlives_its_request() {
 /// a Bound host does, and a rebound host holds again.
 #[tokio::test]
 async fn only_bound_descendants_hold_a_deleting_claim_also_after_a_restart() {
-    let (reg, dir) = open();
+    let (reg, dir) = open().await;
     reg.create("", root("r", "fd20::/48"), false).await.unwrap();
     bound(&reg, claim("ns", "subnet", "r", 64)).await;
     let mut nic = claim("ns", "nic", "ns.subnet", 128);
@@ -1023,7 +1042,7 @@ async fn only_bound_descendants_hold_a_deleting_claim_also_after_a_restart() {
     reg.delete::<IPPrefixClaim>("ns", "other", &no_finalizers())
         .await
         .unwrap();
-    let still: IPPrefixClaim = reg.get("ns", "subnet").unwrap();
+    let still: IPPrefixClaim = reg.get("ns", "subnet").await.unwrap();
     let message = &still.status.unwrap().conditions[1].message;
     assert!(message.contains("\"ns.nic\""), "{message}");
     // Once it goes (Retain: Released), the subnet, the Released host and the carve go.
@@ -1031,12 +1050,15 @@ async fn only_bound_descendants_hold_a_deleting_claim_also_after_a_restart() {
         .await
         .unwrap();
     assert!(matches!(
-        reg.get::<IPPrefixClaim>("ns", "subnet"),
+        reg.get::<IPPrefixClaim>("ns", "subnet").await,
         Err(ApiError::NotFound(_))
     ));
     for gone in ["ns.subnet", "ns.nic", "ns.other", "carve"] {
         assert!(
-            matches!(reg.get::<IPPrefix>("", gone), Err(ApiError::NotFound(_))),
+            matches!(
+                reg.get::<IPPrefix>("", gone).await,
+                Err(ApiError::NotFound(_))
+            ),
             "{gone}"
         );
     }
@@ -1045,7 +1067,7 @@ async fn only_bound_descendants_hold_a_deleting_claim_also_after_a_restart() {
 
 #[tokio::test]
 async fn prefix_usage_keeps_the_most_utilized_pools_up_to_the_limit() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     for (name, cidr) in [
         ("a", "10.0.0.0/24"),
         ("b", "10.1.0.0/24"),
@@ -1069,7 +1091,7 @@ async fn prefix_usage_keeps_the_most_utilized_pools_up_to_the_limit() {
 
 #[tokio::test]
 async fn the_containing_chain_is_read_from_the_index_root_first() {
-    let (reg, _dir) = open();
+    let (reg, _dir) = open().await;
     reg.create("", root("r", "fd20::/48"), false).await.unwrap();
     reg.create("", root("v4", "10.0.0.0/8"), false)
         .await

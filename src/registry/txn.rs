@@ -16,8 +16,9 @@ pub struct Stored<K> {
     pub revision: Revision,
 }
 
-type Undo = Box<dyn FnOnce(&mut State) + Send>;
-type Taken = Box<dyn FnOnce() -> ApiError + Send>;
+// `Sync` as well: a transaction is borrowed across the store's awaits.
+type Undo = Box<dyn FnOnce(&mut State) + Send + Sync>;
+type Taken = Box<dyn FnOnce() -> ApiError + Send + Sync>;
 
 pub struct Txn<'a> {
     store: &'a dyn Store,
@@ -95,7 +96,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Read an object, seeing this transaction's own writes.
-    pub fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<Option<Stored<K>>> {
+    pub async fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<Option<Stored<K>>> {
         let key = Self::key::<K>(namespace, name);
         if let Some((value, revision)) = self.overlay.get(&key) {
             return value
@@ -108,7 +109,7 @@ impl<'a> Txn<'a> {
                 })
                 .transpose();
         }
-        match self.store.get(&key).map_err(store_error)? {
+        match self.store.get(&key).await.map_err(store_error)? {
             None => Ok(None),
             Some(v) => Ok(Some(Stored {
                 obj: codec::decode_stored::<K>(&v.value, v.revision)?,
@@ -119,14 +120,14 @@ impl<'a> Txn<'a> {
 
     /// An IPPrefix read as a parent: like [`Txn::get`], decoded once per stored revision
     /// (see `State::parents`).
-    pub fn get_parent(&mut self, name: &str) -> ApiResult<Option<Stored<IPPrefix>>> {
+    pub async fn get_parent(&mut self, name: &str) -> ApiResult<Option<Stored<IPPrefix>>> {
         // An entry is never one this transaction wrote (`forget_parent` drops it, and a
         // written one is not put back below), so a hit is the stored value.
         if let Some(parent) = self.state.parents.get(name) {
             return Ok(Some(parent.clone()));
         }
         let written = self.overlay.contains_key(&Self::key::<IPPrefix>("", name));
-        let parent = self.get::<IPPrefix>("", name)?;
+        let parent = self.get::<IPPrefix>("", name).await?;
         if let (false, Some(p)) = (written, &parent) {
             self.state.parents.insert(name.to_string(), p.clone());
         }
@@ -134,7 +135,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Every object of a kind (cluster-wide), in key order, ignoring this transaction's writes.
-    pub fn list_all<K: Kind>(&self) -> ApiResult<Vec<Stored<K>>> {
+    pub async fn list_all<K: Kind>(&self) -> ApiResult<Vec<Stored<K>>> {
         let range = crate::store::KeyRange {
             resource: K::RESOURCE,
             namespace: None,
@@ -142,6 +143,7 @@ impl<'a> Txn<'a> {
         let page = self
             .store
             .list(&range, None, None, &mut |_| true)
+            .await
             .map_err(store_error)?;
         page.items
             .into_iter()
@@ -198,7 +200,7 @@ impl<'a> Txn<'a> {
     pub fn put_new<K: Kind>(
         &mut self,
         obj: &K,
-        taken: impl FnOnce() -> ApiError + Send + 'static,
+        taken: impl FnOnce() -> ApiError + Send + Sync + 'static,
     ) -> ApiResult<()> {
         let key = Self::key_of(obj);
         if self
@@ -257,16 +259,16 @@ impl<'a> Txn<'a> {
     }
 
     /// Register how to reverse an in-memory index change if the transaction is not applied.
-    pub fn on_undo(&mut self, f: impl FnOnce(&mut State) + Send + 'static) {
+    pub fn on_undo(&mut self, f: impl FnOnce(&mut State) + Send + Sync + 'static) {
         self.undo.push(Box::new(f));
     }
 
     /// Apply atomically (or, for a dry run, undo everything and write nothing).
-    pub fn commit(mut self, dry_run: bool) -> ApiResult<TxnCommit> {
+    pub async fn commit(mut self, dry_run: bool) -> ApiResult<TxnCommit> {
         if dry_run || self.ops.is_empty() {
             self.rollback();
             for (key, taken) in std::mem::take(&mut self.if_taken) {
-                if self.store.get(&key).map_err(store_error)?.is_some() {
+                if self.store.get(&key).await.map_err(store_error)?.is_some() {
                     return Err(taken());
                 }
             }
@@ -277,7 +279,7 @@ impl<'a> Txn<'a> {
         }
         let ops = std::mem::take(&mut self.ops);
         let keys: Vec<ObjectKey> = ops.iter().map(|o| o.key().clone()).collect();
-        let committed = self.store.commit(ops).map_err(|e| match e {
+        let committed = self.store.commit(ops).await.map_err(|e| match e {
             StoreError::PreconditionFailed { ref key, .. } => {
                 match self.if_taken.iter().position(|(k, _)| k == key) {
                     Some(i) => (self.if_taken.swap_remove(i).1)(),

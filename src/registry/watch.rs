@@ -5,7 +5,8 @@ use super::kind::Kind;
 use super::list::ListChunks;
 use super::txn::store_error;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{EventType, KeyRange, Revision, SharedEncoding, WatchReceiver};
+use crate::store::{EventStream, EventType, KeyRange, Revision, SharedEncoding};
+use futures::StreamExt;
 use std::collections::VecDeque;
 
 #[derive(Debug, Default, Clone)]
@@ -50,14 +51,16 @@ pub struct Watch<K> {
     initial: Option<ListChunks<K>>,
     initial_chunk: VecDeque<K>,
     initial_end_bookmark: Option<Revision>,
-    rx: WatchReceiver,
+    rx: EventStream,
+    /// The revision of the last store event received (or the start revision).
+    last: Revision,
     range: KeyRange,
     list: ListOptions,
     done: bool,
 }
 
 impl Registry {
-    pub fn watch<K: Kind>(
+    pub async fn watch<K: Kind>(
         &self,
         namespace: Option<&str>,
         opts: WatchOptions,
@@ -82,7 +85,11 @@ impl Registry {
             let mut list = opts.list.clone();
             list.limit = None;
             list.continue_token = None;
-            (rx, Some(self.list_chunks::<K>(namespace, &list)?), start)
+            (
+                rx,
+                Some(self.list_chunks::<K>(namespace, &list).await?),
+                start,
+            )
         } else {
             let rv = parse_rv(opts.resource_version.as_deref().unwrap_or_default())?;
             let rx = store.watch(rv).map_err(|e| match e {
@@ -103,6 +110,7 @@ impl Registry {
             initial_chunk: VecDeque::new(),
             initial_end_bookmark,
             rx,
+            last: start,
             range,
             list: opts.list,
             done: false,
@@ -129,7 +137,7 @@ impl<K: Kind> Watch<K> {
             if let Some(obj) = self.initial_chunk.pop_front() {
                 return Some(WatchEvent::Added(obj));
             }
-            match list.next_chunk() {
+            match list.next_chunk().await {
                 Ok(Some(chunk)) => self.initial_chunk = chunk.into(),
                 Ok(None) => self.initial = None,
                 Err(e) => {
@@ -145,16 +153,17 @@ impl<K: Kind> Watch<K> {
             });
         }
         loop {
-            let ev = match self.rx.recv().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return None,
-                Err(_) => {
+            let ev = match self.rx.next().await {
+                Some(Ok(ev)) => ev,
+                None => return None,
+                Some(Err(_)) => {
                     self.done = true;
                     return Some(WatchEvent::Error(ApiError::Expired(
                         "the watch fell too far behind the retained event history; list again and watch from its resourceVersion".into(),
                     )));
                 }
             };
+            self.last = ev.object.revision;
             if !self.range.contains(&ev.object.key) {
                 continue;
             }
@@ -210,8 +219,9 @@ impl<K: Kind> Watch<K> {
     /// returned last, to fill or to send; `None` for the initial objects, non-object events and
     /// watchers that share none.
     pub fn shared_encoding(&self) -> Option<SharedEncoding<'_>> {
-        self.rx
-            .shared_encoding(self.current.as_deref()?, self.share_encoded?)
+        self.current
+            .as_deref()?
+            .shared_encoding(self.share_encoded?)
     }
 
     /// Only DELETED events are wanted: the others are skipped before their object is decoded
@@ -227,6 +237,6 @@ impl<K: Kind> Watch<K> {
 
     /// The newest revision this watcher has seen all events up to: a safe bookmark.
     pub fn bookmark_revision(&self) -> Revision {
-        self.rx.last_revision()
+        self.last
     }
 }

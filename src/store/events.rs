@@ -3,11 +3,13 @@
 //! Memory is bounded by the history alone: a watcher holds a position in it (and the few events
 //! it is sending), never a copy of its own, so a slow watcher costs no more than a fast one.
 //! One that falls out of the history gets 410 Expired and lists again, as informers do.
-use super::{Revision, StoreError, Versioned};
+//! Several events may share a revision (an etcd transaction has one): the history keeps or
+//! drops a revision's events together, and a watcher takes them together.
+use super::{EventStream, Revision, StoreError, Versioned};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct StoreEvent {
     encoded: [OnceLock<Bytes>; SHARED_ENCODINGS],
     /// The bytes of `encoded` counted in the history's total; changed under its lock.
     counted: AtomicUsize,
+    /// The history that retains this event, set when it is published.
+    history: Weak<Shared>,
 }
 
 impl StoreEvent {
@@ -91,6 +95,7 @@ impl StoreEvent {
             previous,
             encoded: Default::default(),
             counted: AtomicUsize::new(0),
+            history: Weak::new(),
         }
     }
 
@@ -112,6 +117,14 @@ impl StoreEvent {
     fn bytes(&self) -> usize {
         self.base_bytes() + self.counted.load(Ordering::Relaxed)
     }
+
+    /// Shared encoding `slot` of this event, to fill or to send.
+    pub fn shared_encoding(&self, slot: usize) -> Option<SharedEncoding<'_>> {
+        Some(SharedEncoding {
+            event: self,
+            cell: self.encoded.get(slot)?,
+        })
+    }
 }
 
 /// A shared encoding slot of one event (see [`StoreEvent`]); filling it counts its bytes in
@@ -119,7 +132,6 @@ impl StoreEvent {
 pub struct SharedEncoding<'a> {
     event: &'a StoreEvent,
     cell: &'a OnceLock<Bytes>,
-    history: &'a Shared,
 }
 
 impl<'a> SharedEncoding<'a> {
@@ -135,7 +147,9 @@ impl<'a> SharedEncoding<'a> {
             encode()
         });
         if made {
-            self.history.count_encoding(self.event, bytes.len());
+            if let Some(history) = self.event.history.upgrade() {
+                history.count_encoding(self.event, bytes.len());
+            }
         }
         bytes
     }
@@ -162,6 +176,8 @@ struct HistoryInner {
     oldest: Revision,
     /// What `events` costs, by [`StoreEvent::bytes`].
     bytes: usize,
+    /// Bumped by [`History::restart`]: a watcher subscribed before it missed events.
+    generation: u64,
 }
 
 impl History {
@@ -173,6 +189,7 @@ impl History {
                     events: VecDeque::new(),
                     oldest: start,
                     bytes: 0,
+                    generation: 0,
                 }),
                 limits: HistoryLimits {
                     events: limits.events.max(1),
@@ -189,7 +206,8 @@ impl History {
         };
         {
             let mut inner = lock(&self.shared.inner);
-            for ev in events {
+            for mut ev in events {
+                ev.history = Arc::downgrade(&self.shared);
                 inner.bytes += ev.base_bytes();
                 inner.events.push_back(Arc::new(ev));
             }
@@ -198,12 +216,29 @@ impl History {
         self.published.send_replace(newest);
     }
 
+    /// Events up to `oldest` are lost (etcd compacted them before they were seen): forget the
+    /// history, and end every current watcher with `Expired`.
+    pub(super) fn restart(&self, oldest: Revision) {
+        {
+            let mut inner = lock(&self.shared.inner);
+            inner.events.clear();
+            inner.bytes = 0;
+            inner.oldest = inner.oldest.max(oldest);
+            inner.generation += 1;
+        }
+        // Wakes the waiting watchers to find out.
+        self.published.send_modify(|_| {});
+    }
+
     pub(super) fn oldest(&self) -> Revision {
         lock(&self.shared.inner).oldest
     }
 
     pub(super) fn subscribe(&self, after: Revision) -> Result<WatchReceiver, StoreError> {
-        let oldest = self.oldest();
+        let (oldest, generation) = {
+            let inner = lock(&self.shared.inner);
+            (inner.oldest, inner.generation)
+        };
         if after < oldest {
             return Err(StoreError::Expired {
                 requested: after,
@@ -214,22 +249,34 @@ impl History {
             shared: self.shared.clone(),
             published: self.published.subscribe(),
             batch: VecDeque::new(),
+            generation,
             last: after,
         })
     }
 }
 
 impl HistoryInner {
-    /// Drop the oldest events until the rest fit the limits.
+    /// Drop the oldest revisions until the rest fit the limits. A revision's events go
+    /// together (a watch resumes between revisions), and the newest revision stays.
     fn evict(&mut self, limits: &HistoryLimits) {
-        while self.events.len() > limits.events
-            || (self.bytes > limits.bytes && self.events.len() > 1)
-        {
-            let Some(old) = self.events.pop_front() else {
+        while self.events.len() > limits.events || self.bytes > limits.bytes {
+            let (Some(front), Some(back)) = (self.events.front(), self.events.back()) else {
                 break;
             };
-            self.bytes -= old.bytes();
-            self.oldest = old.object.revision;
+            let revision = front.object.revision;
+            if back.object.revision == revision {
+                break;
+            }
+            while self
+                .events
+                .front()
+                .is_some_and(|e| e.object.revision == revision)
+            {
+                if let Some(old) = self.events.pop_front() {
+                    self.bytes -= old.bytes();
+                }
+            }
+            self.oldest = revision;
         }
     }
 }
@@ -251,16 +298,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// At most this many events are taken from the history per lock: few enough that a watcher
-/// pins little that the history dropped.
+/// About this many events are taken from the history per lock (more only to end on a whole
+/// revision): few enough that a watcher pins little that the history dropped.
 const BATCH: usize = 32;
 
 /// A watcher's stream of events in revision order.
-pub struct WatchReceiver {
+pub(super) struct WatchReceiver {
     shared: Arc<Shared>,
     published: watch::Receiver<Revision>,
     /// Taken from the history, not yet handed out.
     batch: VecDeque<Arc<StoreEvent>>,
+    /// The history's generation when this watcher subscribed.
+    generation: u64,
     last: Revision,
 }
 
@@ -277,7 +326,7 @@ impl WatchReceiver {
             self.published.borrow_and_update();
             {
                 let inner = lock(&self.shared.inner);
-                if self.last < inner.oldest {
+                if self.last < inner.oldest || inner.generation != self.generation {
                     return Err(StoreError::Expired {
                         requested: self.last,
                         oldest: inner.oldest,
@@ -286,8 +335,15 @@ impl WatchReceiver {
                 let next = inner
                     .events
                     .partition_point(|e| e.object.revision <= self.last);
-                self.batch
-                    .extend(inner.events.range(next..).take(BATCH).cloned());
+                // Whole revisions: the next read starts after the last one taken.
+                for ev in inner.events.range(next..) {
+                    if self.batch.len() >= BATCH
+                        && self.batch.back().map(|b| b.object.revision) != Some(ev.object.revision)
+                    {
+                        break;
+                    }
+                    self.batch.push_back(ev.clone());
+                }
             }
             if self.batch.is_empty() && self.published.changed().await.is_err() {
                 return Ok(None);
@@ -295,22 +351,17 @@ impl WatchReceiver {
         }
     }
 
-    /// Shared encoding `slot` of `event`, an event this receiver handed out.
-    pub fn shared_encoding<'a>(
-        &'a self,
-        event: &'a StoreEvent,
-        slot: usize,
-    ) -> Option<SharedEncoding<'a>> {
-        Some(SharedEncoding {
-            event,
-            cell: event.encoded.get(slot)?,
-            history: &self.shared,
-        })
-    }
-
-    /// The revision of the last event handed out (or the start revision).
-    pub fn last_revision(&self) -> Revision {
-        self.last
+    /// As a [`Stream`](futures::Stream): the events, then `Err(Expired)` once if it fell
+    /// behind; it ends when the store shuts down.
+    pub(super) fn into_stream(self) -> EventStream {
+        Box::pin(futures::stream::unfold(Some(self), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(Some(ev)) => Some((Ok(ev), Some(rx))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        }))
     }
 }
 
@@ -358,12 +409,12 @@ mod tests {
         h.publish((1..=3).map(|r| event(r, 20_000)).collect());
         let mut rx = h.subscribe(0).unwrap();
         let first = rx.recv().await.unwrap().unwrap();
-        let slot = rx.shared_encoding(&first, 0).unwrap();
+        let slot = first.shared_encoding(0).unwrap();
         slot.get_or_init(|| Bytes::from(vec![b'{'; 50_000]));
         // 3 × 20 kB + 50 kB no longer fit: the first event (and its encoding) went.
         assert_eq!(h.oldest(), 1);
         assert_eq!(
-            rx.shared_encoding(&first, 0).unwrap().get().unwrap().len(),
+            first.shared_encoding(0).unwrap().get().unwrap().len(),
             50_000
         );
     }
@@ -382,6 +433,66 @@ mod tests {
             slow.recv().await,
             Err(StoreError::Expired { requested: 0, .. })
         ));
+    }
+
+    fn event_at(revision: Revision, name: &str, len: usize) -> StoreEvent {
+        let object = Versioned {
+            key: ObjectKey::new("ipprefixclaims", "ns", name),
+            revision,
+            value: Bytes::from(vec![b'x'; len]),
+        };
+        StoreEvent::new(EventType::Added, object, None)
+    }
+
+    #[tokio::test]
+    async fn events_of_one_revision_are_kept_dropped_and_read_together() {
+        let h = history(1000, 100_000);
+        // Revision 1 has BATCH + 3 events (one transaction), then revision 2 has one.
+        let mut rx = h.subscribe(0).unwrap();
+        h.publish(
+            (0..BATCH + 3)
+                .map(|i| event_at(1, &format!("a{i}"), 10))
+                .chain([event_at(2, "b", 10)])
+                .collect(),
+        );
+        let mut seen = Vec::new();
+        for _ in 0..BATCH + 4 {
+            seen.push(rx.recv().await.unwrap().unwrap().object.revision);
+        }
+        assert_eq!(seen.iter().filter(|r| **r == 1).count(), BATCH + 3);
+        assert_eq!(seen.last(), Some(&2));
+        // A large revision 3 pushes out revision 1 whole, not part of it.
+        h.publish(vec![event_at(3, "c", 60_000), event_at(3, "d", 30_000)]);
+        assert_eq!(h.oldest(), 1);
+        assert_eq!(lock(&h.shared.inner).events.len(), 3);
+        assert!(h.subscribe(0).is_err());
+        let mut from_1 = h.subscribe(1).unwrap();
+        for name in ["b", "c", "d"] {
+            assert_eq!(from_1.recv().await.unwrap().unwrap().object.key.name, name);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_ends_every_current_watcher_with_expired() {
+        let h = history(100, 1 << 20);
+        h.publish(vec![event(1, 10)]);
+        let mut waiting = h.subscribe(1).unwrap();
+        let mut behind = h.subscribe(0).unwrap();
+        let waiter = tokio::spawn(async move { waiting.recv().await });
+        tokio::task::yield_now().await;
+        h.restart(9);
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(StoreError::Expired { .. })
+        ));
+        assert!(matches!(
+            behind.recv().await,
+            Err(StoreError::Expired { .. })
+        ));
+        assert!(h.subscribe(8).is_err());
+        let mut after = h.subscribe(9).unwrap();
+        h.publish(vec![event(10, 10)]);
+        assert_eq!(after.recv().await.unwrap().unwrap().object.revision, 10);
     }
 
     #[tokio::test]

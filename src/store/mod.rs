@@ -4,17 +4,22 @@
 //! assigns the revision (`resourceVersion`) itself: every written key gets its own, strictly
 //! increasing across the whole store, and the registry stamps it into the object on read.
 
+pub mod etcd;
 mod events;
 mod sled_store;
 
-pub use events::{EventType, HistoryLimits, SharedEncoding, StoreEvent, WatchReceiver};
+pub use etcd::{EtcdOptions, EtcdStore};
+pub use events::{EventType, HistoryLimits, SharedEncoding, StoreEvent};
 pub use sled_store::SledStore;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use std::sync::Arc;
 
-/// A store-wide, strictly increasing version: the `resourceVersion` of Kubernetes.
+/// A store-wide, increasing version: the `resourceVersion` of Kubernetes. Every commit gets a
+/// newer one than the commits before it; the keys of one commit may share one (etcd gives a
+/// whole transaction one revision).
 pub type Revision = u64;
 
 /// Where an object lives: resource plural, namespace (empty when cluster-scoped) and name.
@@ -177,30 +182,40 @@ pub struct ListPage {
     pub more: bool,
 }
 
+/// Which listed values count (see [`Store::list`]).
+pub type ListFilter<'a> = dyn for<'v> FnMut(&'v Versioned) -> bool + Send + 'a;
+
+/// A watcher's events in revision order: `Err(Expired)` ends it when it fell too far behind
+/// (the client lists again), and it ends when the store shuts down.
+pub type EventStream = BoxStream<'static, Result<Arc<StoreEvent>, StoreError>>;
+
+/// The storage boundary. Reads and commits are async: on etcd they are network calls.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError>;
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError>;
 
     /// Keys in `range` after `start_after` in key order, at most `limit` of them.
     /// `filter` decides which values count towards `limit`.
-    fn list(
+    async fn list(
         &self,
         range: &KeyRange,
         start_after: Option<&ObjectKey>,
         limit: Option<usize>,
-        filter: &mut dyn FnMut(&Versioned) -> bool,
+        filter: &mut ListFilter<'_>,
     ) -> Result<ListPage, StoreError>;
 
     /// Apply all ops atomically, or none if any precondition fails.
-    fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError>;
+    async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError>;
 
-    /// The newest applied revision.
+    /// The newest revision this store has applied (its own commits and, on a shared store,
+    /// every other writer's that it has seen).
     fn revision(&self) -> Revision;
 
     /// The oldest revision a watch may start after; older ones are `Expired`.
     fn oldest_watchable(&self) -> Revision;
 
     /// Durable events with a revision greater than `after`, then live ones as they become durable.
-    fn watch(&self, after: Revision) -> Result<WatchReceiver, StoreError>;
+    fn watch(&self, after: Revision) -> Result<EventStream, StoreError>;
 
     /// Flush everything to disk (shutdown).
     fn flush(&self) -> Result<(), StoreError>;
@@ -208,6 +223,7 @@ pub trait Store: Send + Sync + 'static {
     /// Say that a commit is on its way, for as long as the returned value lives. A store that
     /// makes many commits durable with one fsync may hold that fsync for it, so it shares this
     /// one instead of waiting for the next; with nobody on the way it need not wait at all.
+    /// Only a hint: other stores ignore it.
     fn intend_commit(&self) -> CommitIntent {
         CommitIntent::default()
     }
@@ -215,7 +231,15 @@ pub trait Store: Send + Sync + 'static {
     /// Why the store can no longer be trusted (a failed fsync), if it cannot. Its in-memory state
     /// may then hold writes that never reached the disk, so nothing should be served from it.
     fn failure(&self) -> Option<String>;
+
+    /// Whether the store can serve now, for `/readyz` (`Err` says why): etcd without quorum is
+    /// not ready, yet no reason to restart (`failure` stays `None`).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
-mod tests;
+mod sled_tests;
+#[cfg(test)]
+pub(crate) mod tests;

@@ -516,8 +516,10 @@ impl Inner {
     }
 }
 
-impl Store for SledStore {
-    fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
+/// The store's work is synchronous (sled in memory; the fsync is the store thread's), so
+/// [`Store`] answers at once from these.
+impl SledStore {
+    pub(super) fn get_now(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
         let sled_key = object_key(key);
         // Before sled: a value the store thread has not put into sled yet is newer than sled's.
         // (Entries leave only after sled has the value, so a miss here and a read of sled cannot
@@ -534,12 +536,12 @@ impl Store for SledStore {
             .transpose()
     }
 
-    fn list(
+    fn list_now(
         &self,
         range: &KeyRange,
         start_after: Option<&ObjectKey>,
         limit: Option<usize>,
-        filter: &mut dyn FnMut(&Versioned) -> bool,
+        filter: &mut ListFilter<'_>,
     ) -> Result<ListPage, StoreError> {
         let revision = self.revision();
         let mut prefix = OBJECT_PREFIX.to_vec();
@@ -579,7 +581,7 @@ impl Store for SledStore {
         })
     }
 
-    fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+    pub(super) fn commit_now(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
         if let Some(err) = lock(&self.inner.durable).failed.clone() {
             return Err(StoreError::Unavailable(err));
         }
@@ -595,7 +597,7 @@ impl Store for SledStore {
             let key = op.key().clone();
             let current = match written.get(&key) {
                 Some(v) => v.clone(),
-                None => self.get(&key)?,
+                None => self.get_now(&key)?,
             };
             let precondition = match &op {
                 Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
@@ -674,6 +676,27 @@ impl Store for SledStore {
         }
         Ok(Committed { revisions, durable })
     }
+}
+
+#[async_trait::async_trait]
+impl Store for SledStore {
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
+        self.get_now(key)
+    }
+
+    async fn list(
+        &self,
+        range: &KeyRange,
+        start_after: Option<&ObjectKey>,
+        limit: Option<usize>,
+        filter: &mut ListFilter<'_>,
+    ) -> Result<ListPage, StoreError> {
+        self.list_now(range, start_after, limit, filter)
+    }
+
+    async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+        self.commit_now(ops)
+    }
 
     fn revision(&self) -> Revision {
         lock(&self.inner.commit).revision
@@ -688,8 +711,8 @@ impl Store for SledStore {
         self.inner.history.oldest()
     }
 
-    fn watch(&self, after: Revision) -> Result<WatchReceiver, StoreError> {
-        self.inner.history.subscribe(after)
+    fn watch(&self, after: Revision) -> Result<EventStream, StoreError> {
+        Ok(self.inner.history.subscribe(after)?.into_stream())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

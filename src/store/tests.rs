@@ -1,4 +1,9 @@
+//! The conformance suite: what every [`Store`] must do, whatever its backend. Each check takes
+//! a fresh, empty store; `sled` below runs them on sled, `etcd::tests` on a real etcd.
+//! Revisions are compared, never assumed: etcd's start wherever the cluster is, and one commit
+//! may give all its keys the same one.
 use super::*;
+use futures::StreamExt;
 
 fn key(name: &str) -> ObjectKey {
     ObjectKey::new("ipprefixes", "", name)
@@ -12,77 +17,79 @@ fn put(name: &str, value: &str, precondition: Precondition) -> Op {
     }
 }
 
-fn open(dir: &std::path::Path) -> SledStore {
-    SledStore::open(dir, 100).expect("open store")
-}
-
-async fn commit(store: &SledStore, ops: Vec<Op>) -> Vec<Revision> {
-    let c = store.commit(ops).expect("commit");
+async fn commit(store: &dyn Store, ops: Vec<Op>) -> Vec<Revision> {
+    let c = store.commit(ops).await.expect("commit");
     c.durable.await.expect("durable");
     c.revisions
 }
 
-#[tokio::test]
-async fn every_written_key_gets_its_own_increasing_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let revs = commit(
-        &store,
+pub(crate) async fn a_commit_gives_its_keys_a_newer_revision(store: &dyn Store) {
+    let before = store.revision();
+    let first = commit(
+        store,
         vec![
             put("a", "1", Precondition::Absent),
             put("b", "2", Precondition::Absent),
         ],
     )
     .await;
-    assert_eq!(revs, vec![1, 2]);
-    let revs = commit(&store, vec![put("a", "3", Precondition::Revision(1))]).await;
-    assert_eq!(revs, vec![3]);
-    let a = store.get(&key("a")).unwrap().unwrap();
-    assert_eq!((a.revision, a.value.as_ref()), (3, b"3".as_ref()));
+    assert_eq!(first.len(), 2);
+    assert!(
+        first[0] > before && first[1] >= first[0],
+        "{before} {first:?}"
+    );
+    assert!(store.revision() >= first[1]);
+    let second = commit(store, vec![put("a", "3", Precondition::Revision(first[0]))]).await;
+    assert!(second[0] > first[1], "{first:?} {second:?}");
+    let a = store.get(&key("a")).await.unwrap().unwrap();
+    assert_eq!((a.revision, a.value.as_ref()), (second[0], b"3".as_ref()));
+    let b = store.get(&key("b")).await.unwrap().unwrap();
+    assert_eq!((b.revision, b.value.as_ref()), (first[1], b"2".as_ref()));
 }
 
-#[tokio::test]
-async fn failed_precondition_writes_nothing_of_the_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
+pub(crate) async fn a_failed_precondition_writes_nothing_of_the_commit(store: &dyn Store) {
+    let rev = commit(store, vec![put("a", "1", Precondition::Absent)]).await[0];
     let err = store
         .commit(vec![
             put("b", "2", Precondition::Absent),
             put("a", "x", Precondition::Absent),
         ])
+        .await
         .err()
         .expect("second put must fail");
-    assert!(
-        matches!(
-            err,
-            StoreError::PreconditionFailed {
-                actual: Some(1),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(store.get(&key("b")).unwrap().is_none());
-    assert_eq!(store.revision(), 1);
+    match err {
+        StoreError::PreconditionFailed { key: k, actual, .. } => {
+            assert_eq!((k, actual), (key("a"), Some(rev)))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(store.get(&key("b")).await.unwrap().is_none());
     let err = store
-        .commit(vec![put("a", "x", Precondition::Revision(7))])
+        .commit(vec![put("a", "x", Precondition::Revision(rev + 100))])
+        .await
         .err()
         .unwrap();
     assert!(matches!(err, StoreError::PreconditionFailed { .. }));
+    let err = store
+        .commit(vec![Op::Delete {
+            key: key("never"),
+            precondition: Precondition::None,
+        }])
+        .await
+        .err()
+        .expect("deleting a missing key fails");
+    assert!(matches!(err, StoreError::PreconditionFailed { .. }));
+    assert_eq!(store.get(&key("a")).await.unwrap().unwrap().value, "1");
 }
 
-#[tokio::test]
-async fn list_pages_in_key_order_and_scopes_by_namespace() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+pub(crate) async fn a_list_pages_in_key_order_and_scopes_by_namespace(store: &dyn Store) {
     let claim = |ns: &str, name: &str| Op::Put {
         key: ObjectKey::new("ipprefixclaims", ns, name),
         value: Bytes::from_static(b"{}"),
         precondition: Precondition::Absent,
     };
-    commit(
-        &store,
+    let last = commit(
+        store,
         vec![
             claim("b", "x"),
             claim("a", "z"),
@@ -95,429 +102,150 @@ async fn list_pages_in_key_order_and_scopes_by_namespace() {
         resource: "ipprefixclaims",
         namespace: None,
     };
-    let page = store.list(&all, None, Some(2), &mut |_| true).unwrap();
-    let names: Vec<_> = page
-        .items
-        .iter()
-        .map(|v| format!("{}/{}", v.key.namespace, v.key.name))
-        .collect();
-    assert_eq!(names, vec!["a/y", "a/z"]);
+    let names = |page: &ListPage| -> Vec<String> {
+        page.items
+            .iter()
+            .map(|v| format!("{}/{}", v.key.namespace, v.key.name))
+            .collect()
+    };
+    let page = store
+        .list(&all, None, Some(2), &mut |_| true)
+        .await
+        .unwrap();
+    assert_eq!(names(&page), vec!["a/y", "a/z"]);
     assert!(page.more);
+    assert!(page.revision >= last[3]);
     let page = store
         .list(&all, Some(&page.items[1].key), Some(5), &mut |_| true)
+        .await
         .unwrap();
-    let names: Vec<_> = page
-        .items
-        .iter()
-        .map(|v| format!("{}/{}", v.key.namespace, v.key.name))
-        .collect();
-    assert_eq!(names, vec!["ab/w", "b/x"]);
+    assert_eq!(names(&page), vec!["ab/w", "b/x"]);
     assert!(!page.more);
+    // The filter decides what counts towards the limit.
+    let page = store
+        .list(&all, None, Some(1), &mut |v| v.key.namespace == "b")
+        .await
+        .unwrap();
+    assert_eq!(names(&page), vec!["b/x"]);
     let ns_a = KeyRange {
         resource: "ipprefixclaims",
         namespace: Some("a".into()),
     };
-    assert_eq!(
-        store
-            .list(&ns_a, None, None, &mut |_| true)
-            .unwrap()
-            .items
-            .len(),
-        2
-    );
+    let page = store.list(&ns_a, None, None, &mut |_| true).await.unwrap();
+    assert_eq!(names(&page), vec!["a/y", "a/z"]);
     let prefixes = KeyRange {
         resource: "ipprefixes",
         namespace: None,
     };
-    assert!(store
-        .list(&prefixes, None, None, &mut |_| true)
-        .unwrap()
-        .items
-        .is_empty());
+    let page = store.list(&prefixes, None, None, &mut |_| true).await;
+    assert!(page.unwrap().items.is_empty());
 }
 
-#[tokio::test]
-async fn watch_sees_durable_events_in_order_and_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let mut w = store.watch(0).unwrap();
-    commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
-    commit(&store, vec![put("a", "2", Precondition::Revision(1))]).await;
-    commit(
-        &store,
-        vec![Op::Delete {
-            key: key("a"),
-            precondition: Precondition::None,
-        }],
+pub(crate) async fn a_watch_sees_events_in_order_and_resumes(store: &dyn Store) {
+    let start = store.revision();
+    let mut w = store.watch(start).unwrap();
+    let r1 = commit(store, vec![put("a", "1", Precondition::Absent)]).await[0];
+    let r2 = commit(store, vec![put("a", "2", Precondition::Revision(r1))]).await[0];
+    let r3 = commit(
+        store,
+        vec![
+            Op::Delete {
+                key: key("a"),
+                precondition: Precondition::None,
+            },
+            put("b", "1", Precondition::Absent),
+        ],
     )
     .await;
     let mut seen = Vec::new();
-    for _ in 0..3 {
-        let ev = w.recv().await.unwrap().unwrap();
-        seen.push((ev.event_type, ev.object.revision, ev.object.value.clone()));
+    for _ in 0..4 {
+        let ev = w.next().await.unwrap().unwrap();
+        seen.push((
+            ev.event_type,
+            ev.object.key.name.clone(),
+            ev.object.revision,
+            ev.object.value.clone(),
+            ev.previous.clone(),
+        ));
     }
+    let b = |s: &'static str| Bytes::from_static(s.as_bytes());
     assert_eq!(
         seen,
         vec![
-            (EventType::Added, 1, Bytes::from_static(b"1")),
-            (EventType::Modified, 2, Bytes::from_static(b"2")),
-            (EventType::Deleted, 3, Bytes::from_static(b"2")),
+            (EventType::Added, "a".into(), r1, b("1"), None),
+            (EventType::Modified, "a".into(), r2, b("2"), Some(b("1"))),
+            (EventType::Deleted, "a".into(), r3[0], b("2"), None),
+            (EventType::Added, "b".into(), r3[1], b("1"), None),
         ]
     );
-    // Resume after revision 1: the later two only.
-    let mut w = store.watch(1).unwrap();
-    assert_eq!(w.recv().await.unwrap().unwrap().object.revision, 2);
-    assert_eq!(w.recv().await.unwrap().unwrap().object.revision, 3);
+    // Resume after r1: the later ones only, those of one commit together.
+    let mut w = store.watch(r1).unwrap();
+    assert_eq!(w.next().await.unwrap().unwrap().object.revision, r2);
+    assert_eq!(w.next().await.unwrap().unwrap().object.revision, r3[0]);
+    assert_eq!(w.next().await.unwrap().unwrap().object.key, key("b"));
 }
 
-#[tokio::test]
-async fn watch_from_before_retained_history_is_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path(), 2).unwrap();
+/// `expire` makes the store forget the history before its current revision (sled: a short
+/// history; etcd: a compaction).
+pub(crate) async fn a_watch_from_before_the_history_is_expired(
+    store: &dyn Store,
+    expire: impl std::future::Future<Output = ()>,
+) {
+    let start = store.revision();
     for i in 0..5 {
         commit(
-            &store,
+            store,
             vec![put(&format!("k{i}"), "v", Precondition::Absent)],
         )
         .await;
     }
-    assert!(store.oldest_watchable() > 0);
-    assert!(matches!(store.watch(0), Err(StoreError::Expired { .. })));
-    assert!(store.watch(store.revision()).is_ok());
-}
-
-#[tokio::test]
-async fn reopen_keeps_objects_and_revision_counter() {
-    let dir = tempfile::tempdir().unwrap();
-    commit_and_close(dir.path(), &["a", "b"]).await;
-    let store = reopen(dir.path()).await;
-    assert_eq!(store.revision(), 2);
-    assert_eq!(store.get(&key("b")).unwrap().unwrap().revision, 2);
-    assert_eq!(
-        commit(&store, vec![put("c", "1", Precondition::Absent)]).await,
-        vec![3]
-    );
-}
-
-#[tokio::test]
-async fn foreign_data_is_refused_with_a_clear_message() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        db.insert("something", "else").unwrap();
-        db.flush().unwrap();
+    expire.await;
+    assert!(store.oldest_watchable() > start);
+    match store.watch(start) {
+        Err(StoreError::Expired { .. }) => {}
+        Ok(mut w) => assert!(matches!(
+            w.next().await,
+            Some(Err(StoreError::Expired { .. }))
+        )),
+        Err(other) => panic!("{other:?}"),
     }
-    let err = SledStore::open(dir.path(), 10).err().expect("must refuse");
-    assert!(
-        err.to_string()
-            .contains("not an ipam-apiserver data directory"),
-        "{err}"
-    );
+    let now = store.revision();
+    let mut w = store.watch(now).unwrap();
+    let next = commit(store, vec![put("k9", "v", Precondition::Absent)]).await[0];
+    assert_eq!(w.next().await.unwrap().unwrap().object.revision, next);
 }
 
-#[tokio::test]
-async fn foreign_files_are_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    std::fs::create_dir_all(&db).unwrap();
-    std::fs::write(db.join("db"), b"someone else's file").unwrap();
-    let err = SledStore::open(dir.path(), 10).err().expect("must refuse");
-    assert!(
-        err.to_string()
-            .contains("not an ipam-apiserver data directory"),
-        "{err}"
-    );
-    // sled would have reinitialized it; the preflight check keeps it as it was.
-    assert_eq!(
-        std::fs::read(db.join("db")).unwrap(),
-        b"someone else's file"
-    );
-}
+mod sled {
+    use super::*;
 
-/// One commit creating each of `names` (value "1"), then close the store.
-async fn commit_and_close(dir: &std::path::Path, names: &[&str]) {
-    let store = open(dir);
-    let puts = names
-        .iter()
-        .map(|n| put(n, "1", Precondition::Absent))
-        .collect();
-    commit(&store, puts).await;
-    store.close();
-}
-
-/// `open` once the previous handle's store thread has released the directory (sled releases its
-/// file lock when the last handle drops).
-async fn once_free<T, E>(open: impl Fn() -> Result<T, E>) -> T {
-    loop {
-        match open() {
-            Ok(opened) => break opened,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
+    fn open(history: usize) -> (SledStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (SledStore::open(dir.path(), history).unwrap(), dir)
     }
-}
 
-/// Open the store again once the directory is free.
-async fn reopen(dir: &std::path::Path) -> SledStore {
-    once_free(|| SledStore::open(dir, 100)).await
-}
-
-#[tokio::test]
-async fn a_commit_cut_short_by_a_crash_is_finished_at_open() {
-    use super::sled_store::{encode_commit, encode_value, object_key, KEY_COMMIT};
-    let dir = tempfile::tempdir().unwrap();
-    commit_and_close(dir.path(), &["a", "gone"]).await;
-    {
-        // What a crash leaves after the group of commits 3..=5 wrote its record and only its
-        // first key.
-        let db = once_free(|| sled::open(dir.path().join("db"))).await;
-        let writes = [
-            (object_key(&key("b")), Some(encode_value(3, b"new").into())),
-            (object_key(&key("a")), Some(encode_value(4, b"2").into())),
-            (object_key(&key("gone")), None),
-        ];
-        db.insert(KEY_COMMIT, encode_commit(5, writes.iter()))
-            .unwrap();
-        db.insert(writes[0].0.as_slice(), writes[0].1.as_deref().unwrap())
-            .unwrap();
-        db.flush().unwrap();
+    #[tokio::test]
+    async fn a_commit_gives_its_keys_a_newer_revision() {
+        super::a_commit_gives_its_keys_a_newer_revision(&open(100).0).await
     }
-    let store = reopen(dir.path()).await;
-    assert_eq!(store.revision(), 5);
-    let b = store.get(&key("b")).unwrap().unwrap();
-    assert_eq!((b.revision, b.value.as_ref()), (3, b"new".as_ref()));
-    let a = store.get(&key("a")).unwrap().unwrap();
-    assert_eq!((a.revision, a.value.as_ref()), (4, b"2".as_ref()));
-    assert!(store.get(&key("gone")).unwrap().is_none());
-    assert_eq!(
-        commit(&store, vec![put("c", "1", Precondition::Absent)]).await,
-        vec![6]
-    );
-}
 
-#[tokio::test]
-async fn commits_handed_over_together_are_all_kept_behind_bounded_records() {
-    use super::sled_store::{decode_commit, GROUP_MAX_COMMITS, KEY_COMMIT};
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    // Handed over back to back, faster than an fsync: the store thread takes most of them
-    // from its queue at once, more than one record may cover.
-    let n = 5 * GROUP_MAX_COMMITS;
-    let pending: Vec<_> = (0..n)
-        .map(|i| {
-            let ops = vec![
-                put(
-                    &format!("claim-{i:03}"),
-                    &i.to_string(),
-                    Precondition::Absent,
-                ),
-                put(
-                    &format!("child-{i:03}"),
-                    &i.to_string(),
-                    Precondition::Absent,
-                ),
-            ];
-            store.commit(ops).expect("commit")
-        })
-        .collect();
-    for c in pending {
-        c.durable.await.expect("durable");
+    #[tokio::test]
+    async fn a_failed_precondition_writes_nothing_of_the_commit() {
+        super::a_failed_precondition_writes_nothing_of_the_commit(&open(100).0).await
     }
-    let check = |store: &SledStore| {
-        for i in 0..n {
-            for name in [format!("claim-{i:03}"), format!("child-{i:03}")] {
-                let got = store.get(&key(&name)).unwrap().expect("kept");
-                assert_eq!(
-                    got.revision,
-                    2 * i as u64 + if name.starts_with("claim") { 1 } else { 2 }
-                );
-                assert_eq!(got.value.as_ref(), i.to_string().as_bytes());
-            }
-        }
-    };
-    check(&store);
-    store.close();
-    drop(store);
-    {
-        let db = once_free(|| sled::open(dir.path().join("db"))).await;
-        let record = db.get(KEY_COMMIT).unwrap().expect("a roll-forward record");
-        let (revision, writes) = decode_commit(&record).expect("decodes");
-        assert_eq!(revision, 2 * n as u64);
-        assert!(
-            !writes.is_empty() && writes.len() <= 2 * GROUP_MAX_COMMITS,
-            "{} writes in one record",
-            writes.len()
-        );
+
+    #[tokio::test]
+    async fn a_list_pages_in_key_order_and_scopes_by_namespace() {
+        super::a_list_pages_in_key_order_and_scopes_by_namespace(&open(100).0).await
     }
-    check(&reopen(dir.path()).await);
-}
 
-#[tokio::test]
-async fn a_format_1_directory_is_upgraded_in_place() {
-    use super::sled_store::{encode_value, object_key, KEY_FORMAT};
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        db.insert(KEY_FORMAT, "ipam-apiserver/1").unwrap();
-        db.insert("m/revision", &7u64.to_be_bytes()).unwrap();
-        db.insert(object_key(&key("a")), encode_value(7, b"old"))
-            .unwrap();
-        db.flush().unwrap();
+    #[tokio::test]
+    async fn a_watch_sees_events_in_order_and_resumes() {
+        super::a_watch_sees_events_in_order_and_resumes(&open(100).0).await
     }
-    let store = open(dir.path());
-    assert_eq!(store.revision(), 7);
-    let a = store.get(&key("a")).unwrap().unwrap();
-    assert_eq!((a.revision, a.value.as_ref()), (7, b"old".as_ref()));
-    assert_eq!(
-        commit(&store, vec![put("a", "new", Precondition::Revision(7))]).await,
-        vec![8]
-    );
-    store.close();
-    drop(store);
-    let store = reopen(dir.path()).await;
-    assert_eq!(store.revision(), 8);
-}
 
-#[test]
-fn a_range_lays_unwritten_values_over_sleds_in_key_order() {
-    use super::sled_store::Overlaid;
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path().join("db")).unwrap();
-    for k in ["p/a", "p/b", "p/d", "p/f", "q/a"] {
-        db.insert(k, "old").unwrap();
+    #[tokio::test]
+    async fn a_watch_from_before_the_history_is_expired() {
+        // A history of two events: five commits push the first ones out.
+        super::a_watch_from_before_the_history_is_expired(&open(2).0, async {}).await
     }
-    let over: Vec<(Vec<u8>, Option<Bytes>)> = [
-        ("p/b", Some("new")), // replaces sled's value
-        ("p/c", Some("new")), // between two of sled's keys
-        ("p/d", None),        // removed, not yet from sled
-        ("p/g", Some("new")), // after sled's last key
-        ("q/b", Some("new")), // outside the prefix
-        ("o/z", Some("new")), // before the prefix
-    ]
-    .into_iter()
-    .map(|(k, v)| {
-        (
-            k.as_bytes().to_vec(),
-            v.map(|v| Bytes::from_static(v.as_bytes())),
-        )
-    })
-    .collect();
-    let read = |start: &str| -> Vec<String> {
-        let pairs = over.iter().map(|(k, v)| (k, v));
-        Overlaid::new(&db, pairs, start.into(), b"p/".to_vec())
-            .map(|e| {
-                let (k, v) = e.unwrap();
-                format!(
-                    "{}={}",
-                    String::from_utf8(k).unwrap(),
-                    std::str::from_utf8(&v).unwrap()
-                )
-            })
-            .collect()
-    };
-    assert_eq!(
-        read("p/"),
-        ["p/a=old", "p/b=new", "p/c=new", "p/f=old", "p/g=new"]
-    );
-    assert_eq!(read("p/b\0"), ["p/c=new", "p/f=old", "p/g=new"]);
-    assert_eq!(read("p/f"), ["p/f=old", "p/g=new"]);
-}
-
-#[tokio::test]
-async fn a_checkpoint_of_a_closed_store_keeps_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    commit_and_close(dir.path(), &["a", "b"]).await;
-    SledStore::checkpoint(dir.path(), std::time::Duration::from_secs(10)).expect("checkpoint");
-    let store = reopen(dir.path()).await;
-    assert_eq!(store.revision(), 2);
-    assert_eq!(store.get(&key("b")).unwrap().unwrap().revision, 2);
-}
-
-#[tokio::test]
-async fn a_checkpoint_waits_for_the_closing_store_and_gives_up_on_a_live_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let err = SledStore::checkpoint(dir.path(), std::time::Duration::from_millis(100))
-        .expect_err("the store is open");
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
-    drop(store); // closes in the background; the checkpoint waits for it
-    SledStore::checkpoint(dir.path(), std::time::Duration::from_secs(10)).expect("checkpoint");
-    assert_eq!(reopen(dir.path()).await.revision(), 1);
-}
-
-#[test]
-fn group_commit_waits_only_for_writers_on_their_way() {
-    use super::sled_store::{next_step, Next, GROUP_COMMIT_MAX_DELAY, GROUP_COMMIT_STEP};
-    let soon = std::time::Duration::from_micros(100);
-    let late = GROUP_COMMIT_MAX_DELAY - std::time::Duration::from_micros(50);
-    // A lone writer's commit: nobody else is coming, so its fsync starts at once.
-    assert_eq!(next_step(false, 0, soon, false), Next::Flush);
-    // Writers on their way share this fsync: wait one step for them, never past the delay.
-    assert_eq!(
-        next_step(false, 3, soon, false),
-        Next::Wait(GROUP_COMMIT_STEP.min(GROUP_COMMIT_MAX_DELAY - soon))
-    );
-    assert_eq!(
-        next_step(false, 3, late, false),
-        Next::Wait(std::time::Duration::from_micros(50))
-    );
-    assert_eq!(
-        next_step(false, 3, GROUP_COMMIT_MAX_DELAY, false),
-        Next::Flush
-    );
-    // What arrived meanwhile is written in first; past the delay it waits for the next fsync.
-    assert_eq!(next_step(true, 0, soon, false), Next::Write);
-    assert_eq!(
-        next_step(true, 3, GROUP_COMMIT_MAX_DELAY, false),
-        Next::Flush
-    );
-    // Shutting down: no waiting.
-    assert_eq!(next_step(false, 3, soon, true), Next::Flush);
-}
-
-#[tokio::test]
-async fn a_writer_that_never_commits_delays_an_fsync_but_never_stalls_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let _on_its_way = store.intend_commit();
-    // Resolves once the group-commit delay is up, though the announced writer never comes.
-    let revisions = commit(&store, vec![put("a", "1", Precondition::Absent)]).await;
-    assert_eq!(revisions, [1]);
-}
-
-#[test]
-fn a_flush_syncs_each_blob_sled_wrote_once() {
-    // sled writes a value over a quarter of a segment (128 KiB) to a file of its own, with no
-    // sync of its own; the flush must sync each such file, and only the new ones.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let db = sled::Config::new().path(&path).open().unwrap();
-    let files = sled_store::SledFiles::open(&path).unwrap();
-    let big = vec![b'x'; 300 * 1024];
-    db.insert(b"small", b"1".as_slice()).unwrap();
-    db.flush().unwrap();
-    assert_eq!(files.sync().unwrap(), 0, "a small value is no blob");
-    db.insert(b"big-1", big.as_slice()).unwrap();
-    db.flush().unwrap();
-    let first = files.sync().unwrap();
-    assert!(first >= 1, "the big value went to a blob: {first}");
-    assert_eq!(files.sync().unwrap(), 0, "nothing new to sync");
-    db.insert(b"big-2", big.as_slice()).unwrap();
-    db.flush().unwrap();
-    assert!(files.sync().unwrap() >= 1, "the second blob is synced too");
-}
-
-#[tokio::test]
-async fn a_value_too_big_for_the_log_is_durable_and_kept_across_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let big = "y".repeat(300 * 1024);
-    {
-        let store = open(dir.path());
-        commit(&store, vec![put("big", &big, Precondition::Absent)]).await;
-        store.close();
-    }
-    let store = reopen(dir.path()).await;
-    let got = store.get(&key("big")).unwrap().expect("kept");
-    assert_eq!(got.value.len(), big.len());
-    assert!(got.value.iter().all(|&b| b == b'y'));
 }

@@ -77,6 +77,13 @@ impl TestServer {
         Self::launch_with(scratch, data_dir, owned(wrapper), owned(args))
     }
 
+    /// [`Self::start_in`] with more `serve` flags.
+    pub fn start_in_with(dir: impl AsRef<Path>, args: &[&str]) -> TestServer {
+        let scratch = tempfile::tempdir().expect("create temp dir");
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Self::launch_with(scratch, dir.as_ref().to_path_buf(), Vec::new(), args)
+    }
+
     fn launch(scratch: TempDir, data_dir: PathBuf) -> TestServer {
         Self::launch_with(scratch, data_dir, Vec::new(), Vec::new())
     }

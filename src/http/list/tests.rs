@@ -9,8 +9,9 @@ struct Pages {
     token: Option<&'static str>,
 }
 
+#[async_trait::async_trait]
 impl ListSource<IPPrefix> for Pages {
-    fn next_chunk(&mut self) -> ApiResult<Option<Vec<IPPrefix>>> {
+    async fn next_chunk(&mut self) -> ApiResult<Option<Vec<IPPrefix>>> {
         Ok(self.chunks.pop_front())
     }
     fn resource_version(&self) -> &str {

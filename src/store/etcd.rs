@@ -1,0 +1,626 @@
+//! The shared store: etcd (v3 API), so several replicas serve the same data.
+//!
+//! As k8s.io/apiserver's `storage/etcd3`: an object is one key,
+//! `<prefix>/ipam.miloapis.com/<resource>/[<namespace>/]<name>`, holding the same JSON as sled;
+//! `resourceVersion` is the key's `mod_revision`; a commit is one etcd transaction whose
+//! compares are the ops' preconditions (`Absent`: `mod_revision == 0`; `Revision(r)`:
+//! `mod_revision == r`; a delete needs the key to exist), so it applies whole or not at all.
+//! A transaction gives every key it writes the same revision.
+//!
+//! Reads go to etcd (linearizable), so a read on any replica sees every write acknowledged
+//! before it. One etcd watch over the prefix feeds the retained history that watchers
+//! subscribe to (as kube-apiserver's watch cache), other replicas' writes included.
+//!
+//! Every call is bounded by [`REQUEST_TIMEOUT`]: etcd without quorum answers
+//! [`StoreError::Unavailable`] naming etcd, not a hang.
+use super::events::History;
+use super::*;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType as EtcdEventType,
+    GetOptions, Identity, KeyValue, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The longest any etcd call may take before the request answers 503. etcd's own election
+/// timeout is 1 s by default, so a healthy cluster that just lost its leader answers well
+/// within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often readiness asks etcd whether it answers, besides every request's outcome.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Keys per range request when a list reads many.
+const LIST_BATCH: i64 = 1000;
+
+/// How to reach etcd (the `--etcd-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    pub servers: Vec<String>,
+    /// Without a trailing `/`, e.g. `/registry`.
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Zero: never compact (the operator does).
+    pub compaction_interval: Duration,
+    /// The history retained for watchers.
+    pub watch_history: super::HistoryLimits,
+}
+
+/// A cheap-to-clone handle; the watch and the compactor run as tasks of their own.
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// `<prefix>/ipam.miloapis.com/`.
+    root: Vec<u8>,
+    history: History,
+    /// The newest revision known applied: every event up to it has reached `history`, or it
+    /// is one of our own commits.
+    revision: AtomicU64,
+    /// Why etcd is not usable now (the last call or the watch failed), for `/readyz`.
+    trouble: Mutex<Option<String>>,
+}
+
+impl EtcdStore {
+    /// Connect, check that etcd answers (a wrong CA, a missing client certificate or an
+    /// unreachable endpoint fails here, naming the flag), and start following its changes.
+    /// Needs a Tokio runtime.
+    pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT)
+            // Without a leader a member answers at once instead of waiting for one.
+            .with_require_leader(true);
+        let tls = opts.ca_file.is_some()
+            || opts.cert_file.is_some()
+            || opts.servers.iter().any(|s| s.starts_with("https://"));
+        if tls {
+            connect = connect.with_tls(tls_options(opts)?);
+        }
+        let servers = opts.servers.join(",");
+        let client = Client::connect(&opts.servers, Some(connect))
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("--etcd-servers {servers}: cannot connect: {e}"))
+            })?;
+        let root = format!("{}/{}/", opts.prefix, crate::api::GROUP).into_bytes();
+        let mut kv = client.kv_client();
+        let probe = timeout(kv.get(root.clone(), Some(GetOptions::new().with_count_only())))
+            .await
+            .map_err(|e| {
+                let hint = if tls {
+                    " (check --etcd-cafile, --etcd-certfile and --etcd-keyfile)"
+                } else {
+                    ""
+                };
+                StoreError::Unavailable(format!(
+                    "--etcd-servers {servers}: etcd does not answer{hint}: {e}"
+                ))
+            })?;
+        let start = header_revision(probe.header());
+        let inner = Arc::new(Inner {
+            client,
+            root,
+            history: History::new(opts.watch_history, start),
+            revision: AtomicU64::new(start),
+            trouble: Mutex::new(None),
+        });
+        tokio::spawn(follow(Arc::downgrade(&inner), start));
+        tokio::spawn(probe_every(Arc::downgrade(&inner), PROBE_EVERY));
+        if !opts.compaction_interval.is_zero() {
+            tokio::spawn(compact_every(
+                Arc::downgrade(&inner),
+                opts.compaction_interval,
+            ));
+        }
+        tracing::info!(servers, revision = start, "etcd connected");
+        Ok(EtcdStore { inner })
+    }
+
+    /// Forget etcd's history up to `revision` (as the compactor does), for tests.
+    pub async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut kv = self.inner.client.kv_client();
+        timeout(kv.compact(revision as i64, None)).await?;
+        Ok(())
+    }
+}
+
+fn tls_options(opts: &EtcdOptions) -> Result<TlsOptions, StoreError> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| StoreError::Unavailable(format!("{flag} {}: {e}", path.display())))
+    };
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &opts.ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-cafile", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&opts.cert_file, &opts.key_file) {
+        tls = tls.identity(Identity::from_pem(
+            read("--etcd-certfile", cert)?,
+            read("--etcd-keyfile", key)?,
+        ));
+    }
+    Ok(tls)
+}
+
+/// An etcd call, bounded: past [`REQUEST_TIMEOUT`] it is etcd's unavailability, not a hang.
+async fn timeout<T>(
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(etcd_error(e)),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "etcd did not answer within {}s (does it have quorum?)",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn etcd_error(e: etcd_client::Error) -> StoreError {
+    if let etcd_client::Error::GRpcStatus(status) = &e {
+        if status
+            .message()
+            .contains("required revision has been compacted")
+        {
+            return StoreError::Expired {
+                requested: 0,
+                oldest: 0,
+            };
+        }
+        return StoreError::Unavailable(format!("etcd: {}", status.message()));
+    }
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision().max(0) as Revision)
+}
+
+impl Inner {
+    fn etcd_key(&self, key: &ObjectKey) -> Vec<u8> {
+        let mut k = self.root.clone();
+        k.extend_from_slice(key.resource.as_bytes());
+        k.push(b'/');
+        if !key.namespace.is_empty() {
+            k.extend_from_slice(key.namespace.as_bytes());
+            k.push(b'/');
+        }
+        k.extend_from_slice(key.name.as_bytes());
+        k
+    }
+
+    /// The object key of an etcd key under `root`, for one of `resources`.
+    fn object_key(&self, raw: &[u8]) -> Option<ObjectKey> {
+        let rest = std::str::from_utf8(raw.strip_prefix(self.root.as_slice())?).ok()?;
+        let (resource, rest) = rest.split_once('/')?;
+        let resource = resource_name(resource)?;
+        Some(match rest.split_once('/') {
+            Some((ns, name)) => ObjectKey::new(resource, ns, name),
+            None => ObjectKey::new(resource, "", rest),
+        })
+    }
+
+    /// The first etcd key of `range`.
+    fn range_start(&self, range: &KeyRange) -> Vec<u8> {
+        let mut k = self.root.clone();
+        k.extend_from_slice(range.resource.as_bytes());
+        k.push(b'/');
+        if let Some(ns) = &range.namespace {
+            k.extend_from_slice(ns.as_bytes());
+            k.push(b'/');
+        }
+        k
+    }
+
+    fn versioned(&self, kv: &KeyValue) -> Option<Versioned> {
+        Some(Versioned {
+            key: self.object_key(kv.key())?,
+            revision: kv.mod_revision().max(0) as Revision,
+            value: Bytes::copy_from_slice(kv.value()),
+        })
+    }
+
+    fn saw(&self, revision: Revision) {
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Record how the last call went, for `/readyz`.
+    fn outcome<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        let trouble = match &r {
+            Err(StoreError::Unavailable(why)) => Some(why.clone()),
+            _ => None,
+        };
+        *lock(&self.trouble) = trouble;
+        r
+    }
+}
+
+/// The resources this server stores, as `'static` names (keys outside them are not ours).
+fn resource_name(s: &str) -> Option<&'static str> {
+    ["ipprefixes", "ipprefixclaims"]
+        .into_iter()
+        .find(|r| *r == s)
+}
+
+/// The smallest key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
+        let inner = &self.inner;
+        let mut kv = inner.client.kv_client();
+        let got = inner.outcome(timeout(kv.get(inner.etcd_key(key), None)).await)?;
+        inner.saw(header_revision(got.header()));
+        Ok(got.kvs().first().and_then(|kv| inner.versioned(kv)))
+    }
+
+    async fn list(
+        &self,
+        range: &KeyRange,
+        start_after: Option<&ObjectKey>,
+        limit: Option<usize>,
+        filter: &mut ListFilter<'_>,
+    ) -> Result<ListPage, StoreError> {
+        let inner = &self.inner;
+        let prefix = inner.range_start(range);
+        let end = prefix_end(&prefix);
+        let mut from = match start_after {
+            Some(k) => {
+                let mut s = inner.etcd_key(k);
+                s.push(0); // the smallest key after `k`
+                s.max(prefix.clone())
+            }
+            None => prefix.clone(),
+        };
+        let mut kv = inner.client.kv_client();
+        // Every batch at the first one's revision: one consistent snapshot.
+        let mut at: Option<i64> = None;
+        let mut items = Vec::new();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_BATCH);
+            if let Some(rev) = at {
+                opts = opts.with_revision(rev);
+            }
+            let got = inner.outcome(timeout(kv.get(from.clone(), Some(opts))).await)?;
+            let revision = *at.get_or_insert(header_revision(got.header()) as i64);
+            inner.saw(revision as Revision);
+            for kv in got.kvs() {
+                let Some(item) = inner.versioned(kv) else {
+                    continue;
+                };
+                if !range.contains(&item.key) || !filter(&item) {
+                    continue;
+                }
+                if limit.is_some_and(|l| items.len() >= l) {
+                    return Ok(ListPage {
+                        items,
+                        revision: revision as Revision,
+                        more: true,
+                    });
+                }
+                items.push(item);
+            }
+            match got.kvs().last() {
+                Some(last) if got.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    return Ok(ListPage {
+                        items,
+                        revision: revision as Revision,
+                        more: false,
+                    })
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+        let inner = &self.inner;
+        let mut compares = Vec::new();
+        let mut writes = Vec::with_capacity(ops.len());
+        let mut reads = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let (key, precondition) = match op {
+                Op::Put {
+                    key, precondition, ..
+                }
+                | Op::Delete { key, precondition } => (inner.etcd_key(key), *precondition),
+            };
+            match precondition {
+                Precondition::Absent => {
+                    compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, 0))
+                }
+                Precondition::Revision(r) => compares.push(Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    r as i64,
+                )),
+                Precondition::None => {}
+            }
+            if let Op::Delete { .. } = op {
+                // Deleting what is not there is a failed precondition, as on sled.
+                compares.push(Compare::mod_revision(key.clone(), CompareOp::Greater, 0));
+            }
+            writes.push(match op {
+                Op::Put { value, .. } => TxnOp::put(key.clone(), value.to_vec(), None),
+                Op::Delete { .. } => TxnOp::delete(key.clone(), None),
+            });
+            reads.push(TxnOp::get(key, None));
+        }
+        let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
+        let mut kv = inner.client.kv_client();
+        let done = inner.outcome(timeout(kv.txn(txn)).await)?;
+        let revision = header_revision(done.header());
+        if done.succeeded() {
+            inner.saw(revision);
+            return Ok(Committed {
+                revisions: vec![revision; ops.len()],
+                durable: Box::pin(std::future::ready(Ok(()))),
+            });
+        }
+        // Which precondition failed, from the values read instead.
+        for (op, response) in ops.iter().zip(done.op_responses()) {
+            let TxnOpResponse::Get(got) = response else {
+                continue;
+            };
+            let actual = got.kvs().first().map(|kv| kv.mod_revision() as Revision);
+            let (key, expected) = match op {
+                Op::Put {
+                    key, precondition, ..
+                }
+                | Op::Delete { key, precondition } => (key, *precondition),
+            };
+            let holds = match expected {
+                Precondition::None => true,
+                Precondition::Absent => actual.is_none(),
+                Precondition::Revision(r) => actual == Some(r),
+            } && (matches!(op, Op::Put { .. }) || actual.is_some());
+            if !holds {
+                return Err(StoreError::PreconditionFailed {
+                    key: key.clone(),
+                    expected,
+                    actual,
+                });
+            }
+        }
+        // The compared revisions changed between the transaction and our reads.
+        Err(StoreError::PreconditionFailed {
+            key: ops
+                .first()
+                .map(|o| o.key().clone())
+                .unwrap_or_else(|| ObjectKey::new("", "", "")),
+            expected: Precondition::None,
+            actual: None,
+        })
+    }
+
+    fn revision(&self) -> Revision {
+        self.inner.revision.load(Ordering::Acquire)
+    }
+
+    fn oldest_watchable(&self) -> Revision {
+        self.inner.history.oldest()
+    }
+
+    fn watch(&self, after: Revision) -> Result<EventStream, StoreError> {
+        Ok(self.inner.history.subscribe(after)?.into_stream())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every acknowledged commit is already on a quorum of etcd's disks.
+        Ok(())
+    }
+
+    fn failure(&self) -> Option<String> {
+        // An etcd outage passes; nothing in this process is to be distrusted for it.
+        None
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        match lock(&self.inner.trouble).as_ref() {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Follow etcd's changes under the root from `after` on, into the history, for as long as the
+/// store lives. A broken watch is opened again from the last revision seen; one that fell
+/// behind a compaction leaves the history expired (its watchers list again).
+async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
+    loop {
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(after as i64 + 1);
+        let mut watch_client = inner.client.watch_client();
+        let root = inner.root.clone();
+        drop(inner);
+        let mut stream = match watch_client.watch(root, Some(opts)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if let Some(inner) = store.upgrade() {
+                    let _ = inner.outcome::<()>(Err(etcd_error(e)));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let message = stream.message().await;
+            let Some(inner) = store.upgrade() else {
+                return;
+            };
+            let response = match message {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = inner.outcome::<()>(Err(etcd_error(e)));
+                    break;
+                }
+            };
+            if response.canceled() {
+                tracing::warn!(
+                    compacted = response.compact_revision(),
+                    after,
+                    "etcd watch cancelled: {}",
+                    response.cancel_reason()
+                );
+                if response.compact_revision() > 0 {
+                    // What happened between `after` and the compaction is gone: watchers
+                    // from before it must list again.
+                    after = response.compact_revision() as Revision - 1;
+                    inner.history.restart(after);
+                }
+                break;
+            }
+            let mut events = Vec::with_capacity(response.events().len());
+            for ev in response.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(key) = inner.object_key(kv.key()) else {
+                    continue;
+                };
+                let revision = kv.mod_revision().max(0) as Revision;
+                let previous = ev.prev_kv().map(|p| Bytes::copy_from_slice(p.value()));
+                let event = match ev.event_type() {
+                    EtcdEventType::Put => {
+                        let event_type = if kv.create_revision() == kv.mod_revision() {
+                            EventType::Added
+                        } else {
+                            EventType::Modified
+                        };
+                        let value = Bytes::copy_from_slice(kv.value());
+                        let object = Versioned {
+                            key,
+                            revision,
+                            value,
+                        };
+                        let previous = previous.filter(|_| event_type == EventType::Modified);
+                        StoreEvent::new(event_type, object, previous)
+                    }
+                    EtcdEventType::Delete => {
+                        // A delete reports the object as it was last stored.
+                        let Some(value) = previous else {
+                            tracing::warn!(?key, revision, "etcd delete without its last value");
+                            continue;
+                        };
+                        let object = Versioned {
+                            key,
+                            revision,
+                            value,
+                        };
+                        StoreEvent::new(EventType::Deleted, object, None)
+                    }
+                };
+                after = after.max(revision);
+                events.push(event);
+            }
+            if events.is_empty() {
+                // A progress notification: nothing under the root changed up to its revision.
+                after = after.max(header_revision(response.header()));
+            }
+            inner.history.publish(events);
+            inner.saw(after);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Ask etcd every `period` whether it answers (a quorum read), so readiness follows etcd with
+/// no requests coming in, and comes back by itself.
+async fn probe_every(store: std::sync::Weak<Inner>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let mut kv = inner.client.kv_client();
+        let probe = kv.get(
+            inner.root.clone(),
+            Some(GetOptions::new().with_count_only()),
+        );
+        let _ = inner.outcome(timeout(probe).await);
+    }
+}
+
+/// Compact etcd every `interval`, once across replicas: as kube-apiserver's compactor, each
+/// replica tries a compare-and-swap on one key; the one that wins compacts to the revision
+/// it saw one interval earlier, so at least one interval of history is always kept.
+async fn compact_every(store: std::sync::Weak<Inner>, interval: Duration) {
+    let mut last_version = 0i64;
+    let mut previous: Option<i64> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let key = [inner.root.as_slice(), b"compact_rev_key"].concat();
+        let mut kv = inner.client.kv_client();
+        let txn = Txn::new()
+            .when([Compare::version(
+                key.clone(),
+                CompareOp::Equal,
+                last_version,
+            )])
+            .and_then([TxnOp::put(key.clone(), Vec::new(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let done = match timeout(kv.txn(txn)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd compaction skipped");
+                continue;
+            }
+        };
+        let revision = header_revision(done.header()) as i64;
+        if !done.succeeded() {
+            // Another replica compacted this interval; follow its count.
+            for r in done.op_responses() {
+                if let TxnOpResponse::Get(got) = r {
+                    last_version = got.kvs().first().map_or(0, |kv| kv.version());
+                }
+            }
+            previous = Some(revision);
+            continue;
+        }
+        last_version += 1;
+        if let Some(to) = previous {
+            match timeout(kv.compact(to, None)).await {
+                Ok(_) => tracing::info!(revision = to, "etcd compacted"),
+                Err(e) => tracing::warn!(error = %e, "etcd compaction failed"),
+            }
+        }
+        previous = Some(revision);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

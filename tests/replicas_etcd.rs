@@ -1,0 +1,269 @@
+//! Several replicas of the real binary on one real etcd (from `$KUBEBUILDER_ASSETS/etcd`;
+//! skipped, saying so, without it): what one replica writes, the others serve at once, and
+//! an etcd outage is a fast 503 naming etcd, `/readyz` failing and `/livez` not.
+mod common;
+
+use common::TestServer;
+use http::StatusCode;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
+
+/// One etcd member on free loopback ports, killed on drop.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Etcd {
+    fn start(test: &str) -> Option<Etcd> {
+        let Some(assets) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty()) else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: KUBEBUILDER_ASSETS is not set, so there is no etcd to test against. Run with KUBEBUILDER_ASSETS=$(../shared/envtest/assets.sh) (as .ci/run does)."
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(Path::new(&assets).join("etcd"))
+            .args(["--data-dir", &dir.path().join("etcd").display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Until it answers: a replica started before that fails at start, by design.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Etcd {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+}
+
+/// `n` replicas on `etcd`, each in its own data directory holding a copy of the first one's
+/// PKI (so one admin certificate works on all; each writes its own kubeconfig).
+fn replicas(etcd: &Etcd, n: usize, scratch: &Path) -> Vec<TestServer> {
+    let args = ["--etcd-servers", etcd.url.as_str()];
+    let first = scratch.join("r0");
+    let mut servers = vec![TestServer::start_in_with(&first, &args)];
+    for i in 1..n {
+        let dir = scratch.join(format!("r{i}"));
+        std::fs::create_dir_all(dir.join("pki")).unwrap();
+        for f in std::fs::read_dir(first.join("pki")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join("pki").join(f.file_name())).unwrap();
+        }
+        servers.push(TestServer::start_in_with(&dir, &args));
+    }
+    servers
+}
+
+async fn call(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let ct = (!body.is_empty()).then_some("application/json");
+    let (status, _, bytes) = s.raw(method, path, ct, body).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn root(name: &str, prefix: &str) -> Value {
+    json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
+           "metadata": {"name": name}, "spec": {"prefix": prefix}})
+}
+
+fn claim(name: &str, parent: &str, len: u8) -> Value {
+    json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefixClaim",
+           "metadata": {"name": name},
+           "spec": {"parentRef": {"name": parent}, "prefixLength": len}})
+}
+
+#[tokio::test]
+async fn a_claim_created_on_one_replica_is_read_at_once_on_the_others() {
+    let Some(etcd) = Etcd::start("a_claim_created_on_one_replica_is_read_at_once") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let servers = replicas(&etcd, 2, scratch.path());
+    let (a, b) = (&servers[0], &servers[1]);
+    let (status, _) = call(
+        a,
+        "POST",
+        &format!("{GV}/ipprefixes"),
+        Some(root("pool", "10.0.0.0/24")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // A watch on B from now on: it must see A's writes.
+    let (status, list) = call(
+        b,
+        "GET",
+        &format!("{GV}/namespaces/ns/ipprefixclaims"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..20 {
+        let name = format!("nic-{i}");
+        let (status, created) = call(
+            a,
+            "POST",
+            &format!("{GV}/namespaces/ns/ipprefixclaims"),
+            Some(claim(&name, "pool", 32)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        // Every time, not eventually.
+        let (status, read) = call(
+            b,
+            "GET",
+            &format!("{GV}/namespaces/ns/ipprefixclaims/{name}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{read}");
+        assert_eq!(read["status"]["prefix"], created["status"]["prefix"]);
+        assert_eq!(
+            read["metadata"]["resourceVersion"],
+            created["metadata"]["resourceVersion"]
+        );
+    }
+    let (_, list) = call(
+        b,
+        "GET",
+        &format!("{GV}/namespaces/ns/ipprefixclaims"),
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 20);
+    // B's watch delivers A's creates, in order.
+    let (status, _, body) = b
+        .raw(
+            "GET",
+            &format!("{GV}/namespaces/ns/ipprefixclaims?watch=true&resourceVersion={rv}&timeoutSeconds=2"),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<String> = String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "ADDED")
+        .map(|e| {
+            e["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("nic-{i}")).collect();
+    assert_eq!(names, expected);
+}
+
+#[tokio::test]
+async fn without_etcd_writes_are_a_fast_503_naming_etcd_and_only_readiness_fails() {
+    let Some(mut etcd) = Etcd::start("without_etcd_writes_are_a_fast_503") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let servers = replicas(&etcd, 1, scratch.path());
+    let a = &servers[0];
+    assert_eq!(
+        call(
+            a,
+            "POST",
+            &format!("{GV}/ipprefixes"),
+            Some(root("r", "10.1.0.0/16"))
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    etcd.child.kill().unwrap();
+    etcd.child.wait().unwrap();
+    // Once, as a client that does not retry 503 (kube-rs does, with backoff, by default).
+    let mut config = a.kube_config().await;
+    config.default_retry = false;
+    let req = common::request(
+        "POST",
+        &format!("{GV}/ipprefixes"),
+        Some("application/json"),
+        root("s", "10.2.0.0/16").to_string(),
+    );
+    let (status, _, body) = common::send_with(config, req).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["kind"], "Status");
+    assert!(body["message"].as_str().unwrap().contains("etcd"), "{body}");
+    let (status, _, text) = a.raw("GET", "/readyz?verbose", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(String::from_utf8_lossy(&text).contains("[-]etcd"));
+    let (status, _, _) = a.raw("GET", "/livez", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[test]
+fn an_unreachable_etcd_fails_the_start_naming_the_flag() {
+    let out = common::run_to_exit(
+        [
+            "serve",
+            "--standalone",
+            "--secure-port",
+            "0",
+            "--data-dir",
+            &tempfile::tempdir().unwrap().path().display().to_string(),
+            "--etcd-servers",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--etcd-servers"), "{stderr}");
+}
