@@ -168,34 +168,20 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, errs: &mut Vec<
 /// Kubernetes' checks of `metadata.ownerReferences`: each names its owner completely.
 fn validate_owner_references(meta: &ObjectMeta, errs: &mut Vec<FieldError>) {
     for (i, r) in meta.owner_references.iter().flatten().enumerate() {
-        let path = format!("metadata.ownerReferences[{i}]");
-        if r.api_version.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.apiVersion"),
-                "\"\"",
-                "version must not be empty",
-            ));
-        }
-        if r.kind.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.kind"),
-                "\"\"",
-                "kind must not be empty",
-            ));
-        }
-        if r.name.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.name"),
-                "\"\"",
-                "name must not be empty",
-            ));
-        }
-        if r.uid.is_empty() {
-            errs.push(FieldError::invalid(
-                format!("{path}.uid"),
-                "\"\"",
-                "uid must not be empty",
-            ));
+        let fields = [
+            ("apiVersion", &r.api_version, "version"),
+            ("kind", &r.kind, "kind"),
+            ("name", &r.name, "name"),
+            ("uid", &r.uid, "uid"),
+        ];
+        for (field, value, what) in fields {
+            if value.is_empty() {
+                errs.push(FieldError::invalid(
+                    format!("metadata.ownerReferences[{i}].{field}"),
+                    "\"\"",
+                    format!("{what} must not be empty"),
+                ));
+            }
         }
     }
 }
