@@ -6,9 +6,6 @@ mod common;
 mod envtest;
 
 use envtest::Envtest;
-use std::process::Command;
-
-const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-ipam");
 
 const PLAN: &str = "apiVersion: v1
 kind: Namespace
@@ -32,25 +29,11 @@ spec: {prefixLength: 32, parentRef: {name: ops.pool}}
 ";
 
 fn plugin(env: &Envtest, args: &[&str]) -> std::process::Output {
-    Command::new(PLUGIN)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&env.kubeconfig)
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run kubectl-ipam")
+    common::kubectl_ipam(&env.kubeconfig, args)
 }
 
 fn plugin_ok(env: &Envtest, args: &[&str]) -> String {
-    let out = plugin(env, args);
-    assert!(
-        out.status.success(),
-        "kubectl-ipam {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::kubectl_ipam_ok(&env.kubeconfig, args)
 }
 
 #[test]

@@ -4,9 +4,7 @@ mod common;
 
 use common::TestServer;
 use serde_json::Value;
-use std::process::{Command, Output};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-ipam");
 const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
 
 /// A site root with its first /24 excluded, a location /24 carved by a claim, a subnet /28 in it
@@ -66,26 +64,12 @@ fn with_plan() -> TestServer {
     server
 }
 
-fn plugin(server: &TestServer, args: &[&str]) -> Output {
-    Command::new(PLUGIN)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&server.kubeconfig)
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run kubectl-ipam")
+fn plugin(server: &TestServer, args: &[&str]) -> std::process::Output {
+    common::kubectl_ipam(&server.kubeconfig, args)
 }
 
 fn plugin_ok(server: &TestServer, args: &[&str]) -> String {
-    let out = plugin(server, args);
-    assert!(
-        out.status.success(),
-        "kubectl-ipam {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::kubectl_ipam_ok(&server.kubeconfig, args)
 }
 
 fn names(list: &Value) -> Vec<&str> {

@@ -33,6 +33,8 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ipam-apiserver");
+/// The kubectl plugin built from this crate.
+pub const KUBECTL_IPAM: &str = env!("CARGO_BIN_EXE_kubectl-ipam");
 
 /// A running `ipam-apiserver serve --standalone`. Killed (SIGKILL) on drop.
 pub struct TestServer {
@@ -444,4 +446,28 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 fn read(buf: &Mutex<String>) -> String {
     buf.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// `kubectl-ipam ARGS --kubeconfig KUBECONFIG`, ignoring any `$KUBECONFIG` of the caller.
+pub fn kubectl_ipam(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(KUBECTL_IPAM)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run kubectl-ipam")
+}
+
+/// [`kubectl_ipam`] that must succeed; its standard output.
+pub fn kubectl_ipam_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = kubectl_ipam(kubeconfig, args);
+    assert!(
+        out.status.success(),
+        "kubectl-ipam {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
