@@ -24,6 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+mod compactor;
+mod follow;
+
+use compactor::compact_every;
+use follow::{follow, probe_every};
+
 /// The longest any etcd call may take before the request answers 503. etcd's own election
 /// timeout is 1 s by default, so a healthy cluster that just lost its leader answers well
 /// within this.
@@ -442,179 +448,6 @@ impl Store for EtcdStore {
             Some(why) => Err(why.clone()),
             None => Ok(()),
         }
-    }
-}
-
-/// Follow etcd's changes under the root from `after` on, into the history, for as long as the
-/// store lives. A broken watch is opened again from the last revision seen; one that fell
-/// behind a compaction leaves the history expired (its watchers list again).
-async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
-    loop {
-        let Some(inner) = store.upgrade() else {
-            return;
-        };
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_prev_key()
-            .with_progress_notify()
-            .with_start_revision(after as i64 + 1);
-        let mut watch_client = inner.client.watch_client();
-        let root = inner.root.clone();
-        drop(inner);
-        let mut stream = match watch_client.watch(root, Some(opts)).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                if let Some(inner) = store.upgrade() {
-                    let _ = inner.outcome::<()>(Err(etcd_error(e)));
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            let message = stream.message().await;
-            let Some(inner) = store.upgrade() else {
-                return;
-            };
-            let response = match message {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = inner.outcome::<()>(Err(etcd_error(e)));
-                    break;
-                }
-            };
-            if response.canceled() {
-                tracing::warn!(
-                    compacted = response.compact_revision(),
-                    after,
-                    "etcd watch cancelled: {}",
-                    response.cancel_reason()
-                );
-                if response.compact_revision() > 0 {
-                    // What happened between `after` and the compaction is gone: watchers
-                    // from before it must list again.
-                    after = response.compact_revision() as Revision - 1;
-                    inner.history.restart(after);
-                }
-                break;
-            }
-            let mut events = Vec::with_capacity(response.events().len());
-            for ev in response.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let Some(key) = inner.object_key(kv.key()) else {
-                    continue;
-                };
-                let revision = kv.mod_revision().max(0) as Revision;
-                let previous = ev.prev_kv().map(|p| Bytes::copy_from_slice(p.value()));
-                let event = match ev.event_type() {
-                    EtcdEventType::Put => {
-                        let event_type = if kv.create_revision() == kv.mod_revision() {
-                            EventType::Added
-                        } else {
-                            EventType::Modified
-                        };
-                        let value = Bytes::copy_from_slice(kv.value());
-                        let object = Versioned {
-                            key,
-                            revision,
-                            value,
-                        };
-                        let previous = previous.filter(|_| event_type == EventType::Modified);
-                        StoreEvent::new(event_type, object, previous)
-                    }
-                    EtcdEventType::Delete => {
-                        // A delete reports the object as it was last stored.
-                        let Some(value) = previous else {
-                            tracing::warn!(?key, revision, "etcd delete without its last value");
-                            continue;
-                        };
-                        let object = Versioned {
-                            key,
-                            revision,
-                            value,
-                        };
-                        StoreEvent::new(EventType::Deleted, object, None)
-                    }
-                };
-                after = after.max(revision);
-                events.push(event);
-            }
-            if events.is_empty() {
-                // A progress notification: nothing under the root changed up to its revision.
-                after = after.max(header_revision(response.header()));
-            }
-            inner.history.publish(events);
-            inner.saw(after);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Ask etcd every `period` whether it answers (a quorum read), so readiness follows etcd with
-/// no requests coming in, and comes back by itself.
-async fn probe_every(store: std::sync::Weak<Inner>, period: Duration) {
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(inner) = store.upgrade() else {
-            return;
-        };
-        let mut kv = inner.client.kv_client();
-        let probe = kv.get(
-            inner.root.clone(),
-            Some(GetOptions::new().with_count_only()),
-        );
-        let _ = inner.outcome(timeout(probe).await);
-    }
-}
-
-/// Compact etcd every `interval`, once across replicas: as kube-apiserver's compactor, each
-/// replica tries a compare-and-swap on one key; the one that wins compacts to the revision
-/// it saw one interval earlier, so at least one interval of history is always kept.
-async fn compact_every(store: std::sync::Weak<Inner>, interval: Duration) {
-    let mut last_version = 0i64;
-    let mut previous: Option<i64> = None;
-    loop {
-        tokio::time::sleep(interval).await;
-        let Some(inner) = store.upgrade() else {
-            return;
-        };
-        let key = [inner.root.as_slice(), b"compact_rev_key"].concat();
-        let mut kv = inner.client.kv_client();
-        let txn = Txn::new()
-            .when([Compare::version(
-                key.clone(),
-                CompareOp::Equal,
-                last_version,
-            )])
-            .and_then([TxnOp::put(key.clone(), Vec::new(), None)])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let done = match timeout(kv.txn(txn)).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "etcd compaction skipped");
-                continue;
-            }
-        };
-        let revision = header_revision(done.header()) as i64;
-        if !done.succeeded() {
-            // Another replica compacted this interval; follow its count.
-            for r in done.op_responses() {
-                if let TxnOpResponse::Get(got) = r {
-                    last_version = got.kvs().first().map_or(0, |kv| kv.version());
-                }
-            }
-            previous = Some(revision);
-            continue;
-        }
-        last_version += 1;
-        if let Some(to) = previous {
-            match timeout(kv.compact(to, None)).await {
-                Ok(_) => tracing::info!(revision = to, "etcd compacted"),
-                Err(e) => tracing::warn!(error = %e, "etcd compaction failed"),
-            }
-        }
-        previous = Some(revision);
     }
 }
 

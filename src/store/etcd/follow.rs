@@ -1,0 +1,126 @@
+//! One etcd watch over the root feeds the retained history every watcher reads (as
+//! kube-apiserver's watch cache sits on one etcd watch), and a probe keeps readiness current.
+use super::*;
+
+/// Follow etcd's changes under the root from `after` on, into the history, for as long as the
+/// store lives. A broken watch is opened again from the last revision seen; one that fell
+/// behind a compaction leaves the history expired (its watchers list again).
+pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
+    loop {
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(after as i64 + 1);
+        let mut watch_client = inner.client.watch_client();
+        let root = inner.root.clone();
+        drop(inner);
+        let mut stream = match watch_client.watch(root, Some(opts)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                if let Some(inner) = store.upgrade() {
+                    let _ = inner.outcome::<()>(Err(etcd_error(e)));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let message = stream.message().await;
+            let Some(inner) = store.upgrade() else {
+                return;
+            };
+            let response = match message {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = inner.outcome::<()>(Err(etcd_error(e)));
+                    break;
+                }
+            };
+            if response.canceled() {
+                tracing::warn!(
+                    compacted = response.compact_revision(),
+                    after,
+                    "etcd watch cancelled: {}",
+                    response.cancel_reason()
+                );
+                if response.compact_revision() > 0 {
+                    // What happened between `after` and the compaction is gone: watchers
+                    // from before it must list again.
+                    after = response.compact_revision() as Revision - 1;
+                    inner.history.restart(after);
+                }
+                break;
+            }
+            let mut events = Vec::with_capacity(response.events().len());
+            for ev in response.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(key) = inner.object_key(kv.key()) else {
+                    continue;
+                };
+                let revision = kv.mod_revision().max(0) as Revision;
+                let previous = ev.prev_kv().map(|p| Bytes::copy_from_slice(p.value()));
+                let event = match ev.event_type() {
+                    EtcdEventType::Put => {
+                        let event_type = if kv.create_revision() == kv.mod_revision() {
+                            EventType::Added
+                        } else {
+                            EventType::Modified
+                        };
+                        let value = Bytes::copy_from_slice(kv.value());
+                        let object = Versioned {
+                            key,
+                            revision,
+                            value,
+                        };
+                        let previous = previous.filter(|_| event_type == EventType::Modified);
+                        StoreEvent::new(event_type, object, previous)
+                    }
+                    EtcdEventType::Delete => {
+                        // A delete reports the object as it was last stored.
+                        let Some(value) = previous else {
+                            tracing::warn!(?key, revision, "etcd delete without its last value");
+                            continue;
+                        };
+                        let object = Versioned {
+                            key,
+                            revision,
+                            value,
+                        };
+                        StoreEvent::new(EventType::Deleted, object, None)
+                    }
+                };
+                after = after.max(revision);
+                events.push(event);
+            }
+            if events.is_empty() {
+                // A progress notification: nothing under the root changed up to its revision.
+                after = after.max(header_revision(response.header()));
+            }
+            inner.history.publish(events);
+            inner.saw(after);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Ask etcd every `period` whether it answers (a quorum read), so readiness follows etcd with
+/// no requests coming in, and comes back by itself.
+pub(super) async fn probe_every(store: std::sync::Weak<Inner>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let mut kv = inner.client.kv_client();
+        let probe = kv.get(
+            inner.root.clone(),
+            Some(GetOptions::new().with_count_only()),
+        );
+        let _ = inner.outcome(timeout(probe).await);
+    }
+}
