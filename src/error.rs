@@ -245,6 +245,11 @@ pub enum ApiError {
     /// 500: a bug. Never for bad input.
     #[error("{0}")]
     Internal(String),
+    /// Another replica changed an index this request decided from (a failed guard, see
+    /// `registry/guards.rs`). The registry retries once its indexes caught up; a client sees
+    /// it, as 409 Conflict, only when that kept failing.
+    #[error("another replica kept changing {guard} (last at revision {revision}) while this request was decided; try again")]
+    IndexBehind { guard: String, revision: u64 },
 }
 
 fn render_causes(causes: &[FieldError]) -> String {
@@ -282,7 +287,8 @@ impl ApiError {
             ApiError::AlreadyExists(_)
             | ApiError::Conflict { .. }
             | ApiError::ApplyConflict { .. }
-            | ApiError::Exhausted { .. } => StatusCode::CONFLICT,
+            | ApiError::Exhausted { .. }
+            | ApiError::IndexBehind { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -303,7 +309,9 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) | ApiError::UnknownPath => "NotFound",
             ApiError::AlreadyExists(_) => "AlreadyExists",
-            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
+            ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. }
+            | ApiError::IndexBehind { .. } => "Conflict",
             ApiError::Exhausted { .. } => "Exhausted",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",

@@ -10,7 +10,7 @@ use super::state::State;
 use super::txn::{store_error, Stored, Txn};
 use crate::api::{IPPrefix, PREFIX_IN_USE_FINALIZER};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{KeyRange, Precondition, Store, StoreError};
+use crate::store::{Precondition, Revision, Store, StoreError};
 use base64::Engine;
 use kube::core::Selector;
 use std::sync::Arc;
@@ -21,8 +21,8 @@ pub struct Registry {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn Store>,
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn Store>,
     /// Serializes every read-decide-write step (allocation decisions and the commit recording
     /// them); see [`Registry::lock`]. Never held across the fsync wait, so concurrent creates
     /// share one flush. One lock, not one per parent: held ~13 µs at the median per write, it
@@ -30,7 +30,9 @@ struct Inner {
     /// span prefixes (a claim choosing among parents by selector, a prefix that may not be
     /// deleted while it has children, roots that must not overlap) stay one step, with no lock
     /// order to get wrong.
-    state: tokio::sync::Mutex<State>,
+    pub(super) state: tokio::sync::Mutex<State>,
+    /// How far the indexes have followed the store (`Guards::applied`).
+    progress: tokio::sync::watch::Receiver<Revision>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,61 +110,23 @@ impl Registry {
     /// The API over `store` (whichever backend `main` chose), with the allocation indexes
     /// rebuilt from it.
     pub async fn new(store: Arc<dyn Store>) -> Result<Registry, StoreError> {
-        let started = std::time::Instant::now();
-        let range = KeyRange {
-            resource: "ipprefixes",
-            namespace: None,
-        };
-        // Decoded while scanning, on a second thread (scanning and decoding each take about
-        // half of a restart), keeping no more stored bytes than the batches in flight: with
-        // 10^6 prefixes the values alone would be most of the process's memory at start.
-        const BATCH: usize = 4096;
-        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<bytes::Bytes>>(4);
-        let decoder = std::thread::Builder::new()
-            .name("index-decoder".into())
-            .spawn(move || {
-                let mut prefixes = Vec::new();
-                for batch in received {
-                    for value in batch {
-                        prefixes.push(super::state::decode_for_index(&value)?);
-                    }
-                }
-                Ok::<_, String>(prefixes)
-            })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start index decoder: {e}")))?;
-        let mut batch = Vec::with_capacity(BATCH);
-        let scanned = store
-            .list(&range, None, None, &mut |v| {
-                batch.push(v.value.clone());
-                if batch.len() == BATCH {
-                    // A send fails only when the decoder stopped at a damaged value; its error
-                    // is reported below.
-                    let _ = batches.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-                }
-                false
-            })
-            .await;
-        let _ = batches.send(batch);
-        drop(batches);
-        let decoded = decoder
-            .join()
-            .map_err(|_| StoreError::Corrupt("the index decoder panicked".into()))?;
-        scanned?;
-        let prefixes = decoded.map_err(StoreError::Corrupt)?;
-        let count = prefixes.len();
-        let state = State::rebuild(prefixes).map_err(StoreError::Corrupt)?;
-        tracing::info!(
-            prefixes = count,
-            revision = store.revision(),
-            elapsed = ?started.elapsed(),
-            "registry loaded"
-        );
-        Ok(Registry {
+        let (state, revision) = super::follow::load_indexes(&*store).await?;
+        let progress = state.guards.progress();
+        let registry = Registry {
             inner: Arc::new(Inner {
                 store,
                 state: tokio::sync::Mutex::new(state),
+                progress,
             }),
-        })
+        };
+        registry.lock().await.guards.reset(revision);
+        if registry.inner.store.shared() {
+            tokio::spawn(super::follow::follow(
+                Arc::downgrade(&registry.inner),
+                revision,
+            ));
+        }
+        Ok(registry)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -217,6 +181,41 @@ impl Registry {
                 Err(e) => tracing::warn!(error = %e, "cannot store IPPrefix status"),
             }
             tokio::time::sleep(batch_period).await;
+        }
+    }
+
+    /// Run a write, and again while it fails because another replica changed an index it
+    /// decided from (a failed guard, `ApiError::IndexBehind`), each time once this replica's
+    /// indexes include that change: as kube-apiserver's GuaranteedUpdate retries a conflict
+    /// on fresh data. Only a shared store fails so.
+    async fn retry_behind<T, W>(&self, mut write: impl FnMut() -> W) -> ApiResult<T>
+    where
+        W: std::future::Future<Output = ApiResult<T>>,
+    {
+        /// Each retry follows a change another replica committed to the same parent, so
+        /// running out means a parent contended beyond reason, not a stuck replica.
+        const ATTEMPTS: usize = 64;
+        let mut attempts = 0;
+        loop {
+            match write().await {
+                Err(ApiError::IndexBehind { revision, .. }) if attempts < ATTEMPTS => {
+                    attempts += 1;
+                    self.caught_up(revision).await?;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Wait until the indexes include every change up to `revision` (see `follow.rs`).
+    async fn caught_up(&self, revision: Revision) -> ApiResult<()> {
+        let mut progress = self.inner.progress.clone();
+        let wait = async move { progress.wait_for(|applied| *applied >= revision).await.is_ok() };
+        match tokio::time::timeout(crate::store::etcd::REQUEST_TIMEOUT, wait).await {
+            Ok(true) => Ok(()),
+            _ => Err(ApiError::ServiceUnavailable(format!(
+                "this replica has not caught up with the store's revision {revision}; try again"
+            ))),
         }
     }
 
@@ -367,6 +366,23 @@ impl Registry {
     async fn create_inner<K: Kind>(
         &self,
         namespace: &str,
+        obj: K,
+        dry_run: bool,
+        allowed_parents: Option<std::collections::HashSet<String>>,
+        manager: Option<&FieldManager>,
+    ) -> ApiResult<K> {
+        if !self.inner.store.shared() {
+            return (self.create_once(namespace, obj, dry_run, allowed_parents, manager)).await;
+        }
+        self.retry_behind(|| {
+            self.create_once(namespace, obj.clone(), dry_run, allowed_parents.clone(), manager)
+        })
+        .await
+    }
+
+    async fn create_once<K: Kind>(
+        &self,
+        namespace: &str,
         mut obj: K,
         dry_run: bool,
         allowed_parents: Option<std::collections::HashSet<String>>,
@@ -480,6 +496,22 @@ impl Registry {
         &self,
         namespace: &str,
         name: &str,
+        new: K,
+        sub: Subresource,
+        dry_run: bool,
+        manager: Option<&FieldManager>,
+    ) -> ApiResult<K> {
+        if !self.inner.store.shared() {
+            return (self.update_once(namespace, name, new, sub, dry_run, manager)).await;
+        }
+        self.retry_behind(|| self.update_once(namespace, name, new.clone(), sub, dry_run, manager))
+            .await
+    }
+
+    async fn update_once<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
         mut new: K,
         sub: Subresource,
         dry_run: bool,
@@ -574,6 +606,16 @@ impl Registry {
 
     /// Delete: honours preconditions and finalizers; returns the object and whether it is gone.
     pub async fn delete<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<(K, bool)> {
+        self.retry_behind(|| self.delete_once(namespace, name, opts))
+            .await
+    }
+
+    async fn delete_once<K: Kind>(
         &self,
         namespace: &str,
         name: &str,

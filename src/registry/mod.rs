@@ -4,7 +4,9 @@
 
 mod claim;
 pub mod codec;
+mod follow;
 mod generic;
+mod guards;
 pub mod kind;
 mod list;
 mod lookup;
@@ -39,3 +41,5 @@ pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod replica_tests;

@@ -39,6 +39,8 @@ pub struct State {
     unbound: std::collections::HashSet<String>,
     /// When Released IPPrefixes are due to be freed (`status.retainedUntil`).
     pub expiries: Expiries,
+    /// How current these indexes are, for the guards of each commit on a shared store.
+    pub guards: super::guards::Guards,
 }
 
 /// A root IPPrefix: its block and its address space (`None` = the shared one).
@@ -307,6 +309,18 @@ impl State {
 
     pub fn insert_pool(&mut self, name: String, entry: PoolEntry) {
         self.pools.insert(name, entry);
+    }
+
+    /// Take `fresh`'s indexes (rebuilt from a list at `revision`), keeping who waits on these:
+    /// the status writer, the expiry task and the guards' followers.
+    pub fn replace_indexes(&mut self, mut fresh: State, revision: crate::store::Revision) {
+        fresh.status_stale = self.status_stale.clone();
+        fresh.expiries.changed = self.expiries.changed.clone();
+        fresh.guards = std::mem::take(&mut self.guards);
+        fresh.guards.reset(revision);
+        *self = fresh;
+        self.status_stale.notify_one();
+        self.expiries.changed.notify_one();
     }
 
     /// Rebuild every index from the stored IPPrefixes, checking that the children of each parent

@@ -5,7 +5,7 @@ use super::kind::Kind;
 use super::state::State;
 use crate::api::IPPrefix;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{Committed, ObjectKey, Op, Precondition, Revision, Store, StoreError};
+use crate::store::{Committed, ObjectKey, Op, Precondition, Revision, Store, StoreError, GUARDS};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -38,6 +38,9 @@ pub struct Txn<'a> {
     /// Blocks taken from / returned to parents, counted in metrics once the commit applies.
     pub allocations: u64,
     pub releases: u64,
+    /// The indexes this transaction decided from and changes (see `guards.rs`), when other
+    /// processes write to the store too.
+    guards: Vec<ObjectKey>,
 }
 
 /// What a successful commit returns: the revision of every written key, and durability.
@@ -76,6 +79,16 @@ impl<'a> Txn<'a> {
             allowed_parents: None,
             allocations: 0,
             releases: 0,
+            guards: Vec::new(),
+        }
+    }
+
+    /// This transaction decides from, and changes, what `guard` stands for: its commit fails
+    /// with [`ApiError::IndexBehind`] if another process changed that since this process's
+    /// indexes last saw it.
+    pub fn guard(&mut self, guard: ObjectKey) {
+        if self.store.shared() && !self.guards.contains(&guard) {
+            self.guards.push(guard);
         }
     }
 
@@ -238,6 +251,7 @@ impl<'a> Txn<'a> {
                 // Keep the first precondition: it is about the state before this transaction.
                 let first = match &self.ops[i] {
                     Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+                    Op::Guard { .. } => Precondition::None,
                 };
                 self.ops[i] = match op {
                     Op::Put { key, value, .. } => Op::Put {
@@ -249,6 +263,7 @@ impl<'a> Txn<'a> {
                         key,
                         precondition: first,
                     },
+                    guard @ Op::Guard { .. } => guard,
                 };
             }
             None => {
@@ -277,9 +292,21 @@ impl<'a> Txn<'a> {
                 committed: None,
             });
         }
-        let ops = std::mem::take(&mut self.ops);
+        let mut ops = std::mem::take(&mut self.ops);
         let keys: Vec<ObjectKey> = ops.iter().map(|o| o.key().clone()).collect();
+        for guard in &self.guards {
+            ops.push(Op::Guard {
+                key: guard.clone(),
+                at_most: self.state.guards.at_most(guard),
+            });
+        }
         let committed = self.store.commit(ops).await.map_err(|e| match e {
+            StoreError::PreconditionFailed {
+                ref key, actual, ..
+            } if key.resource == GUARDS => ApiError::IndexBehind {
+                guard: format!("{}/{}", key.namespace, key.name),
+                revision: actual.unwrap_or_default(),
+            },
             StoreError::PreconditionFailed { ref key, .. } => {
                 match self.if_taken.iter().position(|(k, _)| k == key) {
                     Some(i) => (self.if_taken.swap_remove(i).1)(),
@@ -289,6 +316,10 @@ impl<'a> Txn<'a> {
             e => store_error(e),
         })?;
         self.applied = true;
+        if self.store.shared() {
+            let revision = committed.revisions.first().copied().unwrap_or_default();
+            self.state.guards.committed(revision, &self.guards);
+        }
         let metrics = crate::metrics::global();
         metrics.allocations.inc_by(self.allocations);
         metrics.releases.inc_by(self.releases);

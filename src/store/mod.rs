@@ -100,6 +100,17 @@ pub enum Precondition {
     Revision(Revision),
 }
 
+impl Precondition {
+    /// Whether a key last written at `actual` (`None`: absent) meets it.
+    pub fn holds(self, actual: Option<Revision>) -> bool {
+        match self {
+            Precondition::None => true,
+            Precondition::Absent => actual.is_none(),
+            Precondition::Revision(r) => actual == Some(r),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Op {
     Put {
@@ -111,12 +122,19 @@ pub enum Op {
         key: ObjectKey,
         precondition: Precondition,
     },
+    /// Stands for an index kept in memory above the store (one parent's children, the roots of
+    /// one address space): the commit applies only if no commit after `at_most` changed what
+    /// the guard stands for, and it counts as such a change itself. On a store with a single
+    /// writer (sled) it always holds and writes nothing; on a shared store (etcd) it is a key
+    /// compared and bumped in the same transaction as the writes, which is what keeps several
+    /// writers, each deciding from its own index, from handing out one block twice.
+    Guard { key: ObjectKey, at_most: Revision },
 }
 
 impl Op {
     pub fn key(&self) -> &ObjectKey {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Guard { key, .. } => key,
         }
     }
 }
@@ -237,7 +255,17 @@ pub trait Store: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether other processes write to this store too (etcd shared by replicas). Then the
+    /// registry follows [`Store::watch`] to keep its indexes in step with their writes and
+    /// puts [`Op::Guard`]s in its commits; with a single writer neither is needed.
+    fn shared(&self) -> bool {
+        false
+    }
 }
+
+/// The resource name of guard keys ([`Op::Guard`]): never an API resource, never listed.
+pub const GUARDS: &str = "guards";
 
 #[cfg(test)]
 mod sled_tests;

@@ -594,6 +594,11 @@ impl SledStore {
         let mut written: std::collections::HashMap<ObjectKey, Option<Versioned>> =
             Default::default();
         for op in ops {
+            if let Op::Guard { .. } = op {
+                // One writer: its indexes are always current, so a guard always holds.
+                revisions.push(revision);
+                continue;
+            }
             let key = op.key().clone();
             let current = match written.get(&key) {
                 Some(v) => v.clone(),
@@ -601,6 +606,7 @@ impl SledStore {
             };
             let precondition = match &op {
                 Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
+                Op::Guard { .. } => Precondition::None,
             };
             check(&key, precondition, current.as_ref())?;
             revision += 1;
@@ -625,6 +631,7 @@ impl SledStore {
                     let previous = current.map(|c| c.value);
                     events.push(StoreEvent::new(event_type, object, previous));
                 }
+                Op::Guard { .. } => {}
                 Op::Delete { .. } => {
                     let Some(prev) = current else {
                         return Err(StoreError::PreconditionFailed {

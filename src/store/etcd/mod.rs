@@ -347,22 +347,27 @@ impl Store for EtcdStore {
         let mut writes = Vec::with_capacity(ops.len());
         let mut reads = Vec::with_capacity(ops.len());
         for op in &ops {
-            let (key, precondition) = match op {
-                Op::Put {
-                    key, precondition, ..
+            let key = inner.etcd_key(op.key());
+            match op {
+                Op::Put { precondition, .. } | Op::Delete { precondition, .. } => {
+                    match precondition {
+                        Precondition::Absent => {
+                            compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, 0))
+                        }
+                        Precondition::Revision(r) => compares.push(Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            *r as i64,
+                        )),
+                        Precondition::None => {}
+                    }
                 }
-                | Op::Delete { key, precondition } => (inner.etcd_key(key), *precondition),
-            };
-            match precondition {
-                Precondition::Absent => {
-                    compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, 0))
-                }
-                Precondition::Revision(r) => compares.push(Compare::mod_revision(
+                // Not bumped since `at_most` (a key never written compares as revision 0).
+                Op::Guard { at_most, .. } => compares.push(Compare::mod_revision(
                     key.clone(),
-                    CompareOp::Equal,
-                    r as i64,
+                    CompareOp::Less,
+                    *at_most as i64 + 1,
                 )),
-                Precondition::None => {}
             }
             if let Op::Delete { .. } = op {
                 // Deleting what is not there is a failed precondition, as on sled.
@@ -370,6 +375,7 @@ impl Store for EtcdStore {
             }
             writes.push(match op {
                 Op::Put { value, .. } => TxnOp::put(key.clone(), value.to_vec(), None),
+                Op::Guard { .. } => TxnOp::put(key.clone(), Vec::new(), None),
                 Op::Delete { .. } => TxnOp::delete(key.clone(), None),
             });
             reads.push(TxnOp::get(key, None));
@@ -391,20 +397,19 @@ impl Store for EtcdStore {
                 continue;
             };
             let actual = got.kvs().first().map(|kv| kv.mod_revision() as Revision);
-            let (key, expected) = match op {
-                Op::Put {
-                    key, precondition, ..
+            let (holds, expected) = match op {
+                Op::Put { precondition, .. } => (precondition.holds(actual), *precondition),
+                Op::Delete { precondition, .. } => {
+                    (actual.is_some() && precondition.holds(actual), *precondition)
                 }
-                | Op::Delete { key, precondition } => (key, *precondition),
+                Op::Guard { at_most, .. } => (
+                    actual.is_none_or(|a| a <= *at_most),
+                    Precondition::Revision(*at_most),
+                ),
             };
-            let holds = match expected {
-                Precondition::None => true,
-                Precondition::Absent => actual.is_none(),
-                Precondition::Revision(r) => actual == Some(r),
-            } && (matches!(op, Op::Put { .. }) || actual.is_some());
             if !holds {
                 return Err(StoreError::PreconditionFailed {
-                    key: key.clone(),
+                    key: op.key().clone(),
                     expected,
                     actual,
                 });
@@ -443,6 +448,10 @@ impl Store for EtcdStore {
         None
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn ready(&self) -> Result<(), String> {
         match lock(&self.inner.trouble).as_ref() {
             Some(why) => Err(why.clone()),
@@ -456,4 +465,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,0 +1,290 @@
+//! Keeping the in-memory indexes in step with the store: built from a list at start; on a
+//! store other replicas write to, every change they make is replayed from the store's watch,
+//! the same way a local commit changes the indexes (as each kube-apiserver keeps its watch
+//! cache fed from etcd); a replica whose watch fell behind compaction lists again and
+//! rebuilds, holding the writer lock so nothing is decided from the stale indexes meanwhile.
+use super::generic::Inner;
+use super::kind::Kind;
+use super::state::{decode_for_index, new_pool, IndexEntry, PoolEntry, Root, State};
+use crate::api::IPPrefix;
+use crate::store::{EventType, KeyRange, Revision, Store, StoreError, StoreEvent};
+use futures::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Every index, rebuilt from the stored IPPrefixes, and the revision they were listed at.
+pub(super) async fn load_indexes(store: &dyn Store) -> Result<(State, Revision), StoreError> {
+    let started = std::time::Instant::now();
+    let range = KeyRange {
+        resource: "ipprefixes",
+        namespace: None,
+    };
+    // Decoded while scanning, on a second thread (scanning and decoding each take about
+    // half of a restart), keeping no more stored bytes than the batches in flight: with
+    // 10^6 prefixes the values alone would be most of the process's memory at start.
+    const BATCH: usize = 4096;
+    let (batches, received) = std::sync::mpsc::sync_channel::<Vec<bytes::Bytes>>(4);
+    let decoder = std::thread::Builder::new()
+        .name("index-decoder".into())
+        .spawn(move || {
+            let mut prefixes = Vec::new();
+            for batch in received {
+                for value in batch {
+                    prefixes.push(decode_for_index(&value)?);
+                }
+            }
+            Ok::<_, String>(prefixes)
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start index decoder: {e}")))?;
+    let mut batch = Vec::with_capacity(BATCH);
+    let scanned = store
+        .list(&range, None, None, &mut |v| {
+            batch.push(v.value.clone());
+            if batch.len() == BATCH {
+                // A send fails only when the decoder stopped at a damaged value; its error
+                // is reported below.
+                let _ = batches.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            }
+            false
+        })
+        .await;
+    let _ = batches.send(batch);
+    drop(batches);
+    let decoded = decoder
+        .join()
+        .map_err(|_| StoreError::Corrupt("the index decoder panicked".into()))?;
+    let revision = scanned?.revision;
+    let prefixes = decoded.map_err(StoreError::Corrupt)?;
+    let count = prefixes.len();
+    let state = State::rebuild(prefixes).map_err(StoreError::Corrupt)?;
+    tracing::info!(
+        prefixes = count,
+        revision,
+        elapsed = ?started.elapsed(),
+        "registry loaded"
+    );
+    Ok((state, revision))
+}
+
+/// Replay the store's changes after `after` into the indexes, for as long as the registry
+/// lives. Only changes other processes made are applied: this process's own commits changed
+/// the indexes when they were made (`Guards::is_own`).
+pub(super) async fn follow(registry: Weak<Inner>, mut after: Revision) {
+    loop {
+        let Some(inner) = registry.upgrade() else {
+            return;
+        };
+        let mut events = match inner.store.watch(after) {
+            Ok(events) => events,
+            Err(StoreError::Expired { .. }) => {
+                after = reload(&inner).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the store; retrying");
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        drop(inner);
+        loop {
+            let Some(first) = events.next().await else {
+                return; // the store shut down
+            };
+            let Some(inner) = registry.upgrade() else {
+                return;
+            };
+            // The events of one store commit are published together: take every ready one,
+            // so no commit is applied in part.
+            let mut batch = vec![first];
+            while let Some(Some(next)) = events.next().now_or_never() {
+                batch.push(next);
+            }
+            if apply(&inner, batch).await.is_err() {
+                after = reload(&inner).await;
+                break;
+            }
+        }
+    }
+}
+
+/// Apply a batch of events; `Err` when the indexes must be rebuilt (the watch expired, or a
+/// change could not be indexed: advancing past it would let a guard pass on a stale index).
+async fn apply(inner: &Inner, batch: Vec<Result<Arc<StoreEvent>, StoreError>>) -> Result<(), ()> {
+    let mut state = inner.state.lock().await;
+    let mut newest = None;
+    for event in batch {
+        let event = match event {
+            Ok(event) => event,
+            Err(StoreError::Expired { .. }) => return Err(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "store watch failed");
+                return Err(());
+            }
+        };
+        let revision = event.object.revision;
+        newest = Some(revision);
+        if state.guards.is_own(revision) || event.object.key.resource != <IPPrefix as Kind>::RESOURCE {
+            continue;
+        }
+        let entry = |bytes: &[u8]| match decode_for_index(bytes) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::error!(key = ?event.object.key, error = %e, "cannot index a stored ipprefix");
+                None
+            }
+        };
+        let (old, new) = match event.event_type {
+            EventType::Added => (None, entry(&event.object.value)),
+            EventType::Modified => (
+                event.previous.as_deref().and_then(entry),
+                entry(&event.object.value),
+            ),
+            EventType::Deleted => (entry(&event.object.value), None),
+        };
+        if observe(&mut state, &*inner.store, old, new).await.is_err() {
+            return Err(());
+        }
+    }
+    if let Some(revision) = newest {
+        state.guards.advance(revision);
+    }
+    Ok(())
+}
+
+/// Rebuild every index from a fresh list, under the writer lock. Returns the list's revision.
+async fn reload(inner: &Inner) -> Revision {
+    let mut state = inner.state.lock().await;
+    loop {
+        match load_indexes(&*inner.store).await {
+            Ok((fresh, revision)) => {
+                tracing::warn!(revision, "the store's watch expired: indexes rebuilt from a new list");
+                state.replace_indexes(fresh, revision);
+                return revision;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot rebuild the indexes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Change the indexes as an IPPrefix changed from `old` to `new` (either absent: created,
+/// deleted) by another process. `Err` when the store could not be read for it.
+pub(super) async fn observe(
+    state: &mut State,
+    store: &dyn Store,
+    old: Option<IndexEntry>,
+    new: Option<IndexEntry>,
+) -> Result<(), StoreError> {
+    if let Some(name) = new.as_ref().or(old.as_ref()).map(|e| e.name.clone()) {
+        state.parents.remove(&name);
+    }
+    if let Some(old) = &old {
+        forget(state, old, new.as_ref());
+    }
+    match &new {
+        Some(new) => record(state, store, new).await,
+        None => Ok(()),
+    }
+}
+
+fn forget(state: &mut State, old: &IndexEntry, new: Option<&IndexEntry>) {
+    let same_block = new.is_some_and(|n| n.parent == old.parent && n.net == old.net);
+    match &old.parent {
+        Some(parent) if !same_block => {
+            if let Some(entry) = state.pool_entry_mut(parent) {
+                if entry.holders.get(&old.net) == Some(&old.name) {
+                    let _ = entry.pool.release(old.net);
+                    entry.holders.remove(&old.net);
+                }
+            }
+            state.mark_status_stale(parent);
+        }
+        Some(_) => {}
+        None => {
+            if !same_block {
+                state.roots.remove(&old.name);
+            }
+        }
+    }
+    if let Some(claim) = &old.released_for {
+        if state.released.get(claim) == Some(&old.name) {
+            state.released.remove(claim);
+        }
+    }
+    state.expiries.remove(&old.name);
+    state.set_bound(&old.name, true);
+    if new.is_none() {
+        state.drop_pool(&old.name);
+        state.expiries.waiting.remove(&old.name);
+    }
+}
+
+async fn record(state: &mut State, store: &dyn Store, new: &IndexEntry) -> Result<(), StoreError> {
+    match &new.parent {
+        Some(parent) => {
+            if state.pool(parent).is_none() {
+                let Some(pool) = read_pool(store, parent).await? else {
+                    return Ok(());
+                };
+                state.insert_pool(parent.clone(), pool);
+            }
+            if let Some(entry) = state.pool_entry_mut(parent) {
+                if entry.holders.get(&new.net) != Some(&new.name) {
+                    match entry.pool.allocate_exact(new.net) {
+                        Ok(()) => {
+                            entry.holders.insert(new.net, new.name.clone());
+                        }
+                        // Another replica's guard passed, so this cannot be: say so loudly.
+                        Err(e) => tracing::error!(
+                            prefix = %new.net, parent, name = new.name, error = %e,
+                            "a stored child does not fit this replica's index of its parent"
+                        ),
+                    }
+                }
+            }
+            state.mark_status_stale(parent);
+            if !new.bound {
+                state.set_bound(&new.name, false);
+            }
+        }
+        None => state.roots.insert(
+            new.name.clone(),
+            Root {
+                net: new.net,
+                space: new.address_space.clone(),
+            },
+        ),
+    }
+    if let Some(claim) = &new.released_for {
+        state.released.insert(claim.clone(), new.name.clone());
+    }
+    if let Some(at) = new.retained_until {
+        state.expiries.insert(&new.name, at);
+    }
+    if let Some(entry) = state.pool_entry_mut(&new.name) {
+        let _ = entry.pool.set_exclusions(&new.exclude);
+        let _ = entry.pool.set_reserve(new.reserve);
+    }
+    Ok(())
+}
+
+/// The pool of `parent` with no children yet, from its stored spec; `None` when it is gone
+/// (it can only go once its children have: a later event deletes this one too).
+async fn read_pool(store: &dyn Store, parent: &str) -> Result<Option<PoolEntry>, StoreError> {
+    let key = crate::store::ObjectKey::new(<IPPrefix as Kind>::RESOURCE, "", parent);
+    let Some(stored) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let damaged = |e: String| StoreError::Corrupt(format!("ipprefix {parent:?}: {e}"));
+    let prefix: IPPrefix = serde_json::from_slice(&stored.value).map_err(|e| damaged(e.to_string()))?;
+    let pool = new_pool(&prefix).map_err(|e| damaged(e.to_string()))?;
+    Ok(Some(PoolEntry {
+        pool,
+        holders: HashMap::new(),
+    }))
+}
