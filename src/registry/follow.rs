@@ -126,7 +126,9 @@ async fn apply(inner: &Inner, batch: Vec<Result<Arc<StoreEvent>, StoreError>>) -
         };
         let revision = event.object.revision;
         newest = Some(revision);
-        if state.guards.is_own(revision) || event.object.key.resource != <IPPrefix as Kind>::RESOURCE {
+        if state.guards.is_own(revision)
+            || event.object.key.resource != <IPPrefix as Kind>::RESOURCE
+        {
             continue;
         }
         let entry = |bytes: &[u8]| match decode_for_index(bytes) {
@@ -160,7 +162,10 @@ async fn reload(inner: &Inner) -> Revision {
     loop {
         match load_indexes(&*inner.store).await {
             Ok((fresh, revision)) => {
-                tracing::warn!(revision, "the store's watch expired: indexes rebuilt from a new list");
+                tracing::warn!(
+                    revision,
+                    "the store's watch expired: indexes rebuilt from a new list"
+                );
                 state.replace_indexes(fresh, revision);
                 return revision;
             }
@@ -281,7 +286,8 @@ async fn read_pool(store: &dyn Store, parent: &str) -> Result<Option<PoolEntry>,
         return Ok(None);
     };
     let damaged = |e: String| StoreError::Corrupt(format!("ipprefix {parent:?}: {e}"));
-    let prefix: IPPrefix = serde_json::from_slice(&stored.value).map_err(|e| damaged(e.to_string()))?;
+    let prefix: IPPrefix =
+        serde_json::from_slice(&stored.value).map_err(|e| damaged(e.to_string()))?;
     let pool = new_pool(&prefix).map_err(|e| damaged(e.to_string()))?;
     Ok(Some(PoolEntry {
         pool,

@@ -210,7 +210,12 @@ impl Registry {
     /// Wait until the indexes include every change up to `revision` (see `follow.rs`).
     async fn caught_up(&self, revision: Revision) -> ApiResult<()> {
         let mut progress = self.inner.progress.clone();
-        let wait = async move { progress.wait_for(|applied| *applied >= revision).await.is_ok() };
+        let wait = async move {
+            progress
+                .wait_for(|applied| *applied >= revision)
+                .await
+                .is_ok()
+        };
         match tokio::time::timeout(crate::store::etcd::REQUEST_TIMEOUT, wait).await {
             Ok(true) => Ok(()),
             _ => Err(ApiError::ServiceUnavailable(format!(
@@ -375,7 +380,13 @@ impl Registry {
             return (self.create_once(namespace, obj, dry_run, allowed_parents, manager)).await;
         }
         self.retry_behind(|| {
-            self.create_once(namespace, obj.clone(), dry_run, allowed_parents.clone(), manager)
+            self.create_once(
+                namespace,
+                obj.clone(),
+                dry_run,
+                allowed_parents.clone(),
+                manager,
+            )
         })
         .await
     }

@@ -43,11 +43,7 @@ impl Guards {
     /// The revision a commit deciding from the indexes now may claim for `guard`: nothing
     /// changed what it stands for after it, as far as this process knows.
     pub fn at_most(&self, guard: &ObjectKey) -> Revision {
-        self.own
-            .get(guard)
-            .copied()
-            .unwrap_or(0)
-            .max(self.applied)
+        self.own.get(guard).copied().unwrap_or(0).max(self.applied)
     }
 
     /// A commit of this process applied at `revision`, bumping `guards`.

@@ -40,6 +40,6 @@ pub use status::{ignored_status_writes, STATUS_BATCH_PERIOD};
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod replica_tests;
+#[cfg(test)]
+mod tests;

@@ -35,9 +35,13 @@ async fn replicas_racing_for_one_parent_never_hand_out_a_block_twice() {
         return;
     };
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
-    a.create("", IPPrefix::root("lan", "fd20::/120".parse().unwrap()), false)
-        .await
-        .unwrap();
+    a.create(
+        "",
+        IPPrefix::root("lan", "fd20::/120".parse().unwrap()),
+        false,
+    )
+    .await
+    .unwrap();
     // 400 claims for 256 addresses, half through each replica, all at once.
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..400 {
@@ -75,11 +79,17 @@ async fn a_block_freed_through_one_replica_is_allocated_by_another() {
         return;
     };
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
-    a.create("", IPPrefix::root("tiny", "fd20::/127".parse().unwrap()), false)
-        .await
-        .unwrap();
+    a.create(
+        "",
+        IPPrefix::root("tiny", "fd20::/127".parse().unwrap()),
+        false,
+    )
+    .await
+    .unwrap();
     for name in ["one", "two"] {
-        a.create("p", claim(name, "tiny", 128), false).await.unwrap();
+        a.create("p", claim(name, "tiny", 128), false)
+            .await
+            .unwrap();
     }
     // b learned of both from a's writes: the parent is full there too.
     let full = b.create("p", claim("three", "tiny", 128), false).await;
@@ -88,7 +98,10 @@ async fn a_block_freed_through_one_replica_is_allocated_by_another() {
         .await
         .unwrap();
     // a follows b's delete: the freed address is a's to give again.
-    let again = a.create("p", claim("four", "tiny", 128), false).await.unwrap();
+    let again = a
+        .create("p", claim("four", "tiny", 128), false)
+        .await
+        .unwrap();
     assert_eq!(again.status.unwrap().prefix.as_deref(), Some("fd20::/128"));
 }
 
@@ -99,14 +112,23 @@ async fn replicas_racing_to_create_overlapping_roots_create_one() {
     };
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
     for round in 0..20 {
-        let wide = IPPrefix::root(&format!("wide-{round}"), format!("fd{round:02x}::/48").parse().unwrap());
-        let narrow = IPPrefix::root(&format!("narrow-{round}"), format!("fd{round:02x}::/64").parse().unwrap());
+        let wide = IPPrefix::root(
+            &format!("wide-{round}"),
+            format!("fd{round:02x}::/48").parse().unwrap(),
+        );
+        let narrow = IPPrefix::root(
+            &format!("narrow-{round}"),
+            format!("fd{round:02x}::/64").parse().unwrap(),
+        );
         let (x, y) = tokio::join!(a.create("", wide, false), b.create("", narrow, false));
         assert!(
             x.is_ok() != y.is_ok(),
             "round {round}: exactly one of two overlapping roots is created: {x:?} / {y:?}"
         );
         let loser = x.err().or(y.err()).unwrap();
-        assert!(loser.to_string().contains("overlaps root ipprefix"), "{loser}");
+        assert!(
+            loser.to_string().contains("overlaps root ipprefix"),
+            "{loser}"
+        );
     }
 }

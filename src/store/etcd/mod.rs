@@ -399,9 +399,10 @@ impl Store for EtcdStore {
             let actual = got.kvs().first().map(|kv| kv.mod_revision() as Revision);
             let (holds, expected) = match op {
                 Op::Put { precondition, .. } => (precondition.holds(actual), *precondition),
-                Op::Delete { precondition, .. } => {
-                    (actual.is_some() && precondition.holds(actual), *precondition)
-                }
+                Op::Delete { precondition, .. } => (
+                    actual.is_some() && precondition.holds(actual),
+                    *precondition,
+                ),
                 Op::Guard { at_most, .. } => (
                     actual.is_none_or(|a| a <= *at_most),
                     Precondition::Revision(*at_most),
