@@ -171,7 +171,7 @@ impl Metrics {
         );
         registry.register(
             "store_commit_batch_size",
-            "Commits made durable by one group-commit fsync",
+            "Commits made durable together: by one fsync on sled, by one transaction on etcd",
             commit_batch.clone(),
         );
         registry.register(

@@ -114,6 +114,8 @@ pub(super) async fn follow(registry: Weak<Inner>, mut after: Revision) {
 /// change could not be indexed: advancing past it would let a guard pass on a stale index).
 async fn apply(inner: &Inner, batch: Vec<Result<Arc<StoreEvent>, StoreError>>) -> Result<(), ()> {
     let mut state = inner.state.lock().await;
+    // Another replica's change may overlap what the open group holds: settle the group first.
+    super::group::commit(&mut state, &*inner.store).await;
     let mut newest = None;
     for event in batch {
         let event = match event {
@@ -159,6 +161,7 @@ async fn apply(inner: &Inner, batch: Vec<Result<Arc<StoreEvent>, StoreError>>) -
 /// Rebuild every index from a fresh list, under the writer lock. Returns the list's revision.
 async fn reload(inner: &Inner) -> Revision {
     let mut state = inner.state.lock().await;
+    super::group::commit(&mut state, &*inner.store).await;
     loop {
         match load_indexes(&*inner.store).await {
             Ok((fresh, revision)) => {

@@ -184,6 +184,29 @@ impl Registry {
         }
     }
 
+    /// Wait for a write to be durable and stamp its resourceVersion into `obj`.
+    async fn finish<K: Kind>(
+        &self,
+        mut obj: K,
+        namespace: &str,
+        name: &str,
+        mut commit: super::txn::TxnCommit,
+    ) -> ApiResult<K> {
+        if commit.awaits_group() {
+            // Back in the queue for the lock: whoever queued meanwhile joined the group, and
+            // the first member back commits it (see `group.rs`).
+            let mut state = self.lock().await;
+            if commit.awaits_group() {
+                super::group::commit(&mut state, &*self.inner.store).await;
+            }
+        }
+        commit.wait_durable().await?;
+        if let Some(rv) = commit.revisions.get(&Txn::key::<K>(namespace, name)) {
+            obj.meta_mut().resource_version = Some(rv.to_string());
+        }
+        Ok(obj)
+    }
+
     /// Run a write, and again while it fails because another replica changed an index it
     /// decided from (a failed guard, `ApiError::IndexBehind`), each time once this replica's
     /// indexes include that change: as kube-apiserver's GuaranteedUpdate retries a conflict
@@ -464,7 +487,7 @@ impl Registry {
                 Err(e) => return Err(self.already_exists_or::<K>(namespace, &name, e).await),
             }
         };
-        finish(obj, namespace, &name, commit).await
+        self.finish(obj, namespace, &name, commit).await
     }
 
     /// `e`, or AlreadyExists if the object's name is taken: what a failed create answers.
@@ -612,7 +635,7 @@ impl Registry {
             }
         };
         let (obj, commit) = commit;
-        finish(obj, namespace, name, commit).await
+        self.finish(obj, namespace, name, commit).await
     }
 
     /// Delete: honours preconditions and finalizers; returns the object and whether it is gone.
@@ -798,19 +821,6 @@ async fn remove_or_keep<K: Kind>(
 }
 
 /// Wait for durability and stamp the object's new resourceVersion.
-async fn finish<K: Kind>(
-    mut obj: K,
-    namespace: &str,
-    name: &str,
-    mut commit: super::txn::TxnCommit,
-) -> ApiResult<K> {
-    commit.wait_durable().await?;
-    if let Some(rv) = commit.revisions.get(&Txn::key::<K>(namespace, name)) {
-        obj.meta_mut().resource_version = Some(rv.to_string());
-    }
-    Ok(obj)
-}
-
 fn modified_conflict<K: Kind>(name: &str) -> ApiError {
     ApiError::conflict(
         K::RESOURCE,

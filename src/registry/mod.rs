@@ -6,6 +6,7 @@ mod claim;
 pub mod codec;
 mod follow;
 mod generic;
+mod group;
 mod guards;
 pub mod kind;
 mod list;

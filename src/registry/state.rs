@@ -41,6 +41,8 @@ pub struct State {
     pub expiries: Expiries,
     /// How current these indexes are, for the guards of each commit on a shared store.
     pub guards: super::guards::Guards,
+    /// Creates waiting to be committed together, on a shared store (see `group.rs`).
+    pub group: super::group::Group,
 }
 
 /// A root IPPrefix: its block and its address space (`None` = the shared one).
@@ -318,6 +320,7 @@ impl State {
         fresh.expiries.changed = self.expiries.changed.clone();
         fresh.guards = std::mem::take(&mut self.guards);
         fresh.guards.reset(revision);
+        fresh.group = std::mem::take(&mut self.group);
         *self = fresh;
         self.status_stale.notify_one();
         self.expiries.changed.notify_one();

@@ -17,8 +17,8 @@ pub struct Stored<K> {
 }
 
 // `Sync` as well: a transaction is borrowed across the store's awaits.
-type Undo = Box<dyn FnOnce(&mut State) + Send + Sync>;
-type Taken = Box<dyn FnOnce() -> ApiError + Send + Sync>;
+pub(super) type Undo = Box<dyn FnOnce(&mut State) + Send + Sync>;
+pub(super) type Taken = Box<dyn FnOnce() -> ApiError + Send + Sync>;
 
 pub struct Txn<'a> {
     store: &'a dyn Store,
@@ -47,12 +47,44 @@ pub struct Txn<'a> {
 pub struct TxnCommit {
     pub revisions: HashMap<ObjectKey, Revision>,
     pub committed: Option<Committed>,
+    /// A create that joined the open group (see `group.rs`): its keys, and its answer once the
+    /// group is committed.
+    grouped: Option<(
+        Vec<ObjectKey>,
+        tokio::sync::oneshot::Receiver<ApiResult<Revision>>,
+    )>,
 }
 
 impl TxnCommit {
+    /// Whether this is a create in a group nobody has committed yet.
+    pub fn awaits_group(&mut self) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let Some((keys, answer)) = self.grouped.as_mut() else {
+            return false;
+        };
+        match answer.try_recv() {
+            Err(TryRecvError::Empty) => true,
+            Err(TryRecvError::Closed) => false,
+            Ok(done) => {
+                let keys = std::mem::take(keys);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(done);
+                self.grouped = Some((keys, rx));
+                false
+            }
+        }
+    }
+
     /// Wait until the commit is on disk (a dry run has nothing to wait for), recording how
     /// long in `ipam_store_durable_wait_seconds`.
     pub async fn wait_durable(&mut self) -> ApiResult<()> {
+        if let Some((keys, answer)) = self.grouped.take() {
+            let revision = answer.await.map_err(|_| {
+                ApiError::Internal("a commit group ended without an answer".into())
+            })??;
+            self.revisions = keys.into_iter().map(|k| (k, revision)).collect();
+            return Ok(());
+        }
         let Some(committed) = self.committed.take() else {
             return Ok(());
         };
@@ -290,7 +322,24 @@ impl<'a> Txn<'a> {
             return Ok(TxnCommit {
                 revisions: HashMap::new(),
                 committed: None,
+                grouped: None,
             });
+        }
+        if self.store.shared() {
+            let creates_only = self.ops.iter().all(|op| {
+                matches!(
+                    op,
+                    Op::Put {
+                        precondition: Precondition::Absent,
+                        ..
+                    }
+                )
+            });
+            if creates_only {
+                return Ok(self.join_group().await);
+            }
+            // What this commit read must not miss what the group writes.
+            super::group::commit(self.state, self.store).await;
         }
         let mut ops = std::mem::take(&mut self.ops);
         let keys: Vec<ObjectKey> = ops.iter().map(|o| o.key().clone()).collect();
@@ -330,7 +379,39 @@ impl<'a> Txn<'a> {
         Ok(TxnCommit {
             revisions,
             committed: Some(committed),
+            grouped: None,
         })
+    }
+
+    /// Join the open commit group (see `group.rs`), committing it first if this one does not
+    /// fit. The index changes stay; the group undoes them if this create fails.
+    async fn join_group(mut self) -> TxnCommit {
+        let ops = std::mem::take(&mut self.ops);
+        let keys = ops.iter().map(|op| op.key().clone()).collect();
+        let guards = self
+            .guards
+            .iter()
+            .map(|g| (g.clone(), self.state.guards.at_most(g)))
+            .collect();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let member = super::group::Member {
+            ops,
+            guards,
+            undo: std::mem::take(&mut self.undo),
+            if_taken: std::mem::take(&mut self.if_taken),
+            allocations: self.allocations,
+            reply,
+        };
+        if !self.state.group.admits(&member) {
+            super::group::commit(self.state, self.store).await;
+        }
+        self.state.group.join(member);
+        self.applied = true;
+        TxnCommit {
+            revisions: HashMap::new(),
+            committed: None,
+            grouped: Some((keys, answer)),
+        }
     }
 
     fn rollback(&mut self) {
