@@ -46,6 +46,11 @@ enum Mode {
     /// `--watchers` watches on all claims while `--clients` create; checks every watcher saw
     /// every ADDED event in resourceVersion order.
     Watch,
+    /// ConfigMap creates through kube-apiserver (`--server` its URL, `--data-dir` a folder
+    /// whose `pki/` holds its CA and an admin client certificate, as envtest's
+    /// `start-cluster.sh` makes; `--namespace` must exist): the yardstick for claim creates on
+    /// the same etcd.
+    Configmap,
 }
 
 #[derive(Parser, Debug)]
@@ -110,8 +115,12 @@ fn main() -> Result<(), Error> {
 
 async fn run(args: Args) -> Result<(), Error> {
     let targets = Target::load_all(&args)?;
-    let parents = parent_blocks(&args)?;
-    for target in &targets {
+    let parents = if args.mode == Mode::Configmap {
+        vec![("-".to_string(), String::new())]
+    } else {
+        parent_blocks(&args)?
+    };
+    for target in targets.iter().filter(|_| args.mode != Mode::Configmap) {
         let mut conn = target.connect().await?;
         for (name, cidr) in &parents {
             ensure_parent(&mut conn, name, cidr).await?;
@@ -410,6 +419,16 @@ async fn client(mut conn: Conn, ctx: ClientCtx) -> Result<(), Error> {
                 .request("GET", &format!("{base}?limit={}", ctx.page), None)
                 .await;
             (r, 200)
+        } else if ctx.mode == Mode::Configmap {
+            let name = format!("l{}-{}-{seq}", ctx.run_id, ctx.id);
+            let body = format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"prefix":"{parent}"}}}}"#
+            );
+            let path = format!("/api/v1/namespaces/{}/configmaps", ctx.ns);
+            (
+                conn.request("POST", &path, Some(body.as_bytes())).await,
+                201,
+            )
         } else if delete {
             let name = live.pop_front().unwrap_or_default();
             (

@@ -70,6 +70,11 @@ pub(super) async fn load_indexes(store: &dyn Store) -> Result<(State, Revision),
 /// Replay the store's changes after `after` into the indexes, for as long as the registry
 /// lives. Only changes other processes made are applied: this process's own commits changed
 /// the indexes when they were made (`Guards::is_own`).
+///
+/// The events go through a queue that whoever takes the writer lock next applies first
+/// ([`catch_up`], called by `Registry::lock`), not only this task: the lock is fair, and this
+/// task waiting behind every queued request would let the index lag, and the guards fail,
+/// for the length of that queue.
 pub(super) async fn follow(registry: Weak<Inner>, mut after: Revision) {
     loop {
         let Some(inner) = registry.upgrade() else {
@@ -78,7 +83,8 @@ pub(super) async fn follow(registry: Weak<Inner>, mut after: Revision) {
         let mut events = match inner.store.watch(after) {
             Ok(events) => events,
             Err(StoreError::Expired { .. }) => {
-                after = reload(&inner).await;
+                let mut state = inner.state.lock().await;
+                after = reload(&inner, &mut state).await;
                 continue;
             }
             Err(e) => {
@@ -102,31 +108,51 @@ pub(super) async fn follow(registry: Weak<Inner>, mut after: Revision) {
             while let Some(Some(next)) = events.next().now_or_never() {
                 batch.push(next);
             }
-            if apply(&inner, batch).await.is_err() {
-                after = reload(&inner).await;
-                break;
+            let ended = batch.iter().any(Result::is_err);
+            let batch: Vec<_> = batch.into_iter().filter_map(Result::ok).collect();
+            lock(&inner.remote).push_back(batch);
+            let mut state = inner.state.lock().await;
+            let failed = catch_up(&inner, &mut state).await.is_err();
+            if ended || failed {
+                // Expired by a compaction (or a change that could not be indexed): list again.
+                after = reload(&inner, &mut state).await;
+                if ended {
+                    break;
+                }
             }
         }
     }
 }
 
-/// Apply a batch of events; `Err` when the indexes must be rebuilt (the watch expired, or a
-/// change could not be indexed: advancing past it would let a guard pass on a stale index).
-async fn apply(inner: &Inner, batch: Vec<Result<Arc<StoreEvent>, StoreError>>) -> Result<(), ()> {
-    let mut state = inner.state.lock().await;
-    // Another replica's change may overlap what the open group holds: settle the group first.
-    super::group::commit(&mut state, &*inner.store).await;
+/// Apply the queued changes of other processes to `state` (the caller holds the writer lock).
+/// `Err` when the indexes must be rebuilt: a change could not be indexed, and advancing past
+/// it would let a guard pass on a stale index.
+pub(super) async fn catch_up(inner: &Inner, state: &mut State) -> Result<(), ()> {
+    loop {
+        let Some(batch) = lock(&inner.remote).pop_front() else {
+            return Ok(());
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        // Another replica's change may overlap what the open group holds: settle it first.
+        super::group::commit(state, &*inner.store).await;
+        apply(state, &*inner.store, batch).await?;
+    }
+}
+
+async fn apply(
+    state: &mut State,
+    store: &dyn Store,
+    batch: Vec<Arc<StoreEvent>>,
+) -> Result<(), ()> {
     let mut newest = None;
     for event in batch {
-        let event = match event {
-            Ok(event) => event,
-            Err(StoreError::Expired { .. }) => return Err(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "store watch failed");
-                return Err(());
-            }
-        };
         let revision = event.object.revision;
+        // Already in the indexes: a rebuild listed past it.
+        if revision <= state.guards.applied() {
+            continue;
+        }
         newest = Some(revision);
         if state.guards.is_own(revision)
             || event.object.key.resource != <IPPrefix as Kind>::RESOURCE
@@ -148,7 +174,7 @@ async fn apply(inner: &Inner, batch: Vec<Result<Arc<StoreEvent>, StoreError>>) -
             ),
             EventType::Deleted => (entry(&event.object.value), None),
         };
-        if observe(&mut state, &*inner.store, old, new).await.is_err() {
+        if observe(state, store, old, new).await.is_err() {
             return Err(());
         }
     }
@@ -158,17 +184,14 @@ async fn apply(inner: &Inner, batch: Vec<Result<Arc<StoreEvent>, StoreError>>) -
     Ok(())
 }
 
-/// Rebuild every index from a fresh list, under the writer lock. Returns the list's revision.
-async fn reload(inner: &Inner) -> Revision {
-    let mut state = inner.state.lock().await;
-    super::group::commit(&mut state, &*inner.store).await;
+/// Rebuild every index from a fresh list, the caller holding the writer lock, so nothing is
+/// decided from the stale ones meanwhile. Returns the list's revision.
+pub(super) async fn reload(inner: &Inner, state: &mut State) -> Revision {
+    super::group::commit(state, &*inner.store).await;
     loop {
         match load_indexes(&*inner.store).await {
             Ok((fresh, revision)) => {
-                tracing::warn!(
-                    revision,
-                    "the store's watch expired: indexes rebuilt from a new list"
-                );
+                tracing::warn!(revision, "indexes rebuilt from a new list of the store");
                 state.replace_indexes(fresh, revision);
                 return revision;
             }
@@ -178,6 +201,10 @@ async fn reload(inner: &Inner) -> Revision {
             }
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Change the indexes as an IPPrefix changed from `old` to `new` (either absent: created,

@@ -33,6 +33,9 @@ pub(super) struct Inner {
     pub(super) state: tokio::sync::Mutex<State>,
     /// How far the indexes have followed the store (`Guards::applied`).
     progress: tokio::sync::watch::Receiver<Revision>,
+    /// Other processes' changes waiting to be applied to the indexes (see `follow.rs`).
+    pub(super) remote:
+        std::sync::Mutex<std::collections::VecDeque<Vec<Arc<crate::store::StoreEvent>>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,7 @@ impl Registry {
                 store,
                 state: tokio::sync::Mutex::new(state),
                 progress,
+                remote: Default::default(),
             }),
         };
         registry.lock().await.guards.reset(revision);
@@ -252,7 +256,15 @@ impl Registry {
     /// encoding and TLS instead of putting the thread to sleep. A panic inside a transaction
     /// runs its undo log on unwind (Txn's Drop), so the state stays consistent.
     pub(super) async fn lock(&self) -> tokio::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().await
+        let mut state = self.inner.state.lock().await;
+        if self.inner.store.shared()
+            && super::follow::catch_up(&self.inner, &mut state)
+                .await
+                .is_err()
+        {
+            super::follow::reload(&self.inner, &mut state).await;
+        }
+        state
     }
 
     /// The writer lock, for a caller that will commit under it. From the moment it queues
