@@ -9,7 +9,7 @@ use ipam_apiserver::cluster::namespaces::NamespaceLifecycle;
 use ipam_apiserver::cluster::tls::ReloadingCert;
 use ipam_apiserver::cluster::Cluster;
 use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
-use ipam_apiserver::store::{EtcdStore, HistoryLimits, SledStore, Store};
+use ipam_apiserver::store::{EtcdStore, HistoryLimits, Leadership, SledStore, Store};
 use ipam_apiserver::{http, registry::Registry, server};
 use std::path::Path;
 use std::process::ExitCode;
@@ -84,10 +84,14 @@ async fn serve(config: Config) -> Result<(), Fatal> {
     // before touching the PKI, the kubeconfig or the cluster.
     let store = open_store(&config).await?;
     let registry = Registry::new(store.clone()).await?;
+    tokio::spawn(export_leadership(store.leadership()));
     // A previous run may have stopped between a change of children and the status write.
-    let updated = registry.write_stale_statuses().await?;
-    if updated > 0 {
-        tracing::info!(prefixes = updated, "IPPrefix status brought up to date");
+    // (On etcd no replica leads yet: the status writer does this once one does.)
+    if store.leadership().is_leader() {
+        let updated = registry.write_stale_statuses().await?;
+        if updated > 0 {
+            tracing::info!(prefixes = updated, "IPPrefix status brought up to date");
+        }
     }
     tokio::spawn(
         registry
@@ -112,12 +116,25 @@ async fn serve(config: Config) -> Result<(), Fatal> {
         let wait = move || writer.finish(std::time::Duration::from_secs(10));
         let _ = tokio::task::spawn_blocking(wait).await;
     }
-    // Requests are drained: store what the status writer has not yet.
-    if let Err(e) = registry.write_stale_statuses().await {
-        tracing::warn!(error = %e, "IPPrefix status not brought up to date before stopping");
+    // Requests are drained: store what the status writer has not yet (the leader's work).
+    if store.leadership().is_leader() {
+        if let Err(e) = registry.write_stale_statuses().await {
+            tracing::warn!(error = %e, "IPPrefix status not brought up to date before stopping");
+        }
     }
     store.flush()?;
     Ok(())
+}
+
+/// `ipam_leader` follows this replica's leadership.
+async fn export_leadership(mut leadership: Leadership) {
+    let gauge = &ipam_apiserver::metrics::global().leader;
+    loop {
+        leadership.acquired().await;
+        gauge.set(1);
+        leadership.lost().await;
+        gauge.set(0);
+    }
 }
 
 /// The store the flags choose: etcd with `--etcd-servers`, else sled in the data directory.

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub prefix_default_length: Family<PrefixLabels, Gauge>,
     /// IPPrefixes with children left out of the per-prefix series by the bound.
     pub prefix_series_omitted: Gauge,
+    /// 1 while this replica does the work done once across replicas (always, on sled).
+    pub leader: Gauge,
     prefix_series_limit: AtomicUsize,
 }
 
@@ -130,6 +132,7 @@ impl Metrics {
         let writer_lock_wait = stage_histogram();
         let durable_wait = stage_histogram();
         let events_dropped = Counter::default();
+        let leader = Gauge::default();
         let access_reviews = Counter::default();
         let audit_events = Counter::default();
         let audit_events_dropped = Counter::default();
@@ -193,6 +196,11 @@ impl Metrics {
             "store_durable_wait_seconds",
             "Time from a write's commit until the store made it durable (group-commit window, fsync, wake-up)",
             durable_wait.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads: it refreshes parent status, frees expired retention, writes Released events and compacts etcd",
+            leader.clone(),
         );
         registry.register(
             "events_dropped",
@@ -296,6 +304,7 @@ impl Metrics {
             prefix_children,
             prefix_default_length,
             prefix_series_omitted,
+            leader,
             prefix_series_limit: AtomicUsize::new(DEFAULT_PREFIX_SERIES),
         }
     }

@@ -172,6 +172,12 @@ pub struct ServeOptions {
     /// compaction to the operator.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub etcd_compaction_interval: std::time::Duration,
+
+    /// With --etcd-servers: the time to live of the leader's lease in etcd (at least 2s). One
+    /// replica at a time refreshes parent status, frees expired retention, writes Released
+    /// events and compacts; when it stops renewing its lease another takes over within this.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub leader_elect_lease_duration: std::time::Duration,
 }
 
 /// A byte count: a number, optionally with a binary suffix (`Ki`, `Mi`, `Gi`) as Kubernetes
@@ -467,6 +473,9 @@ impl ServeOptions {
                 ));
             }
         }
+        if self.leader_elect_lease_duration < std::time::Duration::from_secs(2) {
+            errs.push("--leader-elect-lease-duration must be at least 2s".to_string());
+        }
         if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
             errs.push("--etcd-certfile and --etcd-keyfile go together".to_string());
         }
@@ -488,6 +497,7 @@ impl ServeOptions {
                 events: self.watch_history,
                 bytes: self.watch_history_bytes,
             },
+            leader_lease: self.leader_elect_lease_duration,
         })
     }
 }

@@ -107,20 +107,23 @@ impl Cluster {
     /// (the `prefix-in-use` finalizer) or the removal of a user's finalizer; and the
     /// RetainedPrefixFreed event of every Released IPPrefix that goes (an admin's delete, or
     /// freed with the block of a claim above it). Driven by the store's durable event stream,
-    /// like a controller, so no delete path can skip it.
+    /// like a controller, so no delete path can skip it. Only the leading replica writes them
+    /// (every replica sees every deletion on etcd); those that happen while no replica leads
+    /// (a leader died and its lease has not yet ended) get no event: Events are best-effort.
     pub fn spawn_release_events(&self, registry: Registry) {
         follow_deletions::<IPPrefixClaim>(registry.clone(), self.events.clone(), record_released);
         follow_deletions::<IPPrefix>(registry, self.events.clone(), record_retained_freed);
     }
 }
 
-/// Call `on_deleted` for every object of kind `K` deleted from now on, for as long as the
-/// store runs.
+/// Call `on_deleted` for every object of kind `K` deleted from now on while this replica
+/// leads, for as long as the store runs.
 fn follow_deletions<K: crate::registry::Kind>(
     registry: Registry,
     events: EventRecorder,
     on_deleted: fn(&EventRecorder, &K),
 ) {
+    let leadership = registry.store().leadership();
     tokio::spawn(async move {
         loop {
             let opts = WatchOptions {
@@ -142,7 +145,9 @@ fn follow_deletions<K: crate::registry::Kind>(
                 match watch.next().await {
                     // The store closed: the server is shutting down.
                     None => return,
-                    Some(WatchEvent::Deleted(obj)) => on_deleted(&events, &obj),
+                    Some(WatchEvent::Deleted(obj)) if leadership.is_leader() => {
+                        on_deleted(&events, &obj)
+                    }
                     Some(WatchEvent::Error(e)) => {
                         // Fell behind the retained history: some events are lost (Events
                         // are best-effort); carry on from now.

@@ -16,17 +16,24 @@ use crate::store::Precondition;
 const BATCH: usize = 500;
 
 impl Registry {
-    /// Free Released IPPrefixes at their deadlines for as long as the runtime runs. Spawn it
-    /// once per process. (In a cluster the deletions become RetentionExpired events, from the
-    /// store's event stream like every other release.)
+    /// Free Released IPPrefixes at their deadlines for as long as the runtime runs, while this
+    /// replica leads (one replica frees them; each delete is conditional on the IPPrefix's
+    /// resourceVersion, so an ex-leader that has not noticed yet frees nothing twice). Spawn
+    /// it once per process. (In a cluster the deletions become RetentionExpired events, from
+    /// the store's event stream like every other release.)
     pub async fn run_retention(self) {
         let changed = self.lock().await.expiries.changed();
+        let mut leadership = self.store().leadership();
         loop {
+            leadership.acquired().await;
             let next = self.lock().await.expiries.next();
             let now = jiff::Timestamp::now();
             match next {
                 None => {
-                    changed.notified().await;
+                    tokio::select! {
+                        _ = changed.notified() => {}
+                        _ = leadership.lost() => {}
+                    }
                     continue;
                 }
                 Some(at) if at > now.as_second() => {
@@ -35,9 +42,11 @@ impl Registry {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = changed.notified() => {}
+                        _ = leadership.lost() => {}
                     }
                     continue;
                 }
+                Some(_) if !leadership.is_leader() => continue,
                 Some(_) => {}
             }
             match self.expire_due().await {
@@ -60,7 +69,10 @@ impl Registry {
         let now = jiff::Timestamp::now().as_second();
         let (expired, mut commit) = {
             let mut state = self.lock_to_commit().await;
-            let due = state.expiries.due(now, BATCH);
+            // An expiry deletes its IPPrefix and may settle the ones above it (a few keys
+            // more): a quarter of the store's limit per expiry leaves room for that.
+            let batch = BATCH.min(self.store().max_commit_ops() / 4);
+            let due = state.expiries.due(now, batch);
             if due.is_empty() {
                 return Ok(0);
             }

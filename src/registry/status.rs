@@ -43,6 +43,10 @@ pub fn fill_prefix_status(prefix: &mut IPPrefix, pool: &Pool) {
 /// more in a cluster, where kube-controller-manager decodes every event.
 pub const STATUS_BATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// IPPrefix statuses the status writer puts in one commit: within etcd's default limit of 128
+/// operations per transaction.
+pub const STATUS_WRITES_PER_COMMIT: usize = 100;
+
 /// Put `prefix` back with its derived status recomputed, when that changed it. Returns whether
 /// it wrote.
 pub fn store_current_status(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiResult<bool> {

@@ -6,10 +6,12 @@
 
 pub mod etcd;
 mod events;
+mod leadership;
 mod sled_store;
 
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use events::{EventType, HistoryLimits, SharedEncoding, StoreEvent};
+pub use leadership::Leadership;
 pub use sled_store::SledStore;
 
 use bytes::Bytes;
@@ -261,6 +263,18 @@ pub trait Store: Send + Sync + 'static {
     /// puts [`Op::Guard`]s in its commits; with a single writer neither is needed.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// The most ops one commit may hold (etcd limits a transaction's operations).
+    fn max_commit_ops(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Whether this process does the work that must happen once across every process sharing
+    /// the store (status refresh, retention expiry, Released events, compaction). A store no
+    /// other process shares always leads.
+    fn leadership(&self) -> Leadership {
+        Leadership::always()
     }
 }
 

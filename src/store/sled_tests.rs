@@ -359,3 +359,12 @@ async fn a_value_too_big_for_the_log_is_durable_and_kept_across_a_reopen() {
     assert_eq!(got.value.len(), big.len());
     assert!(got.value.iter().all(|&b| b == b'y'));
 }
+
+#[tokio::test]
+async fn sled_always_leads() {
+    // One process has the data directory: the work done once is always its to do.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut leadership = open(dir.path()).leadership();
+    assert!(leadership.is_leader());
+    leadership.acquired().await;
+}

@@ -1,9 +1,10 @@
 //! etcd's history is compacted once across replicas, as kube-apiserver's compactor does it.
 use super::*;
 
-/// Compact etcd every `interval`, once across replicas: as kube-apiserver's compactor, each
-/// replica tries a compare-and-swap on one key; the one that wins compacts to the revision
-/// it saw one interval earlier, so at least one interval of history is always kept.
+/// Compact etcd every `interval`, once across replicas: only the leader tries, and as
+/// kube-apiserver's compactor it compacts only if its compare-and-swap on one key wins (an
+/// ex-leader that has not noticed yet loses it), to the revision it saw one interval earlier,
+/// so at least one interval of history is always kept.
 pub(super) async fn compact_every(store: std::sync::Weak<Inner>, interval: Duration) {
     let mut last_version = 0i64;
     let mut previous: Option<i64> = None;
@@ -12,6 +13,11 @@ pub(super) async fn compact_every(store: std::sync::Weak<Inner>, interval: Durat
         let Some(inner) = store.upgrade() else {
             return;
         };
+        if !*inner.leading.borrow() {
+            // A follower only keeps count: should it lead next interval, it compacts to here.
+            previous = Some(inner.revision.load(Ordering::Acquire) as i64);
+            continue;
+        }
         let key = [inner.root.as_slice(), b"compact_rev_key"].concat();
         let mut kv = inner.client.kv_client();
         let txn = Txn::new()

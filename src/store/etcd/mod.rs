@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 mod compactor;
+mod election;
 mod follow;
 
 use compactor::compact_every;
@@ -52,6 +53,9 @@ pub struct EtcdOptions {
     pub compaction_interval: Duration,
     /// The history retained for watchers.
     pub watch_history: super::HistoryLimits,
+    /// The time to live of the leader's lease: how long the other replicas wait for a leader
+    /// that stopped renewing it (killed, paused, cut off from etcd).
+    pub leader_lease: Duration,
 }
 
 /// A cheap-to-clone handle; the watch and the compactor run as tasks of their own.
@@ -70,6 +74,8 @@ struct Inner {
     revision: AtomicU64,
     /// Why etcd is not usable now (the last call or the watch failed), for `/readyz`.
     trouble: Mutex<Option<String>>,
+    /// Whether this replica holds the leader key (see `election.rs`).
+    leading: tokio::sync::watch::Receiver<bool>,
 }
 
 impl EtcdStore {
@@ -110,15 +116,23 @@ impl EtcdStore {
                 ))
             })?;
         let start = header_revision(probe.header());
+        let (elected, leading) = tokio::sync::watch::channel(false);
         let inner = Arc::new(Inner {
             client,
             root,
             history: History::new(opts.watch_history, start),
             revision: AtomicU64::new(start),
             trouble: Mutex::new(None),
+            leading,
         });
         tokio::spawn(follow(Arc::downgrade(&inner), start));
         tokio::spawn(probe_every(Arc::downgrade(&inner), PROBE_EVERY));
+        tokio::spawn(election::campaign(
+            Arc::downgrade(&inner),
+            elected,
+            opts.leader_lease,
+            election::identity(),
+        ));
         if !opts.compaction_interval.is_zero() {
             tokio::spawn(compact_every(
                 Arc::downgrade(&inner),
@@ -458,6 +472,15 @@ impl Store for EtcdStore {
             Some(why) => Err(why.clone()),
             None => Ok(()),
         }
+    }
+
+    fn max_commit_ops(&self) -> usize {
+        // etcd's default `--max-txn-ops`; a larger transaction is refused whole.
+        128
+    }
+
+    fn leadership(&self) -> Leadership {
+        Leadership::new(self.inner.leading.clone())
     }
 }
 

@@ -60,6 +60,12 @@ impl TestEtcd {
         })
     }
 
+    /// Kill etcd (as a crash or a partition would look to its clients).
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("kill etcd");
+        self.child.wait().expect("etcd exits");
+    }
+
     pub(crate) fn options(&self, prefix: &str, history: usize) -> EtcdOptions {
         EtcdOptions {
             servers: vec![self.url.clone()],
@@ -69,6 +75,7 @@ impl TestEtcd {
             key_file: None,
             compaction_interval: Duration::ZERO,
             watch_history: history.into(),
+            leader_lease: Duration::from_secs(2),
         }
     }
 
@@ -211,6 +218,7 @@ async fn unreachable_etcd_fails_at_start_naming_the_flag() {
         key_file: None,
         compaction_interval: Duration::ZERO,
         watch_history: 10.into(),
+        leader_lease: Duration::from_secs(2),
     };
     let err = EtcdStore::connect(&opts).await.err().expect("refused");
     let msg = err.to_string();

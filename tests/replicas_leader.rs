@@ -1,0 +1,323 @@
+//! The work done once across replicas on etcd (parent status refresh, retention expiry,
+//! Released events, compaction) runs on the one replica that leads, through the real binary on
+//! one real etcd (from `$KUBEBUILDER_ASSETS/etcd`; skipped, saying so, without it): exactly one
+//! leads, a follower does none of it, and a leader killed with SIGKILL is replaced.
+mod common;
+
+use common::TestServer;
+use http::StatusCode;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
+/// The leader's lease in these tests: a killed leader is replaced within it.
+const LEASE: &str = "6s";
+
+/// One etcd member on free loopback ports, killed on drop.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Etcd {
+    fn start(test: &str) -> Option<Etcd> {
+        let Some(assets) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty()) else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: KUBEBUILDER_ASSETS is not set, so there is no etcd to test against. Run with KUBEBUILDER_ASSETS=$(../shared/envtest/assets.sh) (as .ci/run does)."
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(Path::new(&assets).join("etcd"))
+            .args(["--data-dir", &dir.path().join("etcd").display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Etcd {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+}
+
+/// `n` replicas on `etcd`, each in its own data directory holding a copy of the first one's
+/// PKI (so one admin certificate works on all).
+fn replicas(etcd: &Etcd, n: usize, scratch: &Path) -> Vec<TestServer> {
+    let args = [
+        "--etcd-servers",
+        etcd.url.as_str(),
+        "--leader-elect-lease-duration",
+        LEASE,
+    ];
+    let first = scratch.join("r0");
+    let mut servers = vec![TestServer::start_in_with(&first, &args)];
+    for i in 1..n {
+        let dir = scratch.join(format!("r{i}"));
+        std::fs::create_dir_all(dir.join("pki")).unwrap();
+        for f in std::fs::read_dir(first.join("pki")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join("pki").join(f.file_name())).unwrap();
+        }
+        servers.push(TestServer::start_in_with(&dir, &args));
+    }
+    servers
+}
+
+async fn call(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let ct = (!body.is_empty()).then_some("application/json");
+    let (status, _, bytes) = s.raw(method, path, ct, body).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn create(s: &TestServer, path: &str, body: Value) -> Value {
+    let (status, made) = call(s, "POST", &format!("{GV}/{path}"), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}\n{}", s.stderr());
+    made
+}
+
+fn root(name: &str, prefix: &str) -> Value {
+    json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
+           "metadata": {"name": name}, "spec": {"prefix": prefix}})
+}
+
+fn claim(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefixClaim",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+/// `ipam_leader` on `s`'s `/metrics`.
+async fn leads(s: &TestServer) -> bool {
+    let (status, _, body) = s.raw("GET", "/metrics", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ipam_leader "))
+        .unwrap_or_else(|| panic!("no ipam_leader in /metrics:\n{text}"));
+    line == "ipam_leader 1"
+}
+
+/// Which of `servers` lead, once exactly one does.
+async fn the_leader(servers: &[&TestServer]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut leading = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            if leads(s).await {
+                leading.push(i);
+            }
+        }
+        if let [one] = leading[..] {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leading: {leading:?} of {}",
+            servers.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many Released IPPrefixes `s` freed at their deadline, from its log.
+fn freed(s: &TestServer) -> usize {
+    s.stderr()
+        .lines()
+        .filter(|l| l.contains("retention ended for Released IPPrefixes"))
+        .filter_map(|l| {
+            l.split("freed=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+async fn children(s: &TestServer, name: &str) -> Value {
+    let (status, got) = call(s, "GET", &format!("{GV}/ipprefixes/{name}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    got["status"]["children"].clone()
+}
+
+/// Polls `s` until `name`'s `status.children` is `n`.
+async fn until_children(s: &TestServer, name: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = children(s, name).await;
+        if now == json!(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ipprefix {name}: status.children stayed {now}, not {n}\n{}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_a_killed_leader_is_replaced() {
+    let Some(etcd) = Etcd::start("one_replica_leads_and_a_killed_leader_is_replaced") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let mut servers = replicas(&etcd, 2, scratch.path());
+    let first = the_leader(&[&servers[0], &servers[1]]).await;
+    let (l, f) = (first, 1 - first);
+
+    // A block retained for one second, released through the follower (whose index then holds
+    // its deadline): the follower must not free it.
+    create(&servers[l], "ipprefixes", root("pool", "10.0.0.0/24")).await;
+    create(
+        &servers[f],
+        "namespaces/ns/ipprefixclaims",
+        claim(
+            "c",
+            json!({"parentRef": {"name": "pool"}, "prefixLength": 32,
+                   "reclaimPolicy": "Retain", "retentionSeconds": 1}),
+        ),
+    )
+    .await;
+    let (status, gone) = call(
+        &servers[f],
+        "DELETE",
+        &format!("{GV}/namespaces/ns/ipprefixclaims/c"),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{gone}");
+    let (_, released) = call(&servers[f], "GET", &format!("{GV}/ipprefixes/ns.c"), None).await;
+    assert_eq!(released["status"]["phase"], "Released", "{released}");
+    let until: jiff::Timestamp = released["status"]["retainedUntil"]
+        .as_str()
+        .expect("retainedUntil")
+        .parse()
+        .unwrap();
+    // Well past the deadline, with the follower's expiry task due all along.
+    while jiff::Timestamp::now() <= until + jiff::SignedDuration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        freed(&servers[f]),
+        0,
+        "a follower freed a block:\n{}",
+        servers[f].stderr()
+    );
+    assert!(leads(&servers[l]).await && !leads(&servers[f]).await);
+
+    // SIGKILL: the leader's lease is not given back, it ends. The follower takes over within it.
+    let killed = Instant::now();
+    servers[l].kill9();
+    assert_eq!(the_leader(&[&servers[f]]).await, 0);
+    eprintln!("a new leader {:?} after the SIGKILL", killed.elapsed());
+    // The block is freed once, by whichever replica led when it was due.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = call(&servers[f], "GET", &format!("{GV}/ipprefixes/ns.c"), None).await;
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", servers[f].stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(freed(&servers[l]) + freed(&servers[f]), 1);
+
+    // The new leader keeps parent status current.
+    create(&servers[f], "ipprefixes", root("after", "10.1.0.0/24")).await;
+    for i in 0..3 {
+        create(
+            &servers[f],
+            "namespaces/ns/ipprefixclaims",
+            claim(
+                &format!("n{i}"),
+                json!({"parentRef": {"name": "after"}, "prefixLength": 30}),
+            ),
+        )
+        .await;
+    }
+    until_children(&servers[f], "after", 3).await;
+
+    // The killed replica comes back as a follower: still exactly one leads.
+    servers[l].restart();
+    assert_eq!(the_leader(&[&servers[0], &servers[1]]).await, f);
+    assert!(!leads(&servers[l]).await);
+}
+
+/// Needs every replica's allocation index to follow the other replicas' writes (the leader's
+/// status writer counts from its own index): un-ignore once that lands.
+#[tokio::test]
+#[ignore = "needs the allocation index to follow other replicas' writes (issue 21)"]
+async fn parent_status_counts_children_created_through_every_replica() {
+    let Some(etcd) = Etcd::start("parent_status_counts_children_created_through_every_replica")
+    else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let servers = replicas(&etcd, 3, scratch.path());
+    the_leader(&[&servers[0], &servers[1], &servers[2]]).await;
+    create(&servers[0], "ipprefixes", root("pool", "10.0.0.0/24")).await;
+    for round in 0..4 {
+        for (i, s) in servers.iter().enumerate() {
+            create(
+                s,
+                "namespaces/ns/ipprefixclaims",
+                claim(
+                    &format!("c{round}-{i}"),
+                    json!({"parentRef": {"name": "pool"}, "prefixLength": 32}),
+                ),
+            )
+            .await;
+        }
+    }
+    for s in &servers {
+        until_children(s, "pool", 12).await;
+    }
+}
