@@ -122,6 +122,8 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             tracing::warn!(error = %e, "IPPrefix status not brought up to date before stopping");
         }
     }
+    // Another replica takes over now rather than when the lease ends.
+    store.resign().await;
     store.flush()?;
     Ok(())
 }

@@ -8,9 +8,8 @@ use super::meta;
 use super::selector::{self, FieldRequirement};
 use super::state::State;
 use super::txn::{store_error, Stored, Txn};
-use crate::api::{IPPrefix, PREFIX_IN_USE_FINALIZER};
+use crate::api::PREFIX_IN_USE_FINALIZER;
 use crate::error::{ApiError, ApiResult};
-use crate::registry::status::STATUS_WRITES_PER_COMMIT;
 use crate::store::{Precondition, Revision, Store, StoreError};
 use base64::Engine;
 use kube::core::Selector;
@@ -136,90 +135,6 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
-    }
-
-    /// Store the status of every IPPrefix whose children changed since the last call (see
-    /// `State::mark_status_stale`), [`STATUS_WRITES_PER_COMMIT`] per commit, and wait until
-    /// they are durable. Returns how many were written. Marks given up on by a failed commit
-    /// stay marked.
-    pub async fn write_stale_statuses(&self) -> ApiResult<usize> {
-        let mut written = 0;
-        loop {
-            let (batch, more) = self.write_stale_batch().await?;
-            written += batch;
-            if !more {
-                return Ok(written);
-            }
-        }
-    }
-
-    /// One commit of [`Registry::write_stale_statuses`]; also says whether more are marked.
-    async fn write_stale_batch(&self) -> ApiResult<(usize, bool)> {
-        self.ensure_available()?;
-        let (written, more, mut commit) = {
-            let mut state = self.lock_to_commit().await;
-            let mut names = state.take_stale_statuses();
-            if names.is_empty() {
-                return Ok((0, false));
-            }
-            let rest = match names.iter().nth(STATUS_WRITES_PER_COMMIT).cloned() {
-                Some(first_of_rest) => names.split_off(&first_of_rest),
-                None => Default::default(),
-            };
-            for name in &rest {
-                state.mark_status_stale(name);
-            }
-            let written = async {
-                let mut tx = Txn::new(&*self.inner.store, &mut state);
-                let mut written = 0;
-                for name in &names {
-                    if let Some(prefix) = tx.get::<IPPrefix>("", name).await? {
-                        written +=
-                            usize::from(super::status::store_current_status(&mut tx, prefix)?);
-                    }
-                }
-                Ok::<_, ApiError>((written, tx.commit(false).await?))
-            }
-            .await;
-            if written.is_err() {
-                for name in &names {
-                    state.mark_status_stale(name);
-                }
-            }
-            let (written, commit) = written?;
-            (written, !rest.is_empty(), commit)
-        };
-        commit.wait_durable().await?;
-        Ok((written, more))
-    }
-
-    /// Keep IPPrefix status current for as long as the runtime runs, while this replica leads
-    /// (one replica writes status; every replica marks the parents whose children changed, so
-    /// a new leader writes what its predecessor may have left). Woken by the first change of a
-    /// parent's children, it writes at once, then waits `batch_period` before it writes
-    /// again, so a burst of claims costs their parent one write (and its watchers one event)
-    /// per period instead of one per claim. Every write is conditional on the parent's
-    /// resourceVersion, so an ex-leader that has not noticed yet cannot overwrite newer data.
-    /// Spawn it once per process.
-    pub async fn run_status_writer(self, batch_period: std::time::Duration) {
-        let stale = self.lock().await.status_stale();
-        let mut leadership = self.inner.store.leadership();
-        loop {
-            leadership.acquired().await;
-            // Leading from here: first what was marked while following.
-            while leadership.is_leader() {
-                match self.write_stale_statuses().await {
-                    Ok(_) => {}
-                    Err(ApiError::ServiceUnavailable(_)) => {} // the store's failure is logged once, there
-                    Err(e) => tracing::warn!(error = %e, "cannot store IPPrefix status"),
-                }
-                tokio::time::sleep(batch_period).await;
-                tokio::select! {
-                    _ = stale.notified() => {}
-                    _ = leadership.lost() => {}
-                }
-            }
-        }
     }
 
     /// Wait for a write to be durable and stamp its resourceVersion into `obj`.

@@ -1,9 +1,11 @@
 //! Status the server derives: an IPPrefix's capacity from its pool, its phase from its claim.
+use super::codec;
+use super::generic::Registry;
 use super::state::{new_pool, State};
-use super::txn::{Stored, Txn};
+use super::txn::{store_error, Stored, Txn};
 use crate::alloc::Pool;
 use crate::api::{IPPrefix, IPPrefixStatus, IpFamily, PrefixCapacity};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::store::Precondition;
 
 /// Recompute the derived status fields of `prefix` (phase is kept: transitions set it).
@@ -46,6 +48,109 @@ pub const STATUS_BATCH_PERIOD: std::time::Duration = std::time::Duration::from_m
 /// IPPrefix statuses the status writer puts in one commit: within etcd's default limit of 128
 /// operations per transaction.
 pub const STATUS_WRITES_PER_COMMIT: usize = 100;
+
+impl Registry {
+    /// Store the status of every IPPrefix whose children changed since the last call (see
+    /// `State::mark_status_stale`), [`STATUS_WRITES_PER_COMMIT`] per commit, and wait until
+    /// they are durable. Returns how many were written. Marks given up on by a failed commit
+    /// stay marked.
+    pub async fn write_stale_statuses(&self) -> ApiResult<usize> {
+        let mut written = 0;
+        loop {
+            let (batch, more) = self.write_stale_batch().await?;
+            written += batch;
+            if !more {
+                return Ok(written);
+            }
+        }
+    }
+
+    /// One commit of [`Registry::write_stale_statuses`]; also says whether more are marked.
+    async fn write_stale_batch(&self) -> ApiResult<(usize, bool)> {
+        self.ensure_available()?;
+        let (names, more) = {
+            let mut state = self.lock().await;
+            let mut names = state.take_stale_statuses();
+            let rest = match names.iter().nth(STATUS_WRITES_PER_COMMIT).cloned() {
+                Some(first_of_rest) => names.split_off(&first_of_rest),
+                None => Default::default(),
+            };
+            for name in &rest {
+                state.mark_status_stale(name);
+            }
+            (names, !rest.is_empty())
+        };
+        if names.is_empty() {
+            return Ok((0, false));
+        }
+        // Read outside the writer lock, the batch at once: a new leader checks every parent
+        // marked while it followed (on etcd, a network read each), and writers should not wait
+        // for that. Each write is conditional on the revision read: a parent changed since
+        // fails the commit, and stays marked.
+        let reads: Vec<_> = names.iter().map(|name| self.read_prefix(name)).collect();
+        let read = futures::future::try_join_all(reads).await;
+        let (written, mut commit) = {
+            let mut state = self.lock_to_commit().await;
+            let written = async {
+                let mut tx = Txn::new(&**self.store(), &mut state);
+                let mut written = 0;
+                for prefix in read?.into_iter().flatten() {
+                    written += usize::from(store_current_status(&mut tx, prefix)?);
+                }
+                Ok::<_, ApiError>((written, tx.commit(false).await?))
+            }
+            .await;
+            if written.is_err() {
+                for name in &names {
+                    state.mark_status_stale(name);
+                }
+            }
+            written?
+        };
+        commit.wait_durable().await?;
+        Ok((written, more))
+    }
+
+    async fn read_prefix(&self, name: &str) -> ApiResult<Option<Stored<IPPrefix>>> {
+        let key = Txn::key::<IPPrefix>("", name);
+        match self.store().get(&key).await.map_err(store_error)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(Stored {
+                obj: codec::decode_stored::<IPPrefix>(&v.value, v.revision)?,
+                revision: v.revision,
+            })),
+        }
+    }
+
+    /// Keep IPPrefix status current for as long as the runtime runs, while this replica leads
+    /// (one replica writes status; every replica marks the parents whose children changed, so
+    /// a new leader writes what its predecessor may have left). Woken by the first change of a
+    /// parent's children, it writes at once, then waits `batch_period` before it writes
+    /// again, so a burst of claims costs their parent one write (and its watchers one event)
+    /// per period instead of one per claim. Every write is conditional on the parent's
+    /// resourceVersion, so an ex-leader that has not noticed yet cannot overwrite newer data.
+    /// Spawn it once per process.
+    pub async fn run_status_writer(self, batch_period: std::time::Duration) {
+        let stale = self.lock().await.status_stale();
+        let mut leadership = self.store().leadership();
+        loop {
+            leadership.acquired().await;
+            // Leading from here: first what was marked while following.
+            while leadership.is_leader() {
+                match self.write_stale_statuses().await {
+                    Ok(_) => {}
+                    Err(ApiError::ServiceUnavailable(_)) => {} // the store's failure is logged once, there
+                    Err(e) => tracing::warn!(error = %e, "cannot store IPPrefix status"),
+                }
+                tokio::time::sleep(batch_period).await;
+                tokio::select! {
+                    _ = stale.notified() => {}
+                    _ = leadership.lost() => {}
+                }
+            }
+        }
+    }
+}
 
 /// Put `prefix` back with its derived status recomputed, when that changed it. Returns whether
 /// it wrote.

@@ -265,6 +265,10 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Stop leading and let another process lead at once (a clean shutdown), instead of
+    /// after the lease ends. Nothing to do for a store no other process shares.
+    async fn resign(&self) {}
+
     /// The most ops one commit may hold (etcd limits a transaction's operations).
     fn max_commit_ops(&self) -> usize {
         usize::MAX

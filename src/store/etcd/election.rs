@@ -23,10 +23,12 @@ pub(super) fn identity() -> String {
     format!("{host}_{}", std::process::id())
 }
 
-/// Campaign for as long as the store lives, reporting through `leading`. `ttl` is the lease's
-/// time to live: how long the other replicas wait for a leader that stopped renewing.
+/// Campaign for as long as the store lives, or until `resign` is notified, reporting through
+/// `leading`. `ttl` is the lease's time to live: how long the other replicas wait for a leader
+/// that stopped renewing.
 pub(super) async fn campaign(
     store: Weak<Inner>,
+    resign: Arc<tokio::sync::Notify>,
     leading: watch::Sender<bool>,
     ttl: Duration,
     identity: String,
@@ -38,10 +40,25 @@ pub(super) async fn campaign(
         else {
             return;
         };
-        let ended = term(&store, &client, &key, ttl, &identity, &leading).await;
+        let term = Term {
+            store: &store,
+            resign: &resign,
+            client: &client,
+            key: &key,
+            ttl,
+            identity: &identity,
+            leading: &leading,
+        };
+        let ended = term.run().await;
+        if let Ok(Ended::Resigned) = ended {
+            if leading.send_replace(false) {
+                tracing::info!("no longer leading: resigned (shutting down)");
+            }
+            return;
+        }
         if leading.send_replace(false) {
             match &ended {
-                Ok(()) => tracing::info!("no longer leading: the store is shutting down"),
+                Ok(_) => tracing::info!("no longer leading: the store is shutting down"),
                 Err(e) => tracing::warn!(
                     error = %e,
                     "no longer leading: the lease could not be kept; the work done once stops here"
@@ -50,103 +67,112 @@ pub(super) async fn campaign(
         } else if let Err(e) = ended {
             tracing::debug!(error = %e, "leader election: retrying");
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = resign.notified() => return,
+        }
     }
 }
 
-/// One lease: try to take the key until this replica holds it, then hold it while renewals
-/// answer. Ends (revoking the lease) when one does not, or when the store is gone.
-async fn term(
-    store: &Weak<Inner>,
-    client: &Client,
-    key: &[u8],
-    ttl: Duration,
-    identity: &str,
-    leading: &watch::Sender<bool>,
-) -> Result<(), StoreError> {
-    let mut leases = client.lease_client();
-    let ttl_seconds = ttl.as_secs().max(2) as i64;
-    let lease = timeout(leases.grant(ttl_seconds, None)).await?.id();
-    let held = hold(store, client, key, ttl, lease, identity, leading).await;
-    // Stepping down: the next leader need not wait out the lease (best effort: when etcd does
-    // not answer, the lease ends by itself).
-    let _ = bounded(ttl / 3, leases.revoke(lease)).await;
-    held
+/// Why a term ended without an error.
+enum Ended {
+    StoreGone,
+    Resigned,
 }
 
-async fn hold(
-    store: &Weak<Inner>,
-    client: &Client,
-    key: &[u8],
+/// One lease's worth of campaigning and leading.
+struct Term<'a> {
+    store: &'a Weak<Inner>,
+    resign: &'a tokio::sync::Notify,
+    client: &'a Client,
+    key: &'a [u8],
     ttl: Duration,
-    lease: i64,
-    identity: &str,
-    leading: &watch::Sender<bool>,
-) -> Result<(), StoreError> {
-    // Renewed three times per lease: a renewal that fails or waits past the next one's time
-    // ends the term with a third of the lease to spare.
-    let renew_every = ttl / 3;
-    let mut leases = client.lease_client();
-    let (mut keeper, mut renewals) = bounded(renew_every, leases.keep_alive(lease)).await?;
-    let mut renew_at = Instant::now() + renew_every;
-    let mut kv = client.kv_client();
-    let mut holder = String::new();
-    loop {
-        if store.strong_count() == 0 {
-            return Ok(());
-        }
-        // Take the key if it is free; else read who holds it (this lease, while leading).
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.to_vec(),
-                identity.as_bytes().to_vec(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key.to_vec(), None)]);
-        let done = bounded(renew_every, kv.txn(txn)).await?;
-        let ours = done.succeeded()
-            || done.op_responses().iter().any(|r| match r {
-                TxnOpResponse::Get(got) => got.kvs().first().is_some_and(|kv| kv.lease() == lease),
-                _ => false,
-            });
-        if ours && !leading.send_replace(true) {
-            tracing::info!(
-                identity,
-                lease = format!("{lease:x}"),
-                ttl = ?ttl,
-                "leading: this replica now does the work done once (status refresh, retention, Released events, compaction)"
-            );
-        }
-        if !ours {
-            if leading.send_replace(false) {
-                // Someone else holds the key while our lease lives: it was deleted by hand.
-                tracing::warn!("no longer leading: the leader key is held by another replica");
+    identity: &'a str,
+    leading: &'a watch::Sender<bool>,
+}
+
+impl Term<'_> {
+    /// Try to take the key until this replica holds it, then hold it while renewals answer.
+    /// Ends (revoking the lease) when one does not, on `resign`, or when the store is gone.
+    async fn run(&self) -> Result<Ended, StoreError> {
+        let mut leases = self.client.lease_client();
+        let ttl_seconds = self.ttl.as_secs().max(2) as i64;
+        let lease = timeout(leases.grant(ttl_seconds, None)).await?.id();
+        let held = self.hold(lease).await;
+        // Stepping down: the next leader need not wait out the lease (best effort: when etcd
+        // does not answer, the lease ends by itself).
+        let _ = bounded(self.ttl / 3, leases.revoke(lease)).await;
+        held
+    }
+
+    async fn hold(&self, lease: i64) -> Result<Ended, StoreError> {
+        let (key, identity, leading) = (self.key, self.identity, self.leading);
+        // Renewed three times per lease: a renewal that fails or waits past the next one's
+        // time ends the term with a third of the lease to spare.
+        let renew_every = self.ttl / 3;
+        let mut leases = self.client.lease_client();
+        let (mut keeper, mut renewals) = bounded(renew_every, leases.keep_alive(lease)).await?;
+        let mut renew_at = Instant::now() + renew_every;
+        let mut kv = self.client.kv_client();
+        let mut holder = String::new();
+        loop {
+            if self.store.strong_count() == 0 {
+                return Ok(Ended::StoreGone);
             }
-            let now_held = done
-                .op_responses()
-                .iter()
-                .find_map(|r| match r {
-                    TxnOpResponse::Get(got) => got.kvs().first().map(|kv| kv.value().to_vec()),
+            // Take the key if it is free; else read who holds it (this lease, while leading).
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.to_vec(),
+                    identity.as_bytes().to_vec(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.to_vec(), None)]);
+            let done = bounded(renew_every, kv.txn(txn)).await?;
+            let held_by = |done: &etcd_client::TxnResponse| {
+                done.op_responses().into_iter().find_map(|r| match r {
+                    TxnOpResponse::Get(got) => got.kvs().first().cloned(),
                     _ => None,
                 })
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .unwrap_or_default();
-            if now_held != holder {
-                tracing::info!(leader = now_held, "following");
-                holder = now_held;
+            };
+            let current = held_by(&done);
+            let ours = done.succeeded() || current.as_ref().is_some_and(|kv| kv.lease() == lease);
+            if ours && !leading.send_replace(true) {
+                tracing::info!(
+                    identity,
+                    lease = format!("{lease:x}"),
+                    ttl = ?self.ttl,
+                    "leading: this replica now does the work done once (status refresh, retention, Released events, compaction)"
+                );
             }
-        }
-        let wake = if ours {
-            renew_at
-        } else {
-            renew_at.min(Instant::now() + RETRY)
-        };
-        tokio::time::sleep_until(wake).await;
-        if Instant::now() >= renew_at {
-            let sent = Instant::now();
-            renew(&mut keeper, &mut renewals, renew_every).await?;
-            renew_at = sent + renew_every;
+            if !ours {
+                if leading.send_replace(false) {
+                    // Another replica holds the key while our lease lives: it was deleted by
+                    // hand.
+                    tracing::warn!("no longer leading: the leader key is held by another replica");
+                }
+                let now_held = current
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    .unwrap_or_default();
+                if now_held != holder {
+                    tracing::info!(leader = now_held, "following");
+                    holder = now_held;
+                }
+            }
+            let wake = if ours {
+                renew_at
+            } else {
+                renew_at.min(Instant::now() + RETRY)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.resign.notified() => return Ok(Ended::Resigned),
+            }
+            if Instant::now() >= renew_at {
+                let sent = Instant::now();
+                renew(&mut keeper, &mut renewals, renew_every).await?;
+                renew_at = sent + renew_every;
+            }
         }
     }
 }
@@ -240,6 +266,31 @@ mod tests {
             !l[first] && leading(l) == 1
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_resigns_hands_over_without_waiting_out_its_lease() {
+        let Some(etcd) = TestEtcd::start("a_leader_that_resigns_hands_over") else {
+            return;
+        };
+        // A lease far longer than the waits below: only a handover can explain a new leader.
+        let mut opts = etcd.options("/registry", 10);
+        opts.leader_lease = Duration::from_secs(600);
+        let a = etcd.store("/registry", 10).await;
+        let mut a_leads = a.leadership();
+        tokio::time::timeout(Duration::from_secs(30), a_leads.acquired())
+            .await
+            .expect("a lone store leads");
+        let b = crate::store::EtcdStore::connect(&opts).await.expect("b");
+        let mut b_leads = b.leadership();
+        a.resign().await;
+        assert!(!a.leadership().is_leader());
+        tokio::time::timeout(Duration::from_secs(60), b_leads.acquired())
+            .await
+            .expect("b leads once a resigned");
+        // a campaigns no more.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!a.leadership().is_leader() && b.leadership().is_leader());
     }
 
     #[tokio::test]

@@ -76,6 +76,8 @@ struct Inner {
     trouble: Mutex<Option<String>>,
     /// Whether this replica holds the leader key (see `election.rs`).
     leading: tokio::sync::watch::Receiver<bool>,
+    /// Tells the election to give the key back and stop campaigning (shutdown).
+    resign: Arc<tokio::sync::Notify>,
 }
 
 impl EtcdStore {
@@ -124,11 +126,13 @@ impl EtcdStore {
             revision: AtomicU64::new(start),
             trouble: Mutex::new(None),
             leading,
+            resign: Arc::default(),
         });
         tokio::spawn(follow(Arc::downgrade(&inner), start));
         tokio::spawn(probe_every(Arc::downgrade(&inner), PROBE_EVERY));
         tokio::spawn(election::campaign(
             Arc::downgrade(&inner),
+            inner.resign.clone(),
             elected,
             opts.leader_lease,
             election::identity(),
@@ -481,6 +485,13 @@ impl Store for EtcdStore {
 
     fn leadership(&self) -> Leadership {
         Leadership::new(self.inner.leading.clone())
+    }
+
+    async fn resign(&self) {
+        self.inner.resign.notify_one();
+        // The election revokes the lease (bounded) and then says it no longer leads.
+        let mut leading = self.inner.leading.clone();
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, leading.wait_for(|l| !*l)).await;
     }
 }
 
