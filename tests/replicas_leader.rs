@@ -289,6 +289,18 @@ async fn one_replica_leads_and_a_killed_leader_is_replaced() {
     servers[l].restart();
     assert_eq!(the_leader(&[&servers[0], &servers[1]]).await, f);
     assert!(!leads(&servers[l]).await);
+
+    // SIGTERM: the leader gives its lease back on the way out, and the other leads.
+    let stopped = Instant::now();
+    let status = servers[f].stop();
+    assert!(status.success(), "{status}: {}", servers[f].stderr());
+    assert!(
+        servers[f].stderr().contains("no longer leading: resigned"),
+        "{}",
+        servers[f].stderr()
+    );
+    assert_eq!(the_leader(&[&servers[l]]).await, 0);
+    eprintln!("a new leader {:?} after the SIGTERM", stopped.elapsed());
 }
 
 /// Needs every replica's allocation index to follow the other replicas' writes (the leader's

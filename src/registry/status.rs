@@ -140,6 +140,11 @@ impl Registry {
                 match self.write_stale_statuses().await {
                     Ok(_) => {}
                     Err(ApiError::ServiceUnavailable(_)) => {} // the store's failure is logged once, there
+                    // A parent changed since it was read (its compare-and-swap did its job):
+                    // it stays marked, and is read again next time.
+                    Err(e @ ApiError::Conflict { .. }) => {
+                        tracing::debug!(error = %e, "IPPrefix status refresh retried")
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot store IPPrefix status"),
                 }
                 tokio::time::sleep(batch_period).await;
