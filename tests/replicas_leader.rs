@@ -303,10 +303,9 @@ async fn one_replica_leads_and_a_killed_leader_is_replaced() {
     eprintln!("a new leader {:?} after the SIGTERM", stopped.elapsed());
 }
 
-/// Needs every replica's allocation index to follow the other replicas' writes (the leader's
-/// status writer counts from its own index): un-ignore once that lands.
+/// The leader's status writer counts from its own index, which follows the other replicas'
+/// writes; every replica marks the parent stale, only the leader writes it.
 #[tokio::test]
-#[ignore = "needs the allocation index to follow other replicas' writes (issue 21)"]
 async fn parent_status_counts_children_created_through_every_replica() {
     let Some(etcd) = Etcd::start("parent_status_counts_children_created_through_every_replica")
     else {
