@@ -332,3 +332,67 @@ async fn parent_status_counts_children_created_through_every_replica() {
         until_children(s, "pool", 12).await;
     }
 }
+
+fn signal(s: &TestServer, sig: &str) {
+    let pid = s.pid().expect("running").to_string();
+    let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A leader paused past its lease (SIGSTOP: a long GC pause, a frozen VM) wakes to find another
+/// replica leading: it steps down, and the status the new leader wrote stays.
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_steps_down_when_it_wakes() {
+    let Some(etcd) = Etcd::start("a_leader_paused_past_its_lease_steps_down_when_it_wakes") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let servers = replicas(&etcd, 2, scratch.path());
+    let l = the_leader(&[&servers[0], &servers[1]]).await;
+    let f = 1 - l;
+    create(&servers[l], "ipprefixes", root("pool", "10.0.0.0/24")).await;
+    let claim_in_pool = |i: usize| {
+        claim(
+            &format!("c{i}"),
+            json!({"parentRef": {"name": "pool"}, "prefixLength": 30}),
+        )
+    };
+    for i in 0..2 {
+        create(
+            &servers[l],
+            "namespaces/ns/ipprefixclaims",
+            claim_in_pool(i),
+        )
+        .await;
+    }
+    until_children(&servers[l], "pool", 2).await;
+
+    signal(&servers[l], "-STOP");
+    assert_eq!(the_leader(&[&servers[f]]).await, 0);
+    for i in 2..5 {
+        create(
+            &servers[f],
+            "namespaces/ns/ipprefixclaims",
+            claim_in_pool(i),
+        )
+        .await;
+    }
+    until_children(&servers[f], "pool", 5).await;
+
+    signal(&servers[l], "-CONT");
+    // It finds its lease gone at its next renewal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while leads(&servers[l]).await {
+        assert!(Instant::now() < deadline, "{}", servers[l].stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        servers[l].stderr().contains("no longer leading"),
+        "{}",
+        servers[l].stderr()
+    );
+    assert_eq!(the_leader(&[&servers[0], &servers[1]]).await, f);
+    for s in &servers {
+        assert_eq!(children(s, "pool").await, json!(5));
+    }
+}
