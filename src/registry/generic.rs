@@ -172,11 +172,35 @@ impl Registry {
         /// running out means a parent contended beyond reason, not a stuck replica.
         const ATTEMPTS: usize = 64;
         let mut attempts = 0;
+        let mut exhausted_at_latest = false;
         loop {
             match write().await {
                 Err(ApiError::IndexBehind { revision, .. }) if attempts < ATTEMPTS => {
                     attempts += 1;
                     self.caught_up(revision).await?;
+                }
+                // Exhausted only as of every write acknowledged before: a block another
+                // replica freed a moment ago may not be in this replica's index yet (as a
+                // consistent read waits for the watch cache).
+                Err(e @ ApiError::Exhausted { .. })
+                    if !exhausted_at_latest && self.inner.store.shared() =>
+                {
+                    exhausted_at_latest = true;
+                    // Every change to an allocation index bumps a guard (see `guards.rs`).
+                    let guards = crate::store::KeyRange {
+                        resource: crate::store::GUARDS,
+                        namespace: None,
+                    };
+                    let latest = self
+                        .inner
+                        .store
+                        .newest_in(&guards)
+                        .await
+                        .map_err(super::txn::store_error)?;
+                    if latest <= *self.inner.progress.borrow() {
+                        return Err(e);
+                    }
+                    self.caught_up(latest).await?;
                 }
                 done => return done,
             }

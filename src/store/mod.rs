@@ -231,6 +231,13 @@ pub trait Store: Send + Sync + 'static {
     /// every other writer's that it has seen).
     fn revision(&self) -> Revision;
 
+    /// The newest revision at which a key now in `range` was written, asked of the store now
+    /// (etcd: a quorum read), so it includes every such write acknowledged anywhere before
+    /// the call; 0 when the range is empty. A single-writer store answers what it applied.
+    async fn newest_in(&self, _range: &KeyRange) -> Result<Revision, StoreError> {
+        Ok(self.revision())
+    }
+
     /// The oldest revision a watch may start after; older ones are `Expired`.
     fn oldest_watchable(&self) -> Revision;
 

@@ -17,7 +17,8 @@ use super::events::History;
 use super::*;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType as EtcdEventType,
-    GetOptions, Identity, KeyValue, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    GetOptions, Identity, KeyValue, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -447,6 +448,22 @@ impl Store for EtcdStore {
 
     fn revision(&self) -> Revision {
         self.inner.revision.load(Ordering::Acquire)
+    }
+
+    async fn newest_in(&self, range: &KeyRange) -> Result<Revision, StoreError> {
+        let inner = &self.inner;
+        let start = inner.range_start(range);
+        let newest = GetOptions::new()
+            .with_range(prefix_end(&start))
+            .with_sort(SortTarget::Mod, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let mut kv = inner.client.kv_client();
+        let got = inner.outcome(timeout(kv.get(start, Some(newest))).await)?;
+        Ok(got
+            .kvs()
+            .first()
+            .map_or(0, |kv| kv.mod_revision().max(0) as Revision))
     }
 
     fn oldest_watchable(&self) -> Revision {
