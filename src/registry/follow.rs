@@ -6,6 +6,7 @@
 use super::generic::Inner;
 use super::kind::Kind;
 use super::state::{decode_for_index, new_pool, IndexEntry, PoolEntry, Root, State};
+use super::txn::Stored;
 use crate::api::IPPrefix;
 use crate::store::{EventType, KeyRange, Revision, Store, StoreError, StoreEvent};
 use futures::{FutureExt, StreamExt};
@@ -166,6 +167,7 @@ async fn apply(
                 None
             }
         };
+        refresh_parent(state, &event);
         let (old, new) = match event.event_type {
             EventType::Added => (None, entry(&event.object.value)),
             EventType::Modified => (
@@ -207,6 +209,37 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Keep a parent decoded for allocation (`State::parents`) in step with another process's
+/// change to it: replaced in place, so the next create in it does not read it from the store
+/// under the writer lock (a round trip to etcd). Only an entry already there and older moves
+/// forward: one this process dropped when it wrote the parent itself stays out until read.
+fn refresh_parent(state: &mut State, event: &StoreEvent) {
+    let name = event.object.key.name.as_str();
+    let Some(cached) = state.parents.get(name) else {
+        return;
+    };
+    if cached.revision >= event.object.revision {
+        return;
+    }
+    let fresh = match event.event_type {
+        EventType::Deleted => None,
+        _ => super::codec::decode_stored::<IPPrefix>(&event.object.value, event.object.revision)
+            .ok()
+            .map(|obj| Stored {
+                obj,
+                revision: event.object.revision,
+            }),
+    };
+    match fresh {
+        Some(fresh) => {
+            state.parents.insert(name.to_string(), fresh);
+        }
+        None => {
+            state.parents.remove(name);
+        }
+    }
+}
+
 /// Change the indexes as an IPPrefix changed from `old` to `new` (either absent: created,
 /// deleted) by another process. `Err` when the store could not be read for it.
 pub(super) async fn observe(
@@ -215,14 +248,16 @@ pub(super) async fn observe(
     old: Option<IndexEntry>,
     new: Option<IndexEntry>,
 ) -> Result<(), StoreError> {
-    if let Some(name) = new.as_ref().or(old.as_ref()).map(|e| e.name.clone()) {
-        state.parents.remove(&name);
-    }
     if let Some(old) = &old {
         forget(state, old, new.as_ref());
     }
     match &new {
-        Some(new) => record(state, store, new).await,
+        Some(new) => {
+            let moved = old
+                .as_ref()
+                .is_none_or(|o| o.parent != new.parent || o.net != new.net);
+            record(state, store, new, moved).await
+        }
         None => Ok(()),
     }
 }
@@ -259,7 +294,13 @@ fn forget(state: &mut State, old: &IndexEntry, new: Option<&IndexEntry>) {
     }
 }
 
-async fn record(state: &mut State, store: &dyn Store, new: &IndexEntry) -> Result<(), StoreError> {
+/// `moved`: its block is new to its parent (created, or another block or parent than before).
+async fn record(
+    state: &mut State,
+    store: &dyn Store,
+    new: &IndexEntry,
+    moved: bool,
+) -> Result<(), StoreError> {
     match &new.parent {
         Some(parent) => {
             if state.pool(parent).is_none() {
@@ -282,7 +323,9 @@ async fn record(state: &mut State, store: &dyn Store, new: &IndexEntry) -> Resul
                     }
                 }
             }
-            state.mark_status_stale(parent);
+            if moved {
+                state.mark_status_stale(parent);
+            }
             if !new.bound {
                 state.set_bound(&new.name, false);
             }
