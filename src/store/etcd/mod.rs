@@ -27,6 +27,7 @@ use std::time::Duration;
 
 mod compactor;
 mod election;
+mod endpoints;
 mod follow;
 
 use compactor::compact_every;
@@ -99,7 +100,13 @@ impl EtcdStore {
             connect = connect.with_tls(tls_options(opts)?);
         }
         let servers = opts.servers.join(",");
-        let client = Client::connect(&opts.servers, Some(connect))
+        // Members that are down get no calls (see endpoints.rs); none up: try them all, for
+        // the error.
+        let mut balanced = endpoints::reachable(&opts.servers).await;
+        if balanced.is_empty() {
+            balanced = opts.servers.clone();
+        }
+        let client = Client::connect(&balanced, Some(connect))
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!("--etcd-servers {servers}: cannot connect: {e}"))
@@ -130,6 +137,11 @@ impl EtcdStore {
             resign: Arc::default(),
         });
         tokio::spawn(follow(Arc::downgrade(&inner), start));
+        tokio::spawn(endpoints::follow_members(
+            Arc::downgrade(&inner),
+            opts.servers.clone(),
+            balanced,
+        ));
         tokio::spawn(probe_every(Arc::downgrade(&inner), PROBE_EVERY));
         tokio::spawn(election::campaign(
             Arc::downgrade(&inner),
