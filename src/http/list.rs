@@ -28,6 +28,10 @@ pub trait ListSource<K>: Send + 'static {
     /// Final once [`ListSource::continue_token_known`].
     fn continue_token(&self) -> Option<&str>;
     fn continue_token_known(&self) -> bool;
+    /// `remainingItemCount`, known with the continue token.
+    fn remaining_item_count(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -43,6 +47,9 @@ impl<K: crate::registry::Kind> ListSource<K> for ListChunks<K> {
     }
     fn continue_token_known(&self) -> bool {
         ListChunks::continue_token_known(self)
+    }
+    fn remaining_item_count(&self) -> Option<usize> {
+        ListChunks::remaining_item_count(self)
     }
 }
 
@@ -165,6 +172,8 @@ struct ListMeta<'a> {
     resource_version: &'a str,
     #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
     continue_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining_item_count: Option<usize>,
 }
 
 /// What a list of objects opens with; `metadata` unless it comes at the end.
@@ -229,6 +238,7 @@ impl<K: Served, S: ListSource<K>> ListWriter<K, S> {
         ListMeta {
             resource_version: self.source.resource_version(),
             continue_token: self.source.continue_token().filter(|c| !c.is_empty()),
+            remaining_item_count: self.source.remaining_item_count(),
         }
     }
 
@@ -337,6 +347,7 @@ impl<K: Served, S: ListSource<K>> ListWriter<K, S> {
                     items,
                     Some(meta.resource_version),
                     meta.continue_token,
+                    meta.remaining_item_count,
                 );
                 out.extend_from_slice(&head);
                 Ok(Some(items))

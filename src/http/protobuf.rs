@@ -60,6 +60,8 @@ pub struct ListMeta {
     pub resource_version: Option<String>,
     #[prost(string, optional, tag = "3")]
     pub r#continue: Option<String>,
+    #[prost(int64, optional, tag = "4")]
+    pub remaining_item_count: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -191,7 +193,7 @@ pub fn partial_object_metadata_list(
     for m in metas {
         list_item(&mut items, m);
     }
-    let [head, body] = list_envelope(items, resource_version, continue_token);
+    let [head, body] = list_envelope(items, resource_version, continue_token, None);
     [head, body].concat()
 }
 
@@ -210,8 +212,11 @@ pub fn list_envelope(
     mut items: Vec<u8>,
     resource_version: Option<&str>,
     continue_token: Option<&str>,
+    remaining_item_count: Option<usize>,
 ) -> [Bytes; 2] {
-    prost::encoding::message::encode(1, &list_meta(resource_version, continue_token), &mut items);
+    let mut meta = list_meta(resource_version, continue_token);
+    meta.remaining_item_count = remaining_item_count.map(|n| n as i64);
+    prost::encoding::message::encode(1, &meta, &mut items);
     let type_meta = TypeMeta {
         api_version: Some(META_V1.into()),
         kind: Some("PartialObjectMetadataList".into()),
@@ -291,6 +296,7 @@ fn list_meta(resource_version: Option<&str>, continue_token: Option<&str>) -> Li
     ListMeta {
         resource_version: resource_version.filter(|s| !s.is_empty()).map(Into::into),
         r#continue: continue_token.filter(|s| !s.is_empty()).map(Into::into),
+        remaining_item_count: None,
     }
 }
 

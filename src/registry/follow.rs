@@ -8,7 +8,7 @@ use super::kind::Kind;
 use super::state::{decode_for_index, new_pool, IndexEntry, PoolEntry, Root, State};
 use super::txn::Stored;
 use crate::api::IPPrefix;
-use crate::store::{EventType, KeyRange, Revision, Store, StoreError, StoreEvent};
+use crate::store::{EventType, KeyRange, ReadAt, Revision, Store, StoreError, StoreEvent};
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -40,7 +40,7 @@ pub(super) async fn load_indexes(store: &dyn Store) -> Result<(State, Revision),
         .map_err(|e| StoreError::Unavailable(format!("cannot start index decoder: {e}")))?;
     let mut batch = Vec::with_capacity(BATCH);
     let scanned = store
-        .list(&range, None, None, &mut |v| {
+        .list(&range, None, ReadAt::Latest, None, &mut |v| {
             batch.push(v.value.clone());
             if batch.len() == BATCH {
                 // A send fails only when the decoder stopped at a damaged value; its error

@@ -8,17 +8,22 @@ use super::generic::{
 use super::kind::Kind;
 use super::txn::store_error;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{KeyRange, ObjectKey};
+use crate::store::{KeyRange, ObjectKey, ReadAt, StoreError};
 
 /// Objects read from the store at a time (and, for an unpaged list, held at a time).
 pub const LIST_CHUNK: usize = 500;
 
+/// kube-apiserver's words for a continue token whose revision is gone.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";
+
 /// One list (or one page of it), as chunks of at most [`LIST_CHUNK`] items in key order.
 ///
-/// Every chunk is read from the latest state; the list carries the `resourceVersion` the first
-/// chunk was read at, as the pages of a paged list carry the first page's (API.md). The first
-/// chunk is read when the list is made, so an error that would refuse the list (an expired
-/// continue token, a failed store) comes before anything is written.
+/// The first chunk of a list is read from the latest state; every later chunk, and every later
+/// page, at that chunk's revision: on a store that keeps versions (etcd) the whole list is one
+/// snapshot, on sled each chunk sees the latest state and the pages carry the first page's
+/// `resourceVersion` (API.md). The first chunk is read when the list is made, so an error that
+/// would refuse the list (an expired continue token, a failed store) comes before anything is
+/// written.
 pub struct ListChunks<K> {
     registry: Registry,
     range: KeyRange,
@@ -29,6 +34,12 @@ pub struct ListChunks<K> {
     next: Option<Option<ObjectKey>>,
     /// Items a paged list may still hand out.
     remaining: Option<usize>,
+    /// The state the next chunk reads.
+    at: ReadAt,
+    /// Continues a page before: a revision gone is the token's fault.
+    continued: bool,
+    /// Objects after this page, for a page with a continue token of an unfiltered list.
+    remaining_item_count: Option<usize>,
     resource_version: String,
     continue_token: Option<String>,
     /// The list's [`list_identity`], for its continue token.
@@ -76,10 +87,9 @@ impl Registry {
                         "continue token {token:?} belongs to another list (another resource, namespace or selector); repeat the list it came from, or start a new list without continue"
                     )));
                 }
-                if t.rv < self.store().oldest_watchable() {
-                    return Err(ApiError::Expired(
-                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
-                    ));
+                // A store that keeps versions says itself when the revision is gone.
+                if !self.store().keeps_versions() && t.rv < self.store().oldest_watchable() {
+                    return Err(ApiError::Expired(CONTINUE_EXPIRED.into()));
                 }
                 let (ns, name) = t.start.split_once('/').unwrap_or(("", &t.start));
                 (Some(ObjectKey::new(K::RESOURCE, ns, name)), Some(t.rv))
@@ -93,6 +103,9 @@ impl Registry {
             first: None,
             next: Some(start_after),
             remaining: opts.limit.filter(|l| *l > 0),
+            at: list_rv.map_or(ReadAt::Latest, ReadAt::Revision),
+            continued: list_rv.is_some(),
+            remaining_item_count: None,
             resource_version: list_rv.map(|rv| rv.to_string()).unwrap_or_default(),
             continue_token: None,
             identity,
@@ -127,6 +140,13 @@ impl<K: Kind> ListChunks<K> {
         self.continue_token.as_deref()
     }
 
+    /// How many objects the pages after this one hold, when known: as kube-apiserver, only
+    /// for a list that no selector filters, on a store that counts them (etcd). Final with
+    /// the continue token.
+    pub fn remaining_item_count(&self) -> Option<usize> {
+        self.remaining_item_count
+    }
+
     async fn read_chunk(&mut self) -> ApiResult<Option<Vec<K>>> {
         let Some(start_after) = self.next.take() else {
             return Ok(None);
@@ -138,8 +158,12 @@ impl<K: Kind> ListChunks<K> {
         let page = self
             .registry
             .store()
-            .list(&self.range, start_after.as_ref(), Some(limit), &mut |v| {
-                match codec::decode_stored::<K>(&v.value, v.revision) {
+            .list(
+                &self.range,
+                start_after.as_ref(),
+                self.at,
+                Some(limit),
+                &mut |v| match codec::decode_stored::<K>(&v.value, v.revision) {
                     Ok(obj) if matches_list(&obj, opts) => {
                         decoded.push(obj);
                         true
@@ -149,10 +173,15 @@ impl<K: Kind> ListChunks<K> {
                         decode_error.get_or_insert(e);
                         false
                     }
-                }
-            })
+                },
+            )
             .await
-            .map_err(store_error)?;
+            .map_err(|e| match e {
+                StoreError::Expired { .. } if self.continued => {
+                    ApiError::Expired(CONTINUE_EXPIRED.into())
+                }
+                e => store_error(e),
+            })?;
         if let Some(e) = decode_error {
             return Err(e);
         }
@@ -161,12 +190,16 @@ impl<K: Kind> ListChunks<K> {
         if self.resource_version.is_empty() {
             self.resource_version = page.revision.to_string();
         }
+        self.at = ReadAt::Revision(page.revision);
         if let Some(r) = &mut self.remaining {
             *r -= page.items.len();
         }
         let last = page.items.last().map(|v| v.key.clone());
         match (page.more, last) {
             (true, Some(last)) if self.remaining == Some(0) => {
+                let unfiltered =
+                    self.opts.label_selector.is_none() && self.opts.field_selector.is_empty();
+                self.remaining_item_count = page.remaining.filter(|_| unfiltered);
                 self.continue_token = Some(encode_continue(&ContinueToken {
                     rv: self.resource_version.parse().unwrap_or_default(),
                     start: format!("{}/{}", last.namespace, last.name),

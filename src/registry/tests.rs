@@ -880,10 +880,11 @@ impl crate::store::Store for WatchedStore {
         &self,
         range: &crate::store::KeyRange,
         start_after: Option<&crate::store::ObjectKey>,
+        at: crate::store::ReadAt,
         limit: Option<usize>,
         filter: &mut crate::store::ListFilter<'_>,
     ) -> Result<crate::store::ListPage, crate::store::StoreError> {
-        self.inner.list(range, start_after, limit, filter).await
+        self.inner.list(range, start_after, at, limit, filter).await
     }
     async fn commit(
         &self,

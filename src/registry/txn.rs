@@ -5,7 +5,9 @@ use super::kind::Kind;
 use super::state::State;
 use crate::api::IPPrefix;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{Committed, ObjectKey, Op, Precondition, Revision, Store, StoreError, GUARDS};
+use crate::store::{
+    Committed, ObjectKey, Op, Precondition, ReadAt, Revision, Store, StoreError, GUARDS,
+};
 use bytes::Bytes;
 use std::collections::HashMap;
 
@@ -187,7 +189,7 @@ impl<'a> Txn<'a> {
         };
         let page = self
             .store
-            .list(&range, None, None, &mut |_| true)
+            .list(&range, None, ReadAt::Latest, None, &mut |_| true)
             .await
             .map_err(store_error)?;
         page.items

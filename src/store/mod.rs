@@ -193,13 +193,27 @@ impl Drop for CommitIntent {
     }
 }
 
-/// A consistent-enough page of a list: items in key order and the revision the list was read at.
+/// A page of a list: items in key order and the revision the list was read at.
 #[derive(Debug)]
 pub struct ListPage {
     pub items: Vec<Versioned>,
     pub revision: Revision,
     /// More keys follow the last item.
     pub more: bool,
+    /// When `more`: how many keys of the range follow the last item at `revision` (whether or
+    /// not the filter would take them), where the store knows it cheaply (etcd); else `None`.
+    pub remaining: Option<usize>,
+}
+
+/// Which state a read sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadAt {
+    /// The latest: every write acknowledged anywhere before the read began.
+    Latest,
+    /// As of this revision (the later pages of a list). A store that keeps past versions
+    /// ([`Store::keeps_versions`]: etcd, until it compacts them, then `Expired`) reads them; one
+    /// that keeps only the latest state (sled) reads that.
+    Revision(Revision),
 }
 
 /// Which listed values count (see [`Store::list`]).
@@ -214,15 +228,22 @@ pub type EventStream = BoxStream<'static, Result<Arc<StoreEvent>, StoreError>>;
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError>;
 
-    /// Keys in `range` after `start_after` in key order, at most `limit` of them.
+    /// Keys in `range` after `start_after` in key order as of `at`, at most `limit` of them.
     /// `filter` decides which values count towards `limit`.
     async fn list(
         &self,
         range: &KeyRange,
         start_after: Option<&ObjectKey>,
+        at: ReadAt,
         limit: Option<usize>,
         filter: &mut ListFilter<'_>,
     ) -> Result<ListPage, StoreError>;
+
+    /// Whether [`ReadAt::Revision`] reads that revision (so the pages of a list are one
+    /// snapshot) rather than the latest state.
+    fn keeps_versions(&self) -> bool {
+        false
+    }
 
     /// Apply all ops atomically, or none if any precondition fails.
     async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError>;

@@ -578,6 +578,7 @@ impl SledStore {
             items,
             revision,
             more,
+            remaining: None,
         })
     }
 
@@ -695,6 +696,8 @@ impl Store for SledStore {
         &self,
         range: &KeyRange,
         start_after: Option<&ObjectKey>,
+        // Only the latest state is kept: every read sees it.
+        _at: ReadAt,
         limit: Option<usize>,
         filter: &mut ListFilter<'_>,
     ) -> Result<ListPage, StoreError> {

@@ -109,21 +109,29 @@ pub(crate) async fn a_list_pages_in_key_order_and_scopes_by_namespace(store: &dy
             .collect()
     };
     let page = store
-        .list(&all, None, Some(2), &mut |_| true)
+        .list(&all, None, ReadAt::Latest, Some(2), &mut |_| true)
         .await
         .unwrap();
     assert_eq!(names(&page), vec!["a/y", "a/z"]);
     assert!(page.more);
     assert!(page.revision >= last[3]);
     let page = store
-        .list(&all, Some(&page.items[1].key), Some(5), &mut |_| true)
+        .list(
+            &all,
+            Some(&page.items[1].key),
+            ReadAt::Latest,
+            Some(5),
+            &mut |_| true,
+        )
         .await
         .unwrap();
     assert_eq!(names(&page), vec!["ab/w", "b/x"]);
     assert!(!page.more);
     // The filter decides what counts towards the limit.
     let page = store
-        .list(&all, None, Some(1), &mut |v| v.key.namespace == "b")
+        .list(&all, None, ReadAt::Latest, Some(1), &mut |v| {
+            v.key.namespace == "b"
+        })
         .await
         .unwrap();
     assert_eq!(names(&page), vec!["b/x"]);
@@ -131,14 +139,84 @@ pub(crate) async fn a_list_pages_in_key_order_and_scopes_by_namespace(store: &dy
         resource: "ipprefixclaims",
         namespace: Some("a".into()),
     };
-    let page = store.list(&ns_a, None, None, &mut |_| true).await.unwrap();
+    let page = store
+        .list(&ns_a, None, ReadAt::Latest, None, &mut |_| true)
+        .await
+        .unwrap();
     assert_eq!(names(&page), vec!["a/y", "a/z"]);
     let prefixes = KeyRange {
         resource: "ipprefixes",
         namespace: None,
     };
-    let page = store.list(&prefixes, None, None, &mut |_| true).await;
+    let page = store
+        .list(&prefixes, None, ReadAt::Latest, None, &mut |_| true)
+        .await;
     assert!(page.unwrap().items.is_empty());
+}
+
+/// Later pages read at the first page's revision: on a store that keeps versions they are one
+/// snapshot (and say how many keys remain); on one that does not, they see the latest state.
+pub(crate) async fn a_list_continued_at_its_revision(store: &dyn Store) {
+    let names = ["a", "b", "c", "d", "e"];
+    for n in names {
+        commit(store, vec![put(n, "1", Precondition::Absent)]).await;
+    }
+    let all = KeyRange {
+        resource: "ipprefixes",
+        namespace: None,
+    };
+    let first = store
+        .list(&all, None, ReadAt::Latest, Some(2), &mut |_| true)
+        .await
+        .unwrap();
+    assert!(first.more);
+    let at = ReadAt::Revision(first.revision);
+    // Written after the first page: after its last key, and in place of a later one.
+    let rev_d = store.get(&key("d")).await.unwrap().unwrap().revision;
+    commit(
+        store,
+        vec![
+            put("bb", "new", Precondition::Absent),
+            put("d", "2", Precondition::Revision(rev_d)),
+            Op::Delete {
+                key: key("e"),
+                precondition: Precondition::None,
+            },
+        ],
+    )
+    .await;
+    let rest = store
+        .list(&all, Some(&first.items[1].key), at, Some(2), &mut |_| true)
+        .await
+        .unwrap();
+    let seen = |page: &ListPage| -> Vec<(String, String)> {
+        page.items
+            .iter()
+            .map(|v| {
+                let value = String::from_utf8_lossy(&v.value).into_owned();
+                (v.key.name.clone(), value)
+            })
+            .collect()
+    };
+    let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+    if store.keeps_versions() {
+        assert_eq!(rest.revision, first.revision);
+        assert_eq!(seen(&rest), vec![pair("c", "1"), pair("d", "1")]);
+        assert!(rest.more);
+        assert_eq!((first.remaining, rest.remaining), (Some(3), Some(1)));
+        let last = store
+            .list(&all, Some(&rest.items[1].key), at, None, &mut |_| true)
+            .await
+            .unwrap();
+        assert_eq!(seen(&last), vec![pair("e", "1")]);
+        assert!(!last.more);
+    } else {
+        assert_eq!(
+            seen(&rest),
+            vec![pair("bb", "new"), pair("c", "1")],
+            "the latest state"
+        );
+    }
 }
 
 pub(crate) async fn a_watch_sees_events_in_order_and_resumes(store: &dyn Store) {
@@ -236,6 +314,11 @@ mod sled {
     #[tokio::test]
     async fn a_list_pages_in_key_order_and_scopes_by_namespace() {
         super::a_list_pages_in_key_order_and_scopes_by_namespace(&open(100).0).await
+    }
+
+    #[tokio::test]
+    async fn a_list_continued_at_its_revision() {
+        super::a_list_continued_at_its_revision(&open(100).0).await
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 //! A transaction gives every key it writes the same revision.
 //!
 //! Reads go to etcd (linearizable), so a read on any replica sees every write acknowledged
-//! before it. One etcd watch over the prefix feeds the retained history that watchers
+//! before it; the pages of a list are read at its first page's revision (`read.rs`). One etcd watch over the prefix feeds the retained history that watchers
 //! subscribe to (as kube-apiserver's watch cache), other replicas' writes included.
 //!
 //! Every call is bounded by [`REQUEST_TIMEOUT`]: etcd without quorum answers
@@ -29,6 +29,7 @@ mod compactor;
 mod election;
 mod endpoints;
 mod follow;
+mod read;
 
 use compactor::compact_every;
 use follow::{follow, probe_every};
@@ -301,75 +302,22 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
-        let inner = &self.inner;
-        let mut kv = inner.client.kv_client();
-        let got = inner.outcome(timeout(kv.get(inner.etcd_key(key), None)).await)?;
-        inner.saw(header_revision(got.header()));
-        Ok(got.kvs().first().and_then(|kv| inner.versioned(kv)))
+        self.inner.get(key).await
     }
 
     async fn list(
         &self,
         range: &KeyRange,
         start_after: Option<&ObjectKey>,
+        at: ReadAt,
         limit: Option<usize>,
         filter: &mut ListFilter<'_>,
     ) -> Result<ListPage, StoreError> {
-        let inner = &self.inner;
-        let prefix = inner.range_start(range);
-        let end = prefix_end(&prefix);
-        let mut from = match start_after {
-            Some(k) => {
-                let mut s = inner.etcd_key(k);
-                s.push(0); // the smallest key after `k`
-                s.max(prefix.clone())
-            }
-            None => prefix.clone(),
-        };
-        let mut kv = inner.client.kv_client();
-        // Every batch at the first one's revision: one consistent snapshot.
-        let mut at: Option<i64> = None;
-        let mut items = Vec::new();
-        loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_BATCH);
-            if let Some(rev) = at {
-                opts = opts.with_revision(rev);
-            }
-            let got = inner.outcome(timeout(kv.get(from.clone(), Some(opts))).await)?;
-            let revision = *at.get_or_insert(header_revision(got.header()) as i64);
-            inner.saw(revision as Revision);
-            for kv in got.kvs() {
-                let Some(item) = inner.versioned(kv) else {
-                    continue;
-                };
-                if !range.contains(&item.key) || !filter(&item) {
-                    continue;
-                }
-                if limit.is_some_and(|l| items.len() >= l) {
-                    return Ok(ListPage {
-                        items,
-                        revision: revision as Revision,
-                        more: true,
-                    });
-                }
-                items.push(item);
-            }
-            match got.kvs().last() {
-                Some(last) if got.more() => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => {
-                    return Ok(ListPage {
-                        items,
-                        revision: revision as Revision,
-                        more: false,
-                    })
-                }
-            }
-        }
+        self.inner.list(range, start_after, at, limit, filter).await
+    }
+
+    fn keeps_versions(&self) -> bool {
+        true
     }
 
     async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {

@@ -106,6 +106,7 @@ conformance!(
     a_commit_gives_its_keys_a_newer_revision,
     a_failed_precondition_writes_nothing_of_the_commit,
     a_list_pages_in_key_order_and_scopes_by_namespace,
+    a_list_continued_at_its_revision,
     a_watch_sees_events_in_order_and_resumes,
 );
 
@@ -123,6 +124,56 @@ async fn a_watch_from_before_the_history_is_expired() {
             .expect("compact");
     })
     .await
+}
+
+#[tokio::test]
+async fn a_list_continued_at_a_compacted_revision_is_expired() {
+    let Some(etcd) = TestEtcd::start("a_list_continued_at_a_compacted_revision_is_expired") else {
+        return;
+    };
+    let store = etcd.store("/registry", 100).await;
+    let key = |n: &str| ObjectKey::new("ipprefixes", "", n);
+    for n in ["a", "b", "c"] {
+        let c = store
+            .commit(vec![Op::Put {
+                key: key(n),
+                value: Bytes::from_static(b"{}"),
+                precondition: Precondition::Absent,
+            }])
+            .await
+            .unwrap();
+        c.durable.await.unwrap();
+    }
+    let all = KeyRange {
+        resource: "ipprefixes",
+        namespace: None,
+    };
+    let first = store
+        .list(&all, None, ReadAt::Latest, Some(1), &mut |_| true)
+        .await
+        .unwrap();
+    let c = store
+        .commit(vec![Op::Delete {
+            key: key("c"),
+            precondition: Precondition::None,
+        }])
+        .await
+        .unwrap();
+    store.compact(c.revisions[0]).await.expect("compact");
+    let err = store
+        .list(
+            &all,
+            Some(&key("a")),
+            ReadAt::Revision(first.revision),
+            Some(1),
+            &mut |_| true,
+        )
+        .await
+        .expect_err("compacted");
+    assert!(
+        matches!(err, StoreError::Expired { requested, .. } if requested == first.revision),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
