@@ -1,15 +1,32 @@
-//! One etcd watch over the root feeds the retained history every watcher reads (as
-//! kube-apiserver's watch cache sits on one etcd watch), and a probe keeps readiness current.
+//! One etcd watch over the root feeds the retained history every watcher reads and the cache
+//! that answers reads (as kube-apiserver's watch cache sits on one etcd watch), and a probe
+//! keeps readiness current.
 use super::*;
 
-/// Follow etcd's changes under the root from `after` on, into the history, for as long as the
-/// store lives. A broken watch is opened again from the last revision seen; one that fell
-/// behind a compaction leaves the history expired (its watchers list again).
+/// Follow etcd's changes under the root from `after` on, into the history and the cache, for
+/// as long as the store lives. A broken watch is opened again from the last revision seen; one
+/// that fell behind a compaction leaves the history expired (its watchers list again) and the
+/// cache is filled again.
 pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
     loop {
         let Some(inner) = store.upgrade() else {
             return;
         };
+        if !inner.cache.live() {
+            match inner.fill_cache(None).await {
+                Ok(filled) => {
+                    after = filled;
+                    inner.history.restart(after);
+                }
+                Err(e) => {
+                    tracing::warn!("etcd cache not filled again yet: {e}");
+                    drop(inner);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let progress = inner.progress.clone();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
@@ -29,7 +46,16 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
             }
         };
         loop {
-            let message = stream.message().await;
+            let message = tokio::select! {
+                message = stream.message() => message,
+                () = progress.notified() => {
+                    // A reader waits for a revision: etcd says how far the watch is.
+                    if let Err(e) = stream.request_progress().await {
+                        tracing::debug!("etcd watch progress request: {e}");
+                    }
+                    continue;
+                }
+            };
             let Some(inner) = store.upgrade() else {
                 return;
             };
@@ -50,19 +76,28 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
                 );
                 if response.compact_revision() > 0 {
                     // What happened between `after` and the compaction is gone: watchers
-                    // from before it must list again.
+                    // from before it must list again, and the cache is filled again.
                     after = response.compact_revision() as Revision - 1;
+                    inner.cache.lost();
                     inner.history.restart(after);
                 }
                 break;
             }
             let mut events = Vec::with_capacity(response.events().len());
+            let mut changes = Vec::with_capacity(response.events().len());
             for ev in response.events() {
                 let Some(kv) = ev.kv() else { continue };
                 let Some(key) = inner.object_key(kv.key()) else {
                     continue;
                 };
                 let revision = kv.mod_revision().max(0) as Revision;
+                // The cache and the history share the value.
+                let change = match ev.event_type() {
+                    EtcdEventType::Put => Some(read::entry(kv)),
+                    EtcdEventType::Delete => None,
+                };
+                let value = change.as_ref().map(|c| c.value.clone());
+                changes.push((kv.key().to_vec(), change));
                 let previous = ev.prev_kv().map(|p| Bytes::copy_from_slice(p.value()));
                 let event = match ev.event_type() {
                     EtcdEventType::Put => {
@@ -71,7 +106,7 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
                         } else {
                             EventType::Modified
                         };
-                        let value = Bytes::copy_from_slice(kv.value());
+                        let value = value.unwrap_or_default();
                         let object = Versioned {
                             key,
                             revision,
@@ -97,10 +132,13 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
                 after = after.max(revision);
                 events.push(event);
             }
-            if events.is_empty() {
+            if events.is_empty() && !response.created() {
                 // A progress notification: nothing under the root changed up to its revision.
+                // (Not the watch's creation: its header is etcd's revision now, with the
+                // events since `after` still to come.)
                 after = after.max(header_revision(response.header()));
             }
+            inner.cache.apply(changes, after);
             inner.history.publish(events);
             inner.saw(after);
         }

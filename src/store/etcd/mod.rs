@@ -7,9 +7,12 @@
 //! `mod_revision == r`; a delete needs the key to exist), so it applies whole or not at all.
 //! A transaction gives every key it writes the same revision.
 //!
-//! Reads go to etcd (linearizable), so a read on any replica sees every write acknowledged
-//! before it; the pages of a list are read at its first page's revision (`read.rs`). One etcd watch over the prefix feeds the retained history that watchers
-//! subscribe to (as kube-apiserver's watch cache), other replicas' writes included.
+//! Reads are consistent: a read on any replica sees every write acknowledged before it began.
+//! They are answered from a cache of every key that the one etcd watch keeps current, once it
+//! has caught up with etcd's revision at the read's start (`read.rs`, `cache.rs`); the later
+//! pages of a list are read in etcd at its first page's revision. The same watch feeds the
+//! retained history that watchers subscribe to (as kube-apiserver's watch cache), other
+//! replicas' writes included.
 //!
 //! Every call is bounded by [`REQUEST_TIMEOUT`]: etcd without quorum answers
 //! [`StoreError::Unavailable`] naming etcd, not a hang.
@@ -25,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+mod cache;
 mod compactor;
 mod election;
 mod endpoints;
@@ -72,6 +76,14 @@ struct Inner {
     /// `<prefix>/ipam.miloapis.com/`.
     root: Vec<u8>,
     history: History,
+    /// Every key under the root as of the watch's revision: what reads are answered from.
+    cache: cache::Cache,
+    /// etcd's current revision, asked once for the readers waiting together.
+    current: read::CurrentRevision,
+    /// A reader waits for the cache: the watch asks etcd how far it is.
+    progress: Arc<tokio::sync::Notify>,
+    /// Consistent reads that found the cache behind for too long and read etcd instead.
+    fallbacks: AtomicU64,
     /// The newest revision known applied: every event up to it has reached `history`, or it
     /// is one of our own commits.
     revision: AtomicU64,
@@ -132,11 +144,19 @@ impl EtcdStore {
             client,
             root,
             history: History::new(opts.watch_history, start),
+            cache: cache::Cache::new(),
+            current: Default::default(),
+            progress: Default::default(),
+            fallbacks: AtomicU64::new(0),
             revision: AtomicU64::new(start),
             trouble: Mutex::new(None),
             leading,
             resign: Arc::default(),
         });
+        // The cache at the revision the watch follows from.
+        inner.fill_cache(Some(start)).await.map_err(|e| {
+            StoreError::Unavailable(format!("--etcd-servers {servers}: cannot read: {e}"))
+        })?;
         tokio::spawn(follow(Arc::downgrade(&inner), start));
         tokio::spawn(endpoints::follow_members(
             Arc::downgrade(&inner),

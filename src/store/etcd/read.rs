@@ -1,13 +1,95 @@
-//! Reads: a get, and a list whose batches are all read at one revision, so that the pages of
-//! a list (each continued at the revision of the first) are one snapshot, as kube-apiserver's
-//! are on etcd. etcd keeps that revision until it is compacted; a page continued past that is
-//! `Expired`.
+//! Reads. A get or a list without a revision is a consistent read, as kube-apiserver's from
+//! its cache: learn etcd's current revision (one quorum call, shared by the readers that
+//! arrive while another is on its way), wait until the watch-fed cache has reached it, and
+//! answer from memory; past [`CACHE_WAIT`], or while the cache is being filled again, from
+//! etcd. The later batches and pages of a list are read in etcd at the first one's revision,
+//! so a paged list is one snapshot; etcd keeps that revision until it is compacted, and a page
+//! continued past that is `Expired`.
+use super::cache::{Batch, Entry};
 use super::*;
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+/// How long a consistent read waits for the cache before it reads etcd instead. The watch
+/// is normally a few milliseconds behind; longer means it is stuck or refilling.
+const CACHE_WAIT: Duration = Duration::from_secs(3);
+
+type Answer = Shared<BoxFuture<'static, Result<Revision, StoreError>>>;
+
+/// The next quorum call for etcd's current revision, shared by the readers that wait for it.
+#[derive(Default)]
+pub(super) struct CurrentRevision {
+    next: Mutex<Option<(Arc<std::sync::atomic::AtomicBool>, Answer)>>,
+}
 
 impl Inner {
+    /// etcd's revision now: every write acknowledged before this call began is at or below it.
+    /// A call already sent may have been answered before that, so a reader joins only a call
+    /// not yet sent (the next one, sent once the one on its way is answered).
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let answer = {
+            let mut next = lock(&self.current.next);
+            match &*next {
+                Some((sent, answer)) if !sent.load(Ordering::SeqCst) => answer.clone(),
+                _ => {
+                    let before = next.take().map(|(_, answer)| answer);
+                    let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let mark = sent.clone();
+                    let mut kv = self.client.kv_client();
+                    let root = self.root.clone();
+                    let answer = async move {
+                        if let Some(before) = before {
+                            let _ = before.await;
+                        }
+                        mark.store(true, Ordering::SeqCst);
+                        let opts = GetOptions::new().with_count_only();
+                        let got = timeout(kv.get(root, Some(opts))).await?;
+                        Ok(header_revision(got.header()))
+                    }
+                    .boxed()
+                    .shared();
+                    *next = Some((sent, answer.clone()));
+                    answer
+                }
+            }
+        };
+        self.outcome(answer.await)
+    }
+
+    /// Whether the cache holds every write acknowledged before this call began.
+    async fn cache_is_fresh(&self) -> Result<bool, StoreError> {
+        if !self.cache.live() {
+            return Ok(false);
+        }
+        let current = self.current_revision().await?;
+        self.saw_elsewhere(current);
+        let fresh = self.cache.reached(current, CACHE_WAIT).await;
+        if !fresh {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(fresh)
+    }
+
+    /// etcd is at `current`: when the cache is behind, ask the watch to say how far it is (a
+    /// write elsewhere in etcd moves the revision without an event for us).
+    fn saw_elsewhere(&self, current: Revision) {
+        if self.cache.revision() < current {
+            self.progress.notify_one();
+        }
+    }
+
     pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
+        let raw = self.etcd_key(key);
+        if self.cache_is_fresh().await? {
+            if let Some((entry, _)) = self.cache.get(&raw) {
+                return Ok(entry.map(|e| Versioned {
+                    key: key.clone(),
+                    revision: e.revision,
+                    value: e.value,
+                }));
+            }
+        }
         let mut kv = self.client.kv_client();
-        let got = self.outcome(timeout(kv.get(self.etcd_key(key), None)).await)?;
+        let got = self.outcome(timeout(kv.get(raw, None)).await)?;
         self.saw(header_revision(got.header()));
         Ok(got.kvs().first().and_then(|kv| self.versioned(kv)))
     }
@@ -30,56 +112,50 @@ impl Inner {
             }
             None => prefix.clone(),
         };
-        let mut kv = self.client.kv_client();
         let mut at = match at {
             ReadAt::Latest => None,
-            ReadAt::Revision(r) => Some(r as i64),
+            ReadAt::Revision(r) => Some(r),
         };
         let mut items = Vec::new();
         loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_BATCH);
-            if let Some(rev) = at {
-                opts = opts.with_revision(rev);
-            }
-            let got = self.outcome(timeout(kv.get(from.clone(), Some(opts))).await);
-            let got = match (got, at) {
-                (Err(StoreError::Expired { .. }), Some(rev)) => {
-                    return Err(StoreError::Expired {
-                        requested: rev as Revision,
-                        // Unknown: etcd does not say how far it compacted.
-                        oldest: 0,
-                    });
+            let batch = match at {
+                None if self.cache_is_fresh().await? => {
+                    self.cache.batch(&from, &end, LIST_BATCH as usize)
                 }
-                (got, _) => got?,
+                _ => None,
+            };
+            let batch = match batch {
+                Some(batch) => batch,
+                None => self.etcd_batch(&from, &end, at).await?,
             };
             // Every batch at the first one's revision: one snapshot.
-            let revision = *at.get_or_insert(header_revision(got.header()) as i64) as Revision;
-            self.saw(header_revision(got.header()));
-            for (i, kv) in got.kvs().iter().enumerate() {
-                let Some(item) = self.versioned(kv) else {
+            let revision = *at.get_or_insert(batch.revision);
+            for (i, (key, entry)) in batch.entries.iter().enumerate() {
+                let Some(key) = self.object_key(key) else {
                     continue;
+                };
+                let item = Versioned {
+                    key,
+                    revision: entry.revision,
+                    value: entry.value.clone(),
                 };
                 if !range.contains(&item.key) || !filter(&item) {
                     continue;
                 }
                 if limit.is_some_and(|l| items.len() >= l) {
-                    // `count` is every key from `from` on at this revision, whatever the
-                    // batch's limit: those not yet passed remain.
-                    let remaining = (got.count().max(0) as usize).saturating_sub(i);
+                    // `count` is every key from `from` on: those not yet passed remain.
                     return Ok(ListPage {
                         items,
                         revision,
                         more: true,
-                        remaining: Some(remaining),
+                        remaining: Some(batch.count.saturating_sub(i)),
                     });
                 }
                 items.push(item);
             }
-            match got.kvs().last() {
-                Some(last) if got.more() => {
-                    from = last.key().to_vec();
+            match batch.entries.last() {
+                Some((last, _)) if batch.more => {
+                    from = last.clone();
                     from.push(0);
                 }
                 _ => {
@@ -92,5 +168,50 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Up to [`LIST_BATCH`] keys in `[from, end)` read in etcd, at `at` (`None`: now).
+    async fn etcd_batch(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        at: Option<Revision>,
+    ) -> Result<Batch, StoreError> {
+        let mut opts = GetOptions::new()
+            .with_range(end.to_vec())
+            .with_limit(LIST_BATCH);
+        if let Some(rev) = at {
+            opts = opts.with_revision(rev as i64);
+        }
+        let mut kv = self.client.kv_client();
+        let got = match self.outcome(timeout(kv.get(from.to_vec(), Some(opts))).await) {
+            Err(StoreError::Expired { .. }) if at.is_some() => {
+                return Err(StoreError::Expired {
+                    requested: at.unwrap_or_default(),
+                    // Unknown: etcd does not say how far it compacted.
+                    oldest: 0,
+                });
+            }
+            got => got?,
+        };
+        let revision = header_revision(got.header());
+        self.saw(revision);
+        Ok(Batch {
+            entries: got
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), entry(kv)))
+                .collect(),
+            revision: at.unwrap_or(revision),
+            count: got.count().max(0) as usize,
+            more: got.more(),
+        })
+    }
+}
+
+pub(super) fn entry(kv: &KeyValue) -> Entry {
+    Entry {
+        revision: kv.mod_revision().max(0) as Revision,
+        value: Bytes::copy_from_slice(kv.value()),
     }
 }

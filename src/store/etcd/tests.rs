@@ -299,3 +299,57 @@ async fn etcd_gone_is_unavailable_fast_and_not_ready() {
     assert!(store.ready().unwrap_err().contains("etcd"));
     assert_eq!(store.failure(), None);
 }
+
+#[tokio::test]
+async fn reads_come_from_the_cache_and_see_every_acknowledged_write() {
+    let Some(etcd) = TestEtcd::start("reads_come_from_the_cache_and_see_every_acknowledged_write")
+    else {
+        return;
+    };
+    // Once etcd answers.
+    drop(etcd.store("/registry", 100).await);
+    let mut raw = Client::connect([etcd.url.as_str()], None).await.unwrap();
+    // Written before the store starts: its cache is filled with it.
+    raw.put("/registry/ipam.miloapis.com/ipprefixes/before", "0", None)
+        .await
+        .unwrap();
+    let store = etcd.store("/registry", 100).await;
+    let key = |n: &str| ObjectKey::new("ipprefixes", "", n);
+    assert_eq!(store.get(&key("before")).await.unwrap().unwrap().value, "0");
+    for i in 0..20 {
+        // Another writer, then writes elsewhere in etcd that move its revision with no event
+        // under our root: the cache must learn it is current all the same.
+        let put = raw
+            .put(
+                format!("/registry/ipam.miloapis.com/ipprefixes/k{i:02}"),
+                i.to_string(),
+                None,
+            )
+            .await
+            .unwrap();
+        raw.put(format!("/elsewhere/{i}"), "x", None).await.unwrap();
+        let got = store.get(&key(&format!("k{i:02}"))).await.unwrap().unwrap();
+        assert_eq!(
+            (got.revision, got.value.as_ref()),
+            (
+                put.header().unwrap().revision() as Revision,
+                i.to_string().as_bytes()
+            )
+        );
+        let all = KeyRange {
+            resource: "ipprefixes",
+            namespace: None,
+        };
+        let page = store
+            .list(&all, None, ReadAt::Latest, None, &mut |_| true)
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), i + 2);
+    }
+    raw.delete("/registry/ipam.miloapis.com/ipprefixes/k00", None)
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key("k00")).await.unwrap(), None);
+    // Every read above was answered from the cache, none by giving up on it.
+    assert_eq!(store.inner.fallbacks.load(Ordering::Relaxed), 0);
+}

@@ -1,0 +1,196 @@
+//! The watch-fed cache: the current value of every key under the root, kept by the one etcd
+//! watch (`follow.rs`), filled at start by one list at a revision and then following etcd from
+//! that revision. As kube-apiserver's Cacher with consistent reads from cache: a read learns
+//! etcd's current revision, waits until the cache has reached it, and answers from memory.
+use super::*;
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+/// A key's value as the cache holds it.
+#[derive(Clone)]
+pub(super) struct Entry {
+    pub revision: Revision,
+    pub value: Bytes,
+}
+
+/// Keys from a start in order, read from the cache at one revision.
+pub(super) struct Batch {
+    pub entries: Vec<(Vec<u8>, Entry)>,
+    pub revision: Revision,
+    /// Keys from the start to the range's end (`entries` and the rest).
+    pub count: usize,
+    /// Keys follow the last entry.
+    pub more: bool,
+}
+
+pub(super) struct Cache {
+    state: RwLock<State>,
+    /// The revision the cache has reached, for readers waiting on it.
+    reached: tokio::sync::watch::Sender<Revision>,
+}
+
+struct State {
+    /// By etcd key, so the cache lists in etcd's order and a list may go on in etcd.
+    objects: BTreeMap<Box<[u8]>, Entry>,
+    /// Every change up to this revision is in `objects`.
+    revision: Revision,
+    /// Filled and following etcd. Not after the watch fell behind a compaction (changes were
+    /// missed) until it is filled again: reads go to etcd meanwhile.
+    live: bool,
+}
+
+impl Cache {
+    pub fn new() -> Cache {
+        Cache {
+            state: RwLock::new(State {
+                objects: BTreeMap::new(),
+                revision: 0,
+                live: false,
+            }),
+            reached: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Everything under the root as of `revision`, in place of what the cache held.
+    pub fn fill(&self, objects: BTreeMap<Box<[u8]>, Entry>, revision: Revision) {
+        let mut state = write(&self.state);
+        *state = State {
+            objects,
+            revision,
+            live: true,
+        };
+        drop(state);
+        self.reached.send_replace(revision);
+    }
+
+    /// Changes missed: serve nothing from the cache until it is filled again.
+    pub fn lost(&self) {
+        write(&self.state).live = false;
+    }
+
+    /// The changes of one watch response (`None`: a deletion), then everything up to
+    /// `revision` is in.
+    pub fn apply(&self, changes: Vec<(Vec<u8>, Option<Entry>)>, revision: Revision) {
+        let mut state = write(&self.state);
+        for (key, entry) in changes {
+            match entry {
+                Some(entry) => {
+                    state.objects.insert(key.into_boxed_slice(), entry);
+                }
+                None => {
+                    state.objects.remove(key.as_slice());
+                }
+            }
+        }
+        state.revision = state.revision.max(revision);
+        let reached = state.revision;
+        drop(state);
+        self.reached.send_replace(reached);
+    }
+
+    /// Whether the cache reached `revision` within `wait` (and is live).
+    pub async fn reached(&self, revision: Revision, wait: Duration) -> bool {
+        let mut reached = self.reached.subscribe();
+        let caught_up = tokio::time::timeout(wait, reached.wait_for(|r| *r >= revision)).await;
+        matches!(caught_up, Ok(Ok(_))) && read(&self.state).live
+    }
+
+    pub fn live(&self) -> bool {
+        read(&self.state).live
+    }
+
+    pub fn revision(&self) -> Revision {
+        read(&self.state).revision
+    }
+
+    /// The value of `key` and the cache's revision, when live.
+    pub fn get(&self, key: &[u8]) -> Option<(Option<Entry>, Revision)> {
+        let state = read(&self.state);
+        state
+            .live
+            .then(|| (state.objects.get(key).cloned(), state.revision))
+    }
+
+    /// Up to `limit` keys in `[from, end)`, when live.
+    pub fn batch(&self, from: &[u8], end: &[u8], limit: usize) -> Option<Batch> {
+        use std::ops::Bound;
+        let state = read(&self.state);
+        if !state.live {
+            return None;
+        }
+        let range = (Bound::Included(from), Bound::Excluded(end));
+        let mut keys = state.objects.range::<[u8], _>(range);
+        let entries: Vec<(Vec<u8>, Entry)> = keys
+            .by_ref()
+            .take(limit)
+            .map(|(k, e)| (k.to_vec(), e.clone()))
+            .collect();
+        let rest = keys.count();
+        Some(Batch {
+            count: entries.len() + rest,
+            more: rest > 0,
+            entries,
+            revision: state.revision,
+        })
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keys per range request while filling: the fill is one paged list, and with 10^6 objects
+/// the round trips are most of a replica's start.
+const FILL_BATCH: i64 = 10_000;
+/// Room for a fill batch of large objects (tonic's default is 4 MiB).
+const FILL_MESSAGE: usize = 256 << 20;
+
+impl Inner {
+    /// Fill the cache with everything under the root as of `at` (`None`: now), one paged
+    /// list at one revision, and say which: the watch follows from there.
+    pub(super) async fn fill_cache(&self, at: Option<Revision>) -> Result<Revision, StoreError> {
+        let end = prefix_end(&self.root);
+        let mut from = self.root.clone();
+        let mut at = at.map(|r| r as i64);
+        let mut objects = BTreeMap::new();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(FILL_MESSAGE);
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(FILL_BATCH);
+            if let Some(rev) = at {
+                opts = opts.with_revision(rev);
+            }
+            let mut got = self.outcome(timeout(kv.get(from.clone(), Some(opts))).await)?;
+            let revision = *at.get_or_insert(header_revision(got.header()) as i64);
+            let more = got.more();
+            let kvs = got.take_kvs();
+            if let Some(last) = kvs.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            let ended = !more || kvs.is_empty();
+            for kv in kvs {
+                let revision = kv.mod_revision().max(0) as Revision;
+                let (key, value) = kv.into_key_value();
+                if self.object_key(&key).is_some() {
+                    let value = Bytes::from(value);
+                    objects.insert(key.into_boxed_slice(), Entry { revision, value });
+                }
+            }
+            if ended {
+                let revision = revision as Revision;
+                tracing::info!(objects = objects.len(), revision, "etcd cache filled");
+                self.cache.fill(objects, revision);
+                return Ok(revision);
+            }
+        }
+    }
+}
