@@ -203,3 +203,43 @@ async fn a_page_whose_revision_etcd_compacted_is_410_expired() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(names(&fresh), ["a"]);
 }
+
+#[tokio::test]
+async fn resource_version_0_reads_are_answered_from_the_cache_even_without_etcd() {
+    let Some(mut etcd) = Etcd::start("resource_version_0_reads_are_answered_from_the_cache") else {
+        return;
+    };
+    let server = server_with_claims(&etcd, &["a", "b"]).await;
+    let claims = format!("{GV}/namespaces/ns/ipprefixclaims");
+    etcd.stop();
+    // The latest state needs etcd's word: 503 naming etcd.
+    // Once, as a client that does not retry 503 (kube-rs does, with backoff, by default).
+    let mut config = server.kube_config().await;
+    config.default_retry = false;
+    let req = common::request("GET", &format!("{claims}/a"), None, Vec::new());
+    let (status, _, body) = common::send_with(config, req).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("etcd"), "{body}");
+    // Any state will do: this replica's cache answers, as kube-apiserver's watch cache does.
+    let (status, body) = call(
+        &server,
+        "GET",
+        &format!("{claims}/a?resourceVersion=0"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["metadata"]["name"], "a");
+    let (status, list) = call(&server, "GET", &format!("{claims}?resourceVersion=0"), None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(names(&list), ["a", "b"]);
+    let (status, _) = call(
+        &server,
+        "GET",
+        &format!("{claims}?resourceVersion=0&limit=1"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "a first page from the cache");
+}

@@ -48,6 +48,11 @@ fn list_options<K: Served>(params: &Params) -> ApiResult<ListOptions> {
             .number("limit")?
             .map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
         continue_token: params.get("continue").map(str::to_string),
+        // Checked by `check_list_version`; `Exact` reads the latest state, which it must be.
+        not_older_than: params
+            .get("resourceVersion")
+            .filter(|_| params.get("resourceVersionMatch") != Some("Exact"))
+            .and_then(|rv| rv.parse().ok()),
     })
 }
 
@@ -120,7 +125,11 @@ pub async fn get<K: Served>(
     let repr = negotiate(&headers)?;
     let obj = app
         .registry
-        .get::<K>(namespace_of(&path), name_of(&path))
+        .get_at::<K>(
+            namespace_of(&path),
+            name_of(&path),
+            params.get("resourceVersion"),
+        )
         .await?;
     object_response(StatusCode::OK, &obj, repr, include_object(&params)?, &[])
 }

@@ -10,7 +10,7 @@ use super::state::State;
 use super::txn::{store_error, Stored, Txn};
 use crate::api::PREFIX_IN_USE_FINALIZER;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{Precondition, Revision, Store, StoreError};
+use crate::store::{Precondition, ReadAt, Revision, Store, StoreError};
 use base64::Engine;
 use kube::core::Selector;
 use std::sync::Arc;
@@ -50,6 +50,9 @@ pub struct ListOptions {
     pub field_selector: Vec<FieldRequirement>,
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
+    /// `resourceVersion` N of a list that is not `Exact`: any state at or after N will do (0:
+    /// whatever is at hand), so a store with a cache answers from it at once.
+    pub not_older_than: Option<crate::store::Revision>,
 }
 
 #[derive(Debug)]
@@ -280,9 +283,34 @@ impl Registry {
     }
 
     pub async fn get<K: Kind>(&self, namespace: &str, name: &str) -> ApiResult<K> {
+        self.get_at(namespace, name, None).await
+    }
+
+    /// A get with the API's `resourceVersion`: N means any state not older than N (0:
+    /// whatever is at hand, from a cache at once); without one, the latest state.
+    pub async fn get_at<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> ApiResult<K> {
+        let at = match resource_version.filter(|v| !v.is_empty()) {
+            Some(rv) => ReadAt::NotOlderThan(rv.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "resourceVersion {rv:?} is not valid: expected a number"
+                ))
+            })?),
+            None => ReadAt::Latest,
+        };
         self.ensure_available()?;
         let key = Txn::key::<K>(namespace, name);
-        match self.inner.store.get(&key).await.map_err(store_error)? {
+        match self
+            .inner
+            .store
+            .get_at(&key, at)
+            .await
+            .map_err(store_error)?
+        {
             Some(v) => codec::decode_stored(&v.value, v.revision),
             None => Err(ApiError::not_found(K::RESOURCE, name)),
         }

@@ -103,7 +103,11 @@ impl Registry {
             first: None,
             next: Some(start_after),
             remaining: opts.limit.filter(|l| *l > 0),
-            at: list_rv.map_or(ReadAt::Latest, ReadAt::Revision),
+            at: match (list_rv, opts.not_older_than) {
+                (Some(rv), _) => ReadAt::Revision(rv),
+                (None, Some(rv)) => ReadAt::NotOlderThan(rv),
+                (None, None) => ReadAt::Latest,
+            },
             continued: list_rv.is_some(),
             remaining_item_count: None,
             resource_version: list_rv.map(|rv| rv.to_string()).unwrap_or_default(),

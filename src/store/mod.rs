@@ -214,6 +214,9 @@ pub enum ReadAt {
     /// ([`Store::keeps_versions`]: etcd, until it compacts them, then `Expired`) reads them; one
     /// that keeps only the latest state (sled) reads that.
     Revision(Revision),
+    /// Any state at or after this revision (`resourceVersion` N, or 0: whatever is at hand):
+    /// a store with a cache answers from it without asking for the latest.
+    NotOlderThan(Revision),
 }
 
 /// Which listed values count (see [`Store::list`]).
@@ -227,6 +230,12 @@ pub type EventStream = BoxStream<'static, Result<Arc<StoreEvent>, StoreError>>;
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError>;
+
+    /// [`Store::get`] as of `at` ([`ReadAt::NotOlderThan`] may answer from a cache at once).
+    async fn get_at(&self, key: &ObjectKey, at: ReadAt) -> Result<Option<Versioned>, StoreError> {
+        let _ = at;
+        self.get(key).await
+    }
 
     /// Keys in `range` after `start_after` in key order as of `at`, at most `limit` of them.
     /// `filter` decides which values count towards `limit`.

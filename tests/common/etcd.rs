@@ -24,6 +24,12 @@ fn free_port() -> u16 {
 }
 
 impl Etcd {
+    /// Kill it (a lost quorum, for the server).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn start(test: &str) -> Option<Etcd> {
         let Some(assets) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty()) else {
             use std::io::Write;

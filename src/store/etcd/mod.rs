@@ -322,7 +322,11 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
-        self.inner.get(key).await
+        self.inner.get(key, ReadAt::Latest).await
+    }
+
+    async fn get_at(&self, key: &ObjectKey, at: ReadAt) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(key, at).await
     }
 
     async fn list(

@@ -77,9 +77,25 @@ impl Inner {
         }
     }
 
-    pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
+    /// Whether the cache may answer a read `at`: for the latest state, once it reached etcd's
+    /// revision now; for `NotOlderThan`, once it reached that one, asking etcd nothing.
+    async fn cache_answers(&self, at: ReadAt) -> Result<bool, StoreError> {
+        match at {
+            ReadAt::Latest => self.cache_is_fresh().await,
+            ReadAt::NotOlderThan(r) => {
+                Ok(self.cache.live() && self.cache.reached(r, CACHE_WAIT).await)
+            }
+            ReadAt::Revision(_) => Ok(false),
+        }
+    }
+
+    pub(super) async fn get(
+        &self,
+        key: &ObjectKey,
+        at: ReadAt,
+    ) -> Result<Option<Versioned>, StoreError> {
         let raw = self.etcd_key(key);
-        if self.cache_is_fresh().await? {
+        if self.cache_answers(at).await? {
             if let Some((entry, _)) = self.cache.get(&raw) {
                 return Ok(entry.map(|e| Versioned {
                     key: key.clone(),
@@ -112,14 +128,15 @@ impl Inner {
             }
             None => prefix.clone(),
         };
+        let first = at;
         let mut at = match at {
-            ReadAt::Latest => None,
+            ReadAt::Latest | ReadAt::NotOlderThan(_) => None,
             ReadAt::Revision(r) => Some(r),
         };
         let mut items = Vec::new();
         loop {
             let batch = match at {
-                None if self.cache_is_fresh().await? => {
+                None if self.cache_answers(first).await? => {
                     self.cache.batch(&from, &end, LIST_BATCH as usize)
                 }
                 _ => None,
