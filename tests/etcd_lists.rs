@@ -211,6 +211,9 @@ async fn resource_version_0_reads_are_answered_from_the_cache_even_without_etcd(
     };
     let server = server_with_claims(&etcd, &["a", "b"]).await;
     let claims = format!("{GV}/namespaces/ns/ipprefixclaims");
+    // A consistent read first: the cache has every write acknowledged before it.
+    let (_, list) = call(&server, "GET", &claims, None).await;
+    assert_eq!(names(&list), ["a", "b"]);
     etcd.stop();
     // The latest state needs etcd's word: 503 naming etcd.
     // Once, as a client that does not retry 503 (kube-rs does, with backoff, by default).

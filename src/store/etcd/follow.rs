@@ -132,10 +132,10 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
                 after = after.max(revision);
                 events.push(event);
             }
-            if events.is_empty() && !response.created() {
+            if response.events().is_empty() && !response.created() {
                 // A progress notification: nothing under the root changed up to its revision.
-                // (Not the watch's creation: its header is etcd's revision now, with the
-                // events since `after` still to come.)
+                // (Not the watch's creation, nor a response of keys not ours: a watch catching
+                // up has etcd's revision now in every header, with more events to come.)
                 after = after.max(header_revision(response.header()));
             }
             inner.cache.apply(changes, after);
