@@ -185,7 +185,7 @@ impl Registry {
                 // Exhausted only as of every write acknowledged before: a block another
                 // replica freed a moment ago may not be in this replica's index yet (as a
                 // consistent read waits for the watch cache).
-                Err(e @ ApiError::Exhausted { .. })
+                Err(ApiError::Exhausted { .. })
                     if !exhausted_at_latest && self.inner.store.shared() =>
                 {
                     exhausted_at_latest = true;
@@ -200,9 +200,8 @@ impl Registry {
                         .newest_in(&guards)
                         .await
                         .map_err(super::txn::store_error)?;
-                    if latest <= *self.inner.progress.borrow() {
-                        return Err(e);
-                    }
+                    // Decide again even when the index is there already: it may have got
+                    // there after this create decided.
                     self.caught_up(latest).await?;
                 }
                 done => return done,

@@ -20,8 +20,9 @@ use crate::store::{ObjectKey, Op, Revision, Store, StoreError, GUARDS};
 use std::collections::{BTreeMap, HashSet};
 use tokio::sync::oneshot;
 
-/// etcd's default `--max-txn-ops` bounds a transaction's compares and its writes alike.
-const MAX_OPS: usize = 128;
+/// etcd's default `--max-txn-ops` (128) bounds a transaction's compares and its writes alike;
+/// the store adds one write of its own to every commit.
+const MAX_OPS: usize = 127;
 /// Under etcd's default 1.5 MiB request limit, with room for the keys and framing.
 const MAX_BYTES: usize = 1024 * 1024;
 

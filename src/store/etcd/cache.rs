@@ -99,10 +99,6 @@ impl Cache {
         read(&self.state).live
     }
 
-    pub fn revision(&self) -> Revision {
-        read(&self.state).revision
-    }
-
     /// The value of `key` and the cache's revision, when live.
     pub fn get(&self, key: &[u8]) -> Option<(Option<Entry>, Revision)> {
         let state = read(&self.state);

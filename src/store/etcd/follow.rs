@@ -26,7 +26,6 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
                 }
             }
         }
-        let progress = inner.progress.clone();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
@@ -46,16 +45,7 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
             }
         };
         loop {
-            let message = tokio::select! {
-                message = stream.message() => message,
-                () = progress.notified() => {
-                    // A reader waits for a revision: etcd says how far the watch is.
-                    if let Err(e) = stream.request_progress().await {
-                        tracing::debug!("etcd watch progress request: {e}");
-                    }
-                    continue;
-                }
-            };
+            let message = stream.message().await;
             let Some(inner) = store.upgrade() else {
                 return;
             };

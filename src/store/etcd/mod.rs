@@ -81,7 +81,6 @@ struct Inner {
     /// etcd's current revision, asked once for the readers waiting together.
     current: read::CurrentRevision,
     /// A reader waits for the cache: the watch asks etcd how far it is.
-    progress: Arc<tokio::sync::Notify>,
     /// Consistent reads that found the cache behind for too long and read etcd instead.
     fallbacks: AtomicU64,
     /// The newest revision known applied: every event up to it has reached `history`, or it
@@ -146,7 +145,6 @@ impl EtcdStore {
             history: History::new(opts.watch_history, start),
             cache: cache::Cache::new(),
             current: Default::default(),
-            progress: Default::default(),
             fallbacks: AtomicU64::new(0),
             revision: AtomicU64::new(start),
             trouble: Mutex::new(None),
@@ -252,6 +250,12 @@ impl Inner {
         }
         k.extend_from_slice(key.name.as_bytes());
         k
+    }
+
+    /// Bumped by every commit: its `mod_revision` is the revision of the last change to the
+    /// API's keys, whichever replica made it (not an object key: the watch and lists skip it).
+    fn last_write_key(&self) -> Vec<u8> {
+        [self.root.as_slice(), b"last-write"].concat()
     }
 
     /// The object key of an etcd key under `root`, for one of `resources`.
@@ -383,6 +387,9 @@ impl Store for EtcdStore {
             });
             reads.push(TxnOp::get(key, None));
         }
+        // Every commit bumps one key, so the revision of the last change to our keys (a delete
+        // included) is one quorum read away (`read.rs`).
+        writes.push(TxnOp::put(inner.last_write_key(), Vec::new(), None));
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
         let mut kv = inner.client.kv_client();
         let done = inner.outcome(timeout(kv.txn(txn)).await)?;

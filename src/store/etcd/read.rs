@@ -22,7 +22,12 @@ pub(super) struct CurrentRevision {
 }
 
 impl Inner {
-    /// etcd's revision now: every write acknowledged before this call began is at or below it.
+    /// The revision of the last change to the API's keys, asked of etcd now (a quorum read of
+    /// the key every commit bumps): every write acknowledged before this call began is at or
+    /// below it, and the cache reaches it through the watch's own events. (Not etcd's revision
+    /// as a whole: writes to other keys of a shared etcd move that without an event for us,
+    /// and asking the watch for a progress notification instead is unsafe on etcd before
+    /// 3.4.24, which can send one ahead of events still on their way.)
     /// A call already sent may have been answered before that, so a reader joins only a call
     /// not yet sent (the next one, sent once the one on its way is answered).
     async fn current_revision(&self) -> Result<Revision, StoreError> {
@@ -35,15 +40,17 @@ impl Inner {
                     let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let mark = sent.clone();
                     let mut kv = self.client.kv_client();
-                    let root = self.root.clone();
+                    let last_write = self.last_write_key();
                     let answer = async move {
                         if let Some(before) = before {
                             let _ = before.await;
                         }
                         mark.store(true, Ordering::SeqCst);
-                        let opts = GetOptions::new().with_count_only();
-                        let got = timeout(kv.get(root, Some(opts))).await?;
-                        Ok(header_revision(got.header()))
+                        let got = timeout(kv.get(last_write, None)).await?;
+                        Ok(got
+                            .kvs()
+                            .first()
+                            .map_or(0, |kv| kv.mod_revision().max(0) as Revision))
                     }
                     .boxed()
                     .shared();
@@ -61,20 +68,11 @@ impl Inner {
             return Ok(false);
         }
         let current = self.current_revision().await?;
-        self.saw_elsewhere(current);
         let fresh = self.cache.reached(current, CACHE_WAIT).await;
         if !fresh {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         Ok(fresh)
-    }
-
-    /// etcd is at `current`: when the cache is behind, ask the watch to say how far it is (a
-    /// write elsewhere in etcd moves the revision without an event for us).
-    fn saw_elsewhere(&self, current: Revision) {
-        if self.cache.revision() < current {
-            self.progress.notify_one();
-        }
     }
 
     /// Whether the cache may answer a read `at`: for the latest state, once it reached etcd's

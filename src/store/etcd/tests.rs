@@ -211,7 +211,10 @@ async fn keys_live_under_the_prefix_and_group_as_kubernetes_keeps_them() {
         keys,
         [
             "/custom/ipam.miloapis.com/ipprefixclaims/ns/c",
-            "/custom/ipam.miloapis.com/ipprefixes/root"
+            "/custom/ipam.miloapis.com/ipprefixes/root",
+            // Bumped by every commit (consistent reads), and the election's key.
+            "/custom/ipam.miloapis.com/last-write",
+            "/custom/ipam.miloapis.com/leader",
         ]
     );
 }
