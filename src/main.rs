@@ -98,13 +98,18 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             .clone()
             .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
     );
-    // Released IPPrefixes are freed at their status.retainedUntil (at once when it passed
-    // while the server was down).
-    tokio::spawn(registry.clone().run_retention());
     let (auditor, audit_writer) = match &config.audit {
         Some(c) => audit::start(c).map(|(a, w)| (Some(a), Some(w)))?,
         None => (None, None),
     };
+    // What the server frees on its own (retention that ends, blocks going with their parent)
+    // is audited as its own writes; set before the retention task runs.
+    if let Some(a) = &auditor {
+        registry.report_server_changes(a.server_changes());
+    }
+    // Released IPPrefixes are freed at their status.retainedUntil (at once when it passed
+    // while the server was down).
+    tokio::spawn(registry.clone().run_retention());
     match &config.mode {
         Mode::Standalone => serve_standalone(&config, limits, registry.clone(), auditor).await?,
         Mode::Cluster(cluster) => {
@@ -194,6 +199,7 @@ async fn serve_standalone(
     let app = audit::layer(http::router(registry).merge(health), auditor.as_ref()).layer(
         axum::middleware::from_fn_with_state(authn, auth::authenticate),
     );
+    let app = audit::layer_around_authentication(app, auditor.as_ref());
 
     eprintln!(
         "Standalone mode: admin kubeconfig written to {kc}\n  export KUBECONFIG={kc}\n  kubectl --kubeconfig {kc} get ipprefixes",
@@ -249,6 +255,7 @@ async fn serve_cluster(
         authn,
         auth::authenticate,
     ));
+    let app = audit::layer_around_authentication(app, auditor.as_ref());
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
     server::run(listener, tls, app, limits, shutdown).await?;
