@@ -190,6 +190,9 @@ async fn serve_standalone(
     let pki = StandalonePki::load_or_create(&data_dir, config.bind.ip())?;
     let tls = pki.server_config()?;
     let authn = Arc::new(pki.authenticator()?);
+    if let Some(a) = &auditor {
+        authn.on_rejected(a.authentication_failures());
+    }
 
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
@@ -199,7 +202,6 @@ async fn serve_standalone(
     let app = audit::layer(http::router(registry).merge(health), auditor.as_ref()).layer(
         axum::middleware::from_fn_with_state(authn, auth::authenticate),
     );
-    let app = audit::layer_around_authentication(app, auditor.as_ref());
 
     eprintln!(
         "Standalone mode: admin kubeconfig written to {kc}\n  export KUBECONFIG={kc}\n  kubectl --kubeconfig {kc} get ipprefixes",
@@ -233,6 +235,9 @@ async fn serve_cluster(
     cert.spawn_reloader();
     let tls = cert.server_config()?;
     let authn = auth::delegated::authenticator(cluster, authn_client).await?;
+    if let Some(a) = &auditor {
+        authn.on_rejected(a.authentication_failures());
+    }
     let authorizer = Arc::new(Authorizer::new(authz_client));
     let hooks = Arc::new(Cluster {
         authorizer: authorizer.clone(),
@@ -255,7 +260,6 @@ async fn serve_cluster(
         authn,
         auth::authenticate,
     ));
-    let app = audit::layer_around_authentication(app, auditor.as_ref());
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
     server::run(listener, tls, app, limits, shutdown).await?;

@@ -3,7 +3,7 @@
 //!
 //! Requests are recorded by a middleware ([`layer`]) that sits after authentication (it needs
 //! the user) and before authorization (a 403 is recorded too); requests authentication turns
-//! away (401) by one outside it ([`layer_around_authentication`]). Write handlers name the
+//! away (401) through its hook ([`Auditor::authentication_failures`]). Write handlers name the
 //! objects they wrote with [`written`]; the event then carries the block in annotations
 //! ([`PREFIX_ANNOTATION`], [`PARENT_ANNOTATION`], [`IPPREFIX_ANNOTATION`]), so the log answers
 //! "who held fd20::5, and when" after the objects are gone; what the server does by itself (a
@@ -68,18 +68,6 @@ pub fn layer(app: axum::Router, auditor: Option<&Auditor>) -> axum::Router {
         Some(a) => app.layer(axum::middleware::from_fn_with_state(
             a.clone(),
             middleware::audit,
-        )),
-        None => app,
-    }
-}
-
-/// `app`, which authenticates, with the requests authentication answers 401 recorded, if there
-/// is an audit log. Layer it outside authentication.
-pub fn layer_around_authentication(app: axum::Router, auditor: Option<&Auditor>) -> axum::Router {
-    match auditor {
-        Some(a) => app.layer(axum::middleware::from_fn_with_state(
-            a.clone(),
-            unauthenticated::audit_failed_authentication,
         )),
         None => app,
     }

@@ -49,11 +49,17 @@ pub struct Head {
 
 impl Head {
     pub fn of<B>(req: &http::Request<B>) -> Head {
-        let headers = req.headers();
+        Head::new(req.uri(), req.headers(), req.extensions())
+    }
+
+    pub fn of_parts(req: &http::request::Parts) -> Head {
+        Head::new(&req.uri, &req.headers, &req.extensions)
+    }
+
+    fn new(uri: &Uri, headers: &http::HeaderMap, extensions: &http::Extensions) -> Head {
         Head {
-            uri: req.uri().clone(),
-            peer: req
-                .extensions()
+            uri: uri.clone(),
+            peer: extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0.ip()),
             forwarded_for: headers.get("x-forwarded-for").cloned(),

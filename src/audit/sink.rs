@@ -50,14 +50,15 @@ impl Output {
 
 /// What is queued: a request as captured (made an [`Event`] by the writer), or an event the
 /// server made by itself.
+/// Boxed: the queue's slots are allocated up front, and a captured request is ~650 bytes.
 pub enum Entry {
-    Request(Record),
+    Request(Box<Record>),
     Event(Box<Event>),
 }
 
 impl From<Record> for Entry {
     fn from(r: Record) -> Entry {
-        Entry::Request(r)
+        Entry::Request(Box::new(r))
     }
 }
 

@@ -4,58 +4,50 @@
 //! `ResponseStarted` (the only one written), and the response status holds the code and which
 //! credentials were tried ("Authentication failed, attempted: x509").
 use super::event::Stage;
-use super::middleware::{capture, new_audit_id, with_audit_id, AUDIT_ID_HEADER};
+use super::middleware::{capture, new_audit_id, AUDIT_ID_HEADER};
 use super::record::Head;
 use super::Auditor;
 use crate::auth::authz::request_attributes;
+use crate::auth::OnRejected;
 use crate::server::PeerCertificates;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::Response;
-use http::{HeaderValue, StatusCode};
+use http::request::Parts;
+use http::HeaderValue;
+use std::sync::Arc;
 
-/// Sits outside authentication. A request that got past it was audited (or not, by the
-/// policy) inside, and its response already carries an `Audit-Id`; one without is a 401 from
-/// authentication itself.
-pub async fn audit_failed_authentication(
-    State(auditor): State<Auditor>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let received = jiff::Timestamp::now();
-    // The request is gone once served: keep what a 401's event needs (cheap clones only).
-    let method = req.method().clone();
-    let head = Head::of(&req);
-    let incoming_id = req
-        .headers()
+impl Auditor {
+    /// For [`crate::auth::Authenticator::on_rejected`]: each 401 authentication answers is
+    /// recorded, if the policy says so, and carries an `Audit-Id`. Only a rejected request
+    /// pays for it.
+    pub fn authentication_failures(&self) -> OnRejected {
+        let auditor = self.clone();
+        Arc::new(move |req: &Parts, resp: &mut Response| record(&auditor, req, resp))
+    }
+}
+
+fn record(auditor: &Auditor, req: &Parts, resp: &mut Response) {
+    let id = req
+        .headers
         .get(AUDIT_ID_HEADER)
         .filter(|v| !v.is_empty())
-        .cloned();
-    let tried = Tried {
-        authorization: req.headers().get(http::header::AUTHORIZATION).cloned(),
-        certificate: req.extensions().get::<PeerCertificates>().is_some(),
-    };
-    let resp = next.run(req).await;
-    if resp.status() != StatusCode::UNAUTHORIZED || resp.headers().contains_key(AUDIT_ID_HEADER) {
-        return resp;
-    }
-    let id = incoming_id.unwrap_or_else(new_audit_id);
-    let attrs = request_attributes(
-        &method,
-        head.uri.path(),
-        head.uri.query().unwrap_or_default(),
-    );
+        .cloned()
+        .unwrap_or_else(new_audit_id);
+    let query = req.uri.query().unwrap_or_default();
+    let attrs = request_attributes(&req.method, req.uri.path(), query);
     let decision = auditor.0.policy.evaluate(None, &attrs);
     if decision.records(Stage::ResponseStarted) {
-        let message = tried.message(head.uri.query().unwrap_or_default());
-        let mut record = capture(head, attrs, &decision, id.clone(), received);
+        let tried = Tried {
+            authorization: req.headers.get(http::header::AUTHORIZATION).cloned(),
+            certificate: req.extensions.get::<PeerCertificates>().is_some(),
+        };
+        let now = jiff::Timestamp::now();
+        let mut record = capture(Head::of_parts(req), attrs, &decision, id.clone(), now);
         record.stage = Stage::ResponseStarted;
-        record.stage_at = jiff::Timestamp::now();
         record.code = resp.status().as_u16();
-        record.message = Some(message);
+        record.message = Some(tried.message(query));
         auditor.0.sender.send(record.into());
     }
-    with_audit_id(resp, id)
+    resp.headers_mut().insert(AUDIT_ID_HEADER, id);
 }
 
 /// The credentials a request came with.
