@@ -98,13 +98,18 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             .clone()
             .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
     );
-    // Released IPPrefixes are freed at their status.retainedUntil (at once when it passed
-    // while the server was down).
-    tokio::spawn(registry.clone().run_retention());
     let (auditor, audit_writer) = match &config.audit {
         Some(c) => audit::start(c).map(|(a, w)| (Some(a), Some(w)))?,
         None => (None, None),
     };
+    // What the server frees on its own (retention that ends, blocks going with their parent)
+    // is audited as its own writes; set before the retention task runs.
+    if let Some(a) = &auditor {
+        registry.report_server_changes(a.server_changes());
+    }
+    // Released IPPrefixes are freed at their status.retainedUntil (at once when it passed
+    // while the server was down).
+    tokio::spawn(registry.clone().run_retention());
     match &config.mode {
         Mode::Standalone => serve_standalone(&config, limits, registry.clone(), auditor).await?,
         Mode::Cluster(cluster) => {
@@ -185,6 +190,9 @@ async fn serve_standalone(
     let pki = StandalonePki::load_or_create(&data_dir, config.bind.ip())?;
     let tls = pki.server_config()?;
     let authn = Arc::new(pki.authenticator()?);
+    if let Some(a) = &auditor {
+        authn.on_rejected(a.authentication_failures());
+    }
 
     let listener = bind(config.bind).await?;
     let addr = listener.local_addr()?;
@@ -227,6 +235,9 @@ async fn serve_cluster(
     cert.spawn_reloader();
     let tls = cert.server_config()?;
     let authn = auth::delegated::authenticator(cluster, authn_client).await?;
+    if let Some(a) = &auditor {
+        authn.on_rejected(a.authentication_failures());
+    }
     let authorizer = Arc::new(Authorizer::new(authz_client));
     let hooks = Arc::new(Cluster {
         authorizer: authorizer.clone(),

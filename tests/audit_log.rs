@@ -441,3 +441,223 @@ rules:
     assert_eq!(all[1]["auditID"], all[2]["auditID"]);
     assert!(all[2]["stageTimestamp"].as_str() > all[1]["stageTimestamp"].as_str());
 }
+
+/// Wait (bounded) until `log` holds an event `wanted` picks; the writer batches and flushes on
+/// its own thread.
+async fn event_eventually(log: &Path, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(e) = events(log).into_iter().find(|e| wanted(e)) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such event; the log holds {:#?}",
+            events(log)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn by_the_server(e: &Value) -> bool {
+    e["user"]["username"] == "system:apiserver"
+}
+
+async fn post(server: &TestServer, path: &str, body: Value) -> Value {
+    let (status, _, body) = server
+        .raw("POST", path, Some("application/json"), body.to_string())
+        .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retention_that_ends_is_recorded_as_the_servers_delete_naming_the_block() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.log");
+    let server = TestServer::start_with(&[], &["--audit-log-path", log.to_str().unwrap()]);
+    post(
+        &server,
+        &format!("{GV}/ipprefixes"),
+        serde_json::json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
+            "metadata": {"name": "root"}, "spec": {"prefix": "fd20::/48"}}),
+    )
+    .await;
+    let claims = format!("{GV}/namespaces/p/ipprefixclaims");
+    let made = post(
+        &server,
+        &claims,
+        serde_json::json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefixClaim",
+            "metadata": {"name": "web"},
+            "spec": {"parentRef": {"name": "root"}, "prefixLength": 64,
+                     "reclaimPolicy": "Retain", "retentionSeconds": 1}}),
+    )
+    .await;
+    let prefix = made["status"]["prefix"].as_str().unwrap().to_string();
+    let (status, _, _) = server
+        .raw("DELETE", &format!("{claims}/web"), None, Vec::new())
+        .await;
+    assert_eq!(status, 200);
+
+    let expiry = event_eventually(&log, by_the_server).await;
+    assert_eq!(expiry["verb"], "delete", "{expiry}");
+    assert_eq!(expiry["level"], "Metadata");
+    assert_eq!(expiry["stage"], "ResponseComplete");
+    assert_eq!(
+        expiry["user"]["groups"],
+        serde_json::json!(["system:masters"])
+    );
+    assert_eq!(expiry["objectRef"]["resource"], "ipprefixes");
+    assert_eq!(expiry["objectRef"]["name"], "p.web");
+    assert_eq!(
+        expiry["requestURI"],
+        "/apis/ipam.miloapis.com/v1alpha1/ipprefixes/p.web"
+    );
+    assert_eq!(expiry["responseStatus"]["code"], 200);
+    assert_eq!(
+        expiry["annotations"],
+        serde_json::json!({
+            "ipam.miloapis.com/prefix": prefix,
+            "ipam.miloapis.com/parent": "root",
+            "ipam.miloapis.com/ipprefix": "p.web",
+            "ipam.miloapis.com/claim": "p/web",
+            "ipam.miloapis.com/reason": "RetentionExpired",
+        })
+    );
+    // The block is free: the IPPrefix is gone.
+    let (status, _, _) = server
+        .raw("GET", &format!("{GV}/ipprefixes/p.web"), None, Vec::new())
+        .await;
+    assert_eq!(status, 404);
+    // The user's delete came before, by the user.
+    let all = events(&log);
+    let expiry_at = all.iter().position(by_the_server).unwrap();
+    let delete_at = all
+        .iter()
+        .position(|e| e["verb"] == "delete" && e["user"]["username"] == "admin")
+        .unwrap();
+    assert!(delete_at < expiry_at, "{all:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn released_children_freed_with_their_parent_are_recorded_as_the_servers_deletes() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.log");
+    let server = TestServer::start_with(&[], &["--audit-log-path", log.to_str().unwrap()]);
+    post(
+        &server,
+        &format!("{GV}/ipprefixes"),
+        serde_json::json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
+            "metadata": {"name": "root"}, "spec": {"prefix": "fd20::/48"}}),
+    )
+    .await;
+    let claims = format!("{GV}/namespaces/p/ipprefixclaims");
+    let claim = |name: &str, parent: &str, length: u8, policy: &str| {
+        serde_json::json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefixClaim",
+            "metadata": {"name": name},
+            "spec": {"parentRef": {"name": parent}, "prefixLength": length,
+                     "reclaimPolicy": policy}})
+    };
+    post(&server, &claims, claim("pool", "root", 56, "Delete")).await;
+    let host = post(&server, &claims, claim("host", "p.pool", 64, "Retain")).await;
+    let block = host["status"]["prefix"].as_str().unwrap().to_string();
+    for name in ["host", "pool"] {
+        let (status, _, _) = server
+            .raw("DELETE", &format!("{claims}/{name}"), None, Vec::new())
+            .await;
+        assert_eq!(status, 200);
+    }
+    let freed = event_eventually(&log, by_the_server).await;
+    assert_eq!(freed["verb"], "delete", "{freed}");
+    assert_eq!(freed["objectRef"]["name"], "p.host");
+    assert_eq!(
+        freed["annotations"],
+        serde_json::json!({
+            "ipam.miloapis.com/prefix": block,
+            "ipam.miloapis.com/parent": "p.pool",
+            "ipam.miloapis.com/ipprefix": "p.host",
+            "ipam.miloapis.com/claim": "p/host",
+            "ipam.miloapis.com/reason": "ParentFreed",
+        })
+    );
+    let (status, _, _) = server
+        .raw("GET", &format!("{GV}/ipprefixes/p.host"), None, Vec::new())
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_valid_credentials_are_recorded_with_their_401() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.log");
+    let policy = logs.path().join("policy.yaml");
+    // The policy is asked with no user: a rule naming groups never matches a 401.
+    std::fs::write(
+        &policy,
+        r#"
+apiVersion: audit.k8s.io/v1
+kind: Policy
+rules:
+- level: RequestResponse
+  userGroups: ["system:masters"]
+- level: Metadata
+"#,
+    )
+    .unwrap();
+    let mut server = TestServer::start_with(
+        &[],
+        &[
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--audit-policy-file",
+            policy.to_str().unwrap(),
+        ],
+    );
+    let claims = format!("{GV}/namespaces/q/ipprefixclaims");
+    let body = r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefixClaim","metadata":{"name":"x"},"spec":{"parentRef":{"name":"r"},"prefixLength":32}}"#;
+    let (status, headers, _) = server
+        .raw_unauthenticated("POST", &claims, Some("application/json"), body)
+        .await;
+    assert_eq!(status, 401);
+    let no_credentials_id = headers["audit-id"].to_str().unwrap().to_string();
+    // A bearer token this server does not accept.
+    let mut config = server.kube_config().await;
+    config.auth_info = Default::default();
+    let mut req = common::request("GET", &format!("{claims}/x"), None, Vec::new());
+    req.headers_mut()
+        .insert("authorization", "Bearer not-a-token".parse().unwrap());
+    let (status, headers, _) = common::send_with(config, req).await;
+    assert_eq!(status, 401);
+    let bearer_id = headers["audit-id"].to_str().unwrap().to_string();
+    assert!(server.stop().success());
+
+    let all = events(&log);
+    let refused: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 401)
+        .collect();
+    assert_eq!(refused.len(), 2, "{all:#?}");
+    let (create, get) = (refused[0], refused[1]);
+    for e in [create, get] {
+        assert_eq!(e["level"], "Metadata", "{e}");
+        assert_eq!(e["stage"], "ResponseStarted", "{e}");
+        assert_eq!(e["user"], serde_json::json!({}), "{e}");
+        assert_eq!(e["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+        assert_eq!(e["objectRef"]["resource"], "ipprefixclaims");
+        assert_eq!(e["objectRef"]["namespace"], "q");
+        assert!(e.get("requestObject").is_none(), "{e}");
+    }
+    assert_eq!(create["verb"], "create");
+    assert_eq!(create["auditID"], no_credentials_id.as_str());
+    assert_eq!(
+        create["responseStatus"]["message"],
+        "Authentication failed, no credentials provided"
+    );
+    assert_eq!(get["verb"], "get");
+    assert_eq!(get["objectRef"]["name"], "x");
+    assert_eq!(get["auditID"], bearer_id.as_str());
+    assert_eq!(
+        get["responseStatus"]["message"],
+        "Authentication failed, attempted: bearer"
+    );
+}

@@ -76,6 +76,7 @@ impl Event {
 /// `authentication.k8s.io/v1 UserInfo`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct User {
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub username: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
@@ -158,7 +159,9 @@ impl MicroTime {
 
 impl Serialize for MicroTime {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
+        // jiff's RFC 3339 printer with a fixed precision (`strftime` parses its format on
+        // every call).
+        s.collect_str(&format_args!("{:.6}", self.0))
     }
 }
 

@@ -1,66 +1,55 @@
 //! What the server does by itself, without a request (a Released block freed when its retention
-//! ends, Released children freed with their parent): recorded as a request by the server's own
-//! identity would be, so the log names every block that changed hands.
-//!
-//! Reached through a process-wide handle, as metrics are: the code that acts (the registry) has
-//! no other reason to hold the audit log.
+//! ends, Released children freed with their parent): recorded as kube-apiserver records its
+//! own loopback writes, by the server's identity, so the log names every block that changed
+//! hands. The registry reports such changes ([`crate::registry::ServerChange`]) to the
+//! closure [`Auditor::server_changes`] gives `main`; it does not know about auditing.
 use super::event::{describe, Event, MicroTime, ObjectRef, ResponseStatus, Stage, User, Written};
 use super::policy::Policy;
-use super::{Auditor, Inner};
-use crate::api::{IPPrefix, IPPrefixClaim, GROUP, VERSION};
+use super::Auditor;
+use crate::api::{GROUP, VERSION};
 use crate::auth::authz::Attributes;
 use crate::auth::UserInfo;
-use kube::Resource;
-use std::any::Any;
-use std::sync::{Arc, OnceLock, Weak};
+use crate::registry::{Changed, ReportChanges, ServerChange};
+use std::sync::{Arc, Weak};
 
 /// The identity internal actions are recorded under, as kube-apiserver's loopback client.
 pub const INTERNAL_USER: &str = "system:apiserver";
 /// Why the server acted, e.g. `RetentionExpired`.
 pub const REASON_ANNOTATION: &str = "ipam.miloapis.com/reason";
 
-/// Weak: the writer finishes once the server's own handles are gone.
-static INSTALLED: OnceLock<Weak<Inner>> = OnceLock::new();
-
-/// Make `auditor` the one [`record_internal`] writes to (the first call wins).
-pub(super) fn install(auditor: &Auditor) {
-    let _ = INSTALLED.set(Arc::downgrade(&auditor.0));
-}
-
-/// Record that the server did `verb` (e.g. `delete`) to `object` (an [`IPPrefix`] or
-/// [`IPPrefixClaim`]) for `reason`. Does nothing without an audit log; never blocks.
-pub fn record_internal<T: Any + Send + Sync>(verb: &str, object: T, reason: &str) {
-    if let Some(auditor) = INSTALLED.get().and_then(Weak::upgrade) {
-        let written = Written(Arc::new(object));
-        if let Some(event) = internal_event(&auditor.policy, verb, &written, reason) {
-            auditor.sender.send(event);
-        }
+impl Auditor {
+    /// For [`crate::registry::Registry::report_server_changes`]: each change becomes an event
+    /// by [`INTERNAL_USER`], if the policy records it. Never blocks. Holds the log weakly, so
+    /// its writer still finishes once the server's own handles are gone.
+    pub fn server_changes(&self) -> ReportChanges {
+        let log = Arc::downgrade(&self.0);
+        Arc::new(move |changes: Vec<ServerChange>| {
+            let Some(log) = Weak::upgrade(&log) else {
+                return;
+            };
+            for change in changes {
+                if let Some(event) = internal_event(&log.policy, change) {
+                    log.sender.send(event.into());
+                }
+            }
+        })
     }
 }
 
-/// The event for an internal action, if the policy records it.
-pub(super) fn internal_event(
-    policy: &Policy,
-    verb: &str,
-    written: &Written,
-    reason: &str,
-) -> Option<Event> {
-    let any = written.0.as_ref();
-    let (resource, namespaced) = if any.is::<IPPrefixClaim>() {
-        (IPPrefixClaim::plural(&()), true)
-    } else if any.is::<IPPrefix>() {
-        (IPPrefix::plural(&()), false)
-    } else {
-        return None;
+/// The event for a change the server made, if the policy records it.
+pub(super) fn internal_event(policy: &Policy, change: ServerChange) -> Option<Event> {
+    let (resource, namespaced, written) = match change.object {
+        Changed::Claim(c) => ("ipprefixclaims", true, Written(Arc::new(c))),
+        Changed::Prefix(p) => ("ipprefixes", false, Written(Arc::new(p))),
     };
-    let d = describe(written);
+    let d = describe(&written);
     let user = UserInfo {
         username: INTERNAL_USER.into(),
         groups: vec!["system:masters".into()],
         ..UserInfo::default()
     };
     let attrs = Attributes::Resource {
-        verb: verb.into(),
+        verb: change.verb.into(),
         group: GROUP.into(),
         version: VERSION.into(),
         resource: resource.to_string(),
@@ -79,7 +68,7 @@ pub(super) fn internal_event(
     };
     let now = MicroTime::now();
     let mut annotations = d.annotations;
-    annotations.insert(REASON_ANNOTATION.into(), reason.into());
+    annotations.insert(REASON_ANNOTATION.into(), change.reason.into());
     Some(Event {
         kind: Event::KIND,
         api_version: Event::API_VERSION,
@@ -87,7 +76,7 @@ pub(super) fn internal_event(
         audit_id: uuid::Uuid::new_v4().to_string(),
         stage: Stage::ResponseComplete,
         request_uri: format!("/apis/{GROUP}/{VERSION}{scope}/{resource}/{}", d.name),
-        verb: verb.into(),
+        verb: change.verb.into(),
         user: User::from(&user),
         source_ips: Vec::new(),
         user_agent: None,
@@ -113,7 +102,7 @@ pub(super) fn internal_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ClaimReference, IPPrefixSpec, PrefixReference};
+    use crate::api::{ClaimReference, IPPrefix, IPPrefixSpec, PrefixReference};
 
     fn released() -> IPPrefix {
         IPPrefix::new(
@@ -133,16 +122,18 @@ mod tests {
         )
     }
 
+    fn expired() -> ServerChange {
+        ServerChange {
+            verb: "delete",
+            object: Changed::Prefix(released()),
+            reason: crate::registry::changes::reason::RETENTION_EXPIRED,
+        }
+    }
+
     #[test]
     fn an_expiry_is_a_delete_by_the_server_naming_the_block_and_its_claim() {
-        let written = Written(Arc::new(released()));
-        let e = internal_event(
-            &Policy::default_writes(),
-            "delete",
-            &written,
-            "RetentionExpired",
-        )
-        .expect("a delete is a write: recorded by default");
+        let e = internal_event(&Policy::default_writes(), expired())
+            .expect("a delete is a write: recorded by default");
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["verb"], "delete");
         assert_eq!(v["user"]["username"], INTERNAL_USER);
@@ -172,7 +163,6 @@ mod tests {
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  users: [system:apiserver]\n- level: Metadata\n",
         )
         .unwrap();
-        let written = Written(Arc::new(released()));
-        assert!(internal_event(&policy, "delete", &written, "RetentionExpired").is_none());
+        assert!(internal_event(&policy, expired()).is_none());
     }
 }

@@ -2,24 +2,28 @@
 //! flags): one audit.k8s.io/v1 `Event` per line for each request the [`policy`] selects.
 //!
 //! Requests are recorded by a middleware ([`layer`]) that sits after authentication (it needs
-//! the user) and before authorization (a 403 is recorded too). Write handlers name the objects
-//! they wrote with [`written`]; the event then carries the block in annotations
+//! the user) and before authorization (a 403 is recorded too); requests authentication turns
+//! away (401) through its hook ([`Auditor::authentication_failures`]). Write handlers name the
+//! objects they wrote with [`written`]; the event then carries the block in annotations
 //! ([`PREFIX_ANNOTATION`], [`PARENT_ANNOTATION`], [`IPPREFIX_ANNOTATION`]), so the log answers
 //! "who held fd20::5, and when" after the objects are gone; what the server does by itself (a
-//! retention that ends) is recorded through [`record_internal`]. Events are written by one thread
-//! behind a bounded queue ([`sink`]): auditing never blocks a request.
+//! retention that ends) the registry reports to [`Auditor::server_changes`]. A request only
+//! captures what it must ([`record`]); one thread behind a bounded queue ([`sink`]) makes and
+//! writes the events: auditing never blocks a request.
 mod event;
 mod internal;
 mod middleware;
 pub mod policy;
+mod record;
 pub mod rotate;
 pub mod sink;
+mod unauthenticated;
 
 pub use event::{
     describe, written, Described, Event, Level, Stage, Written, CLAIM_ANNOTATION,
     IPPREFIX_ANNOTATION, PARENT_ANNOTATION, PREFIX_ANNOTATION,
 };
-pub use internal::{record_internal, INTERNAL_USER, REASON_ANNOTATION};
+pub use internal::{INTERNAL_USER, REASON_ANNOTATION};
 
 use crate::options::AuditConfig;
 use policy::Policy;
@@ -54,9 +58,7 @@ pub fn start(config: &AuditConfig) -> Result<(Auditor, sink::Writer), String> {
         .map_err(|e| format!("--audit-log-path {}: {e}", config.path.display()))?;
     let (sender, writer) = sink::start(output, sink::QUEUE_CAPACITY)
         .map_err(|e| format!("cannot start the audit log writer: {e}"))?;
-    let auditor = Auditor(Arc::new(Inner { policy, sender }));
-    internal::install(&auditor);
-    Ok((auditor, writer))
+    Ok((Auditor(Arc::new(Inner { policy, sender })), writer))
 }
 
 /// `app` with requests recorded by `auditor`, if there is one. Layer it inside authentication

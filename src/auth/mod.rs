@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// The group every authenticated user belongs to.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
@@ -108,15 +108,36 @@ impl Method {
     }
 }
 
+/// Told of each request authentication turns away, with the 401 about to be sent (the audit
+/// log records it and names it in an `Audit-Id`). Authentication knows nothing of who listens.
+pub type OnRejected = Arc<dyn Fn(&Parts, &mut Response) + Send + Sync>;
+
 /// A union of [`Method`]s, tried in order.
-#[derive(Debug)]
 pub struct Authenticator {
     methods: Vec<Method>,
+    on_rejected: OnceLock<OnRejected>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("methods", &self.methods)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Authenticator {
     pub fn new(methods: Vec<Method>) -> Self {
-        Authenticator { methods }
+        Authenticator {
+            methods,
+            on_rejected: OnceLock::new(),
+        }
+    }
+
+    /// Call `hook` for every 401 from then on. Set once, before serving; a second call is
+    /// ignored.
+    pub fn on_rejected(&self, hook: OnRejected) {
+        let _ = self.on_rejected.set(hook);
     }
 
     /// The first method that authenticates the request decides; `Err` carries why every method
@@ -166,7 +187,11 @@ pub async fn authenticate(
                 path = %parts.uri.path(),
                 "unauthorized: {reason}"
             );
-            ApiError::Unauthorized("Unauthorized".into()).into_response()
+            let mut resp = ApiError::Unauthorized("Unauthorized".into()).into_response();
+            if let Some(hook) = authn.on_rejected.get() {
+                hook(&parts, &mut resp);
+            }
+            resp
         }
     }
 }

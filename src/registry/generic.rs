@@ -1,6 +1,7 @@
 //! The pipeline every kind goes through, in a fixed order (as k8s.io/apiserver's registry):
 //! metadata → defaults → validation → transaction (kind hooks: allocation, related objects) →
 //! one atomic commit → wait for durability → respond.
+use super::changes::{ReportChanges, ServerChange};
 use super::codec;
 use super::kind::{Kind, Removal};
 use super::managed_fields::{self, FieldManager, Operation, Scope};
@@ -36,6 +37,8 @@ pub(super) struct Inner {
     /// Other processes' changes waiting to be applied to the indexes (see `follow.rs`).
     pub(super) remote:
         std::sync::Mutex<std::collections::VecDeque<Vec<Arc<crate::store::StoreEvent>>>>,
+    /// Where changes the server makes on its own go ([`Registry::report_server_changes`]).
+    report: std::sync::OnceLock<ReportChanges>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +127,7 @@ impl Registry {
                 state: tokio::sync::Mutex::new(state),
                 progress,
                 remote: Default::default(),
+                report: std::sync::OnceLock::new(),
             }),
         };
         registry.lock().await.guards.reset(revision);
@@ -138,6 +142,19 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Send what the server changes on its own (see [`ServerChange`]) to `report`, from
+    /// then on. Set once, before serving; a second call is ignored.
+    pub fn report_server_changes(&self, report: ReportChanges) {
+        let _ = self.inner.report.set(report);
+    }
+
+    /// Hand an applied commit's own changes to whoever listens.
+    pub(super) fn report(&self, changes: Vec<ServerChange>) {
+        if let (false, Some(report)) = (changes.is_empty(), self.inner.report.get()) {
+            report(changes);
+        }
     }
 
     /// Wait for a write to be durable and stamp its resourceVersion into `obj`.
@@ -646,8 +663,11 @@ impl Registry {
                 (new, tx.commit(dry_run).await?)
             }
         };
-        let (obj, commit) = commit;
-        self.finish(obj, namespace, name, commit).await
+        let (obj, mut commit) = commit;
+        let changes = std::mem::take(&mut commit.server_changes);
+        let updated = self.finish(obj, namespace, name, commit).await?;
+        self.report(changes);
+        Ok(updated)
     }
 
     /// Delete: honours preconditions and finalizers; returns the object and whether it is gone.
@@ -731,6 +751,7 @@ impl Registry {
         let key = Txn::key::<K>(namespace, name);
         let revision = commit.revisions.get(&key).copied();
         commit.wait_durable().await?;
+        self.report(std::mem::take(&mut commit.server_changes));
         let mut obj = obj;
         if let Some(rv) = revision {
             obj.meta_mut().resource_version = Some(rv.to_string());

@@ -2,6 +2,7 @@
 //! policy of each kind (`prefix.rs`, `claim.rs`). Allocation happens inside the same
 //! transaction that stores the objects, so a create is one atomic, durable step.
 
+pub mod changes;
 mod claim;
 pub mod codec;
 mod follow;
@@ -26,6 +27,7 @@ mod txn;
 mod validate;
 mod watch;
 
+pub use changes::{Changed, ReportChanges, ServerChange};
 pub use claim::child_name_outside_namespace;
 pub use codec::FieldValidation;
 pub use generic::{

@@ -6,6 +6,7 @@
 //! finalizer is removed (Kubernetes removes an object only when its finalizers are gone).
 //! Every change that may end a wait walks up from where it happened ([`settle`]), in the same
 //! transaction.
+use super::changes::{reason, ServerChange};
 use super::meta;
 use super::policy;
 use super::prefix::{name_of, release_prefix};
@@ -265,8 +266,10 @@ fn free_below<'a>(
                 tx.delete::<IPPrefix>("", &child, Precondition::Revision(c.revision));
             } else {
                 all = false;
-                terminate(tx, c.obj, c.revision)?;
+                terminate(tx, c.obj.clone(), c.revision)?;
             }
+            tx.server_changes
+                .push(ServerChange::delete_prefix(c.obj, reason::PARENT_FREED));
         }
         Ok(all)
     })
@@ -303,6 +306,10 @@ pub(super) async fn settle(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiRes
             }
             let parent = release_prefix(tx, p).await?;
             tx.delete::<IPPrefix>("", &name, Precondition::Revision(current.revision));
+            tx.server_changes.push(ServerChange::delete_prefix(
+                current.obj,
+                reason::NO_LONGER_IN_USE,
+            ));
             match parent {
                 Some(parent) => {
                     current = parent;
@@ -366,6 +373,8 @@ fn settle_claim<'a>(
                 &cr.name,
                 Precondition::Revision(claim.revision),
             );
+            tx.server_changes
+                .push(ServerChange::delete_claim(obj, reason::NO_LONGER_IN_USE));
         } else {
             // Other finalizers still hold it; the release happens when the last of them goes.
             obj.metadata.finalizers = Some(remaining);

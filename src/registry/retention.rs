@@ -2,6 +2,7 @@
 //! block goes back to its parent. Driven by the index of deadlines (`State::expiries`), rebuilt
 //! from the stored statuses at start, so a server that was down at a deadline frees the block
 //! as soon as it is back.
+use super::changes::{reason, ServerChange};
 use super::generic::Registry;
 use super::meta;
 use super::prefix::release_prefix;
@@ -122,10 +123,16 @@ impl Registry {
                     obj.metadata.deletion_grace_period_seconds = Some(0);
                     obj.metadata.resource_version = None;
                     tx.put(&obj, Precondition::Revision(prefix.revision))?;
+                    tx.server_changes
+                        .push(ServerChange::delete_prefix(obj, reason::RETENTION_EXPIRED));
                     continue;
                 }
                 let parent = release_prefix(&mut tx, &prefix.obj).await?;
                 tx.delete::<IPPrefix>("", &name, Precondition::Revision(prefix.revision));
+                tx.server_changes.push(ServerChange::delete_prefix(
+                    prefix.obj,
+                    reason::RETENTION_EXPIRED,
+                ));
                 if let Some(parent) = parent {
                     release::settle(&mut tx, parent).await?;
                 }
@@ -134,6 +141,7 @@ impl Registry {
             (expired, tx.commit(false).await?)
         };
         commit.wait_durable().await?;
+        self.report(std::mem::take(&mut commit.server_changes));
         if expired > 0 {
             tracing::info!(freed = expired, "retention ended for Released IPPrefixes");
         }

@@ -1,5 +1,6 @@
 //! A write transaction: reads see its own writes, writes become one atomic store commit, and
 //! in-memory index changes are undone unless the commit is applied.
+use super::changes::ServerChange;
 use super::codec;
 use super::kind::Kind;
 use super::state::State;
@@ -43,6 +44,8 @@ pub struct Txn<'a> {
     /// The indexes this transaction decided from and changes (see `guards.rs`), when other
     /// processes write to the store too.
     guards: Vec<ObjectKey>,
+    /// What the server changed on its own, reported once the commit applies.
+    pub server_changes: Vec<ServerChange>,
 }
 
 /// What a successful commit returns: the revision of every written key, and durability.
@@ -55,6 +58,7 @@ pub struct TxnCommit {
         Vec<ObjectKey>,
         tokio::sync::oneshot::Receiver<ApiResult<Revision>>,
     )>,
+    pub server_changes: Vec<ServerChange>,
 }
 
 impl TxnCommit {
@@ -114,6 +118,7 @@ impl<'a> Txn<'a> {
             allocations: 0,
             releases: 0,
             guards: Vec::new(),
+            server_changes: Vec::new(),
         }
     }
 
@@ -325,6 +330,7 @@ impl<'a> Txn<'a> {
                 revisions: HashMap::new(),
                 committed: None,
                 grouped: None,
+                server_changes: Vec::new(),
             });
         }
         if self.store.shared() {
@@ -382,6 +388,7 @@ impl<'a> Txn<'a> {
             revisions,
             committed: Some(committed),
             grouped: None,
+            server_changes: std::mem::take(&mut self.server_changes),
         })
     }
 
@@ -413,6 +420,8 @@ impl<'a> Txn<'a> {
             revisions: HashMap::new(),
             committed: None,
             grouped: Some((keys, answer)),
+            // Only creates join a group; the server changes nothing on its own in one.
+            server_changes: Vec::new(),
         }
     }
 
