@@ -45,7 +45,15 @@ async fn foreign_data_is_refused_with_a_clear_message() {
         db.insert("something", "else").unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    // sled lets go of its file lock a moment after the handle is dropped.
+    let mut err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    for _ in 0..100 {
+        if !err.to_string().contains("in use by another") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    }
     assert!(
         err.to_string()
             .contains("not an ipam-apiserver data directory"),
@@ -59,7 +67,15 @@ async fn foreign_files_are_refused_and_left_untouched() {
     let db = dir.path().join("db");
     std::fs::create_dir_all(&db).unwrap();
     std::fs::write(db.join("db"), b"someone else's file").unwrap();
-    let err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    // sled lets go of its file lock a moment after the handle is dropped.
+    let mut err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    for _ in 0..100 {
+        if !err.to_string().contains("in use by another") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        err = SledStore::open(dir.path(), 10).err().expect("must refuse");
+    }
     assert!(
         err.to_string()
             .contains("not an ipam-apiserver data directory"),
