@@ -83,7 +83,7 @@ impl Inner {
             ReadAt::NotOlderThan(r) => {
                 Ok(self.cache.live() && self.cache.reached(r, CACHE_WAIT).await)
             }
-            ReadAt::Revision(_) => Ok(false),
+            ReadAt::Revision(_) | ReadAt::LatestFromStore => Ok(false),
         }
     }
 
@@ -128,7 +128,7 @@ impl Inner {
         };
         let first = at;
         let mut at = match at {
-            ReadAt::Latest | ReadAt::NotOlderThan(_) => None,
+            ReadAt::Latest | ReadAt::NotOlderThan(_) | ReadAt::LatestFromStore => None,
             ReadAt::Revision(r) => Some(r),
         };
         let mut items = Vec::new();
