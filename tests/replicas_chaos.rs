@@ -24,8 +24,8 @@ const NS: &str = "chaos";
 /// Two parents, one per family, so both allocators are under load; blocks of mixed lengths,
 /// so a block handed out twice shows as an overlap, not only as an equal prefix.
 const PARENTS: [(&str, &str, std::ops::RangeInclusive<u8>); 2] = [
-    ("chaos-v6", "fd00:c4a0::/112", 120..=128),
-    ("chaos-v4", "10.99.0.0/20", 26..=32),
+    ("chaos-v6", "fd00:c4a0::/104", 120..=128),
+    ("chaos-v4", "10.99.0.0/16", 26..=32),
 ];
 
 /// xorshift64*: the run's choices from a printed seed.
@@ -65,6 +65,9 @@ struct Ledger {
     deleted: BTreeSet<String>,
     delete_unknown: BTreeSet<String>,
     exhausted: usize,
+    /// 503 answers (etcd unavailable to a replica that is up), with the last one's message.
+    unavailable: usize,
+    last_unavailable: String,
     /// Answers no client should ever get.
     unexpected: Vec<String>,
 }
@@ -104,8 +107,10 @@ async fn worker(
                     mine.push(name);
                 }
                 Ok((StatusCode::CONFLICT, b)) if b["reason"] == "Exhausted" => l.exhausted += 1,
-                Ok((s, _)) if s == StatusCode::SERVICE_UNAVAILABLE => {
+                Ok((s, b)) if s == StatusCode::SERVICE_UNAVAILABLE => {
                     l.create_unknown.insert(name);
+                    l.unavailable += 1;
+                    l.last_unavailable = b["message"].to_string();
                 }
                 Ok((s, b)) => l.unexpected.push(format!("create {name} via {r}: {s} {b}")),
                 Err(_) => {
@@ -127,8 +132,10 @@ async fn worker(
                 Ok((s, _)) if s == StatusCode::OK || s == StatusCode::ACCEPTED => {
                     l.deleted.insert(name);
                 }
-                Ok((s, _)) if s == StatusCode::SERVICE_UNAVAILABLE => {
+                Ok((s, b)) if s == StatusCode::SERVICE_UNAVAILABLE => {
                     l.delete_unknown.insert(name);
+                    l.unavailable += 1;
+                    l.last_unavailable = b["message"].to_string();
                 }
                 Ok((s, b)) => l.unexpected.push(format!("delete {name} via {r}: {s} {b}")),
                 Err(_) => {
@@ -297,6 +304,9 @@ async fn kill_rounds_under_load_lose_no_acknowledged_write_and_overlap_nothing()
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1_500) as u64)).await;
         tokio::task::block_in_place(|| {
             etcd.restart_member(member);
+            // A replica started while a member is still down can fail to start (reported
+            // separately); here the member is back first.
+            etcd.wait_healthy(member);
             replicas.servers[replica].restart();
         });
         shared.lock().unwrap()[replica] = Some(client_of(&replicas.servers[replica]).await);
@@ -323,12 +333,14 @@ async fn kill_rounds_under_load_lose_no_acknowledged_write_and_overlap_nothing()
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let logs = || format!("{}{}", replicas.logs(), etcd.logs());
     eprintln!(
-        "{test}: {} created, {} deleted, {} Exhausted, {} creates and {} deletes unanswered",
+        "{test}: {} created, {} deleted, {} Exhausted, {} creates and {} deletes unanswered, {} of them 503 (last: {})",
         ledger.created.len(),
         ledger.deleted.len(),
         ledger.exhausted,
         ledger.create_unknown.len(),
-        ledger.delete_unknown.len()
+        ledger.delete_unknown.len(),
+        ledger.unavailable,
+        ledger.last_unavailable
     );
     assert_eq!(
         ledger.unexpected,

@@ -123,6 +123,25 @@ impl EtcdCluster {
         assert!(status.success(), "restart-member.sh {i} failed");
     }
 
+    /// Wait until member `i` says it is healthy (it has rejoined and the cluster has a leader).
+    pub fn wait_healthy(&self, i: usize) {
+        let url = format!("{}/health", self.urls()[i]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new("curl").args(["-s", "-m", "2", &url]).output();
+            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(r#""health":"true""#))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {i} not healthy{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Every member's log, for a failure message.
     pub fn logs(&self) -> String {
         (0..self.members)
