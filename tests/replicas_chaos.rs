@@ -728,6 +728,51 @@ async fn etcd_without_quorum_is_a_prompt_503_and_service_resumes_by_itself() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_etcd_member_down_replicas_start_and_every_write_succeeds() {
+    let test = "with_one_etcd_member_down_replicas_start";
+    let Some(etcd) = EtcdCluster::start(test, 3) else {
+        return;
+    };
+    // The first of the endpoints is gone; the other two are a quorum.
+    etcd.kill_member(0);
+    etcd.wait_healthy(1);
+    etcd.wait_healthy(2);
+    let mut replicas = tokio::task::block_in_place(|| Replicas::start(&etcd, 1, &[]));
+    let client = replicas.client(0).await;
+    let (status, body) = must(
+        &client,
+        "POST",
+        &prefixes_path(),
+        Some(&root("degraded", "10.66.0.0/16")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Several starts, many writes: none may depend on which endpoint a call goes to.
+    for round in 0..3 {
+        if round > 0 {
+            replicas.servers[0].kill9();
+            tokio::task::block_in_place(|| replicas.servers[0].restart());
+        }
+        let client = replicas.client(0).await;
+        for i in 0..20 {
+            let name = format!("nic-{round}-{i}");
+            let (status, body) = must(
+                &client,
+                "POST",
+                &claims_path("d"),
+                Some(&claim(&name, "degraded", 32)),
+            )
+            .await;
+            assert_eq!(
+                status,
+                StatusCode::CREATED,
+                "{name} with a quorum of etcd up: {body}"
+            );
+        }
+    }
+}
+
 /// GET `path` as text (health endpoints answer text).
 async fn client_text(client: &kube::Client, path: &str) -> Result<(StatusCode, String), String> {
     let req = common::request("GET", path, None, Vec::new());
