@@ -79,6 +79,9 @@ async fn a_watch_from_a_compacted_revision_is_410_and_a_kube_rs_watcher_lists_ag
         etcd.servers.as_str(),
         "--etcd-compaction-interval",
         "1s",
+        // Only the leader compacts: when replica A goes, B leads within this.
+        "--leader-elect-lease-duration",
+        "3s",
     ];
     let mut replicas = Replicas::start(&etcd, 1, &compacting[2..]);
     let a = replicas.client(0).await;
@@ -202,7 +205,7 @@ async fn a_watch_from_a_compacted_revision_is_410_and_a_kube_rs_watcher_lists_ag
     let mut filler = 0;
     eventually(
         "the replicas compact etcd past the watcher's revision",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         || {
             filler += 1;
             let (b_client, name) = (b_client.clone(), format!("f{filler}"));
