@@ -302,12 +302,12 @@ async fn kill_rounds_under_load_lose_no_acknowledged_write_and_overlap_nothing()
         replicas.servers[replica].kill9();
         tokio::task::block_in_place(|| etcd.kill_member(member));
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1_500) as u64)).await;
+        // The replica starts while the member is still down (once the others have a leader),
+        // then the member comes back.
         tokio::task::block_in_place(|| {
-            etcd.restart_member(member);
-            // A replica started while a member is still down can fail to start (reported
-            // separately); here the member is back first.
-            etcd.wait_healthy(member);
+            etcd.wait_healthy((member + 1) % 3);
             replicas.servers[replica].restart();
+            etcd.restart_member(member);
         });
         shared.lock().unwrap()[replica] = Some(client_of(&replicas.servers[replica]).await);
     }
