@@ -4,8 +4,9 @@
 //! acknowledged write is there, nothing overlaps, every replica answers alike, and a watch saw
 //! it all once, in order.
 //!
-//! `IPAM_SOAK=1` runs many more kill rounds; `IPAM_CHAOS_SEED=N` replays one run's choices
-//! (the seed is printed; the kill timing still varies).
+//! `IPAM_SOAK=1` runs many more kill rounds (`IPAM_CHAOS_ROUNDS=N`: exactly N, 0 for load
+//! alone); `IPAM_CHAOS_SEED=N` replays one run's choices (the seed is printed; the kill timing
+//! still varies).
 mod common;
 #[path = "common/etcd_cluster.rs"]
 mod etcd_cluster;
@@ -245,7 +246,10 @@ async fn kill_rounds_under_load_lose_no_acknowledged_write_and_overlap_nothing()
     let seed = seed();
     eprintln!("{test}: IPAM_CHAOS_SEED={seed}");
     let soak = std::env::var_os("IPAM_SOAK").is_some();
-    let rounds = if soak { 20 } else { 4 };
+    let rounds = std::env::var("IPAM_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if soak { 20 } else { 4 });
     let mut replicas = Replicas::start(&etcd, 3, &["--etcd-compaction-interval", "0"]);
     let clients = replicas.clients().await;
     for (name, prefix, _) in &PARENTS {
