@@ -57,6 +57,8 @@ pub struct Watch<K> {
     range: KeyRange,
     list: ListOptions,
     done: bool,
+    /// The revision asked for is no longer held: the watch's one event says so.
+    expired: Option<ApiError>,
 }
 
 impl Registry {
@@ -71,6 +73,7 @@ impl Registry {
             namespace: namespace.map(str::to_string),
         };
         let store = self.store();
+        let mut expired = None;
         let from_now = matches!(
             opts.resource_version.as_deref(),
             None | Some("") | Some("0")
@@ -92,13 +95,18 @@ impl Registry {
             )
         } else {
             let rv = parse_rv(opts.resource_version.as_deref().unwrap_or_default())?;
-            let rx = store.watch(rv).map_err(|e| match e {
-                crate::store::StoreError::Expired { requested, oldest } => {
-                    ApiError::Expired(format!("too old resource version: {requested} ({oldest})"))
+            match store.watch(rv) {
+                Ok(rx) => (rx, None, rv),
+                // As kube-apiserver: the watch is accepted and its one event is the 410. Watchers
+                // list again on that event; a 410 answer has kube-rs's retry the same revision.
+                Err(crate::store::StoreError::Expired { requested, oldest }) => {
+                    expired = Some(ApiError::Expired(format!(
+                        "too old resource version: {requested} ({oldest})"
+                    )));
+                    (futures::stream::empty().boxed(), None, rv)
                 }
-                other => store_error(other),
-            })?;
-            (rx, None, rv)
+                Err(other) => return Err(store_error(other)),
+            }
         };
         let initial_end_bookmark =
             (opts.send_initial_events && opts.allow_bookmarks).then_some(start);
@@ -114,6 +122,7 @@ impl Registry {
             range,
             list: opts.list,
             done: false,
+            expired,
         })
     }
 }
@@ -132,6 +141,10 @@ impl<K: Kind> Watch<K> {
         self.current = None;
         if self.done {
             return None;
+        }
+        if let Some(e) = self.expired.take() {
+            self.done = true;
+            return Some(WatchEvent::Error(e));
         }
         while let Some(list) = &mut self.initial {
             if let Some(obj) = self.initial_chunk.pop_front() {

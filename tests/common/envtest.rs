@@ -106,8 +106,19 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port below the ephemeral range")
 }
 
+/// Where ipam-apiserver keeps its data.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// sled in its data directory (the embedded default).
+    Sled,
+    /// The etcd kube-apiserver uses (`--etcd-servers`), as an HA deployment may.
+    SharedEtcd,
+}
+
 pub struct Envtest {
     pub dir: TempDir,
+    /// The etcd of kube-apiserver (and of ipam-apiserver with [`Storage::SharedEtcd`]).
+    pub etcd_url: String,
     pub pki: PathBuf,
     /// `system:masters` kubeconfig for kube-apiserver.
     pub kubeconfig: PathBuf,
@@ -126,6 +137,11 @@ impl Envtest {
     /// Start the control plane and our server, register the APIService and wait until it is
     /// Available. `None` (with the reason on stderr) without `KUBEBUILDER_ASSETS`.
     pub fn start(test: &str) -> Option<Envtest> {
+        Self::start_with(test, Storage::Sled)
+    }
+
+    /// [`Self::start`] with our server's data in `storage`.
+    pub fn start_with(test: &str, storage: Storage) -> Option<Envtest> {
         let assets = match std::env::var("KUBEBUILDER_ASSETS") {
             Ok(a) if !a.is_empty() => PathBuf::from(a),
             _ => {
@@ -208,7 +224,9 @@ impl Envtest {
         let (etcd_port, etcd_peer, api_port) = (free_port(), free_port(), free_port());
         let apiserver = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.path().join("kubeconfig");
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let mut env = Envtest {
+            etcd_url: etcd_url.clone(),
             pki: pki.clone(),
             kubeconfig: kubeconfig.clone(),
             apiserver: apiserver.clone(),
@@ -223,7 +241,6 @@ impl Envtest {
         }
 
         let p = |f: &str| pki.join(f).display().to_string();
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
         env.spawn(
             "etcd",
@@ -313,7 +330,7 @@ impl Envtest {
                 "--leader-elect=false",
             ]),
         );
-        env.start_ipam();
+        env.start_ipam(storage);
         env.register_apiservice();
         Some(env)
     }
@@ -324,9 +341,13 @@ impl Envtest {
     }
 
     /// Start ipam-apiserver in cluster mode; learn its port from its log.
-    fn start_ipam(&mut self) {
+    fn start_ipam(&mut self, storage: Storage) {
         let p = |f: &str| self.pki.join(f).display().to_string();
         let log_path = self.dir.path().join("logs/ipam-apiserver.log");
+        let etcd: &[&str] = match storage {
+            Storage::Sled => &[],
+            Storage::SharedEtcd => &["--etcd-servers", &self.etcd_url],
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ipam-apiserver"))
             .args([
                 "serve",
@@ -345,6 +366,7 @@ impl Envtest {
                 "--audit-log-path",
                 &self.audit_log().display().to_string(),
             ])
+            .args(etcd)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
