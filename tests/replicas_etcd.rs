@@ -2,95 +2,16 @@
 //! skipped, saying so, without it): what one replica writes, the others serve at once, and
 //! an etcd outage is a fast 503 naming etcd, `/readyz` failing and `/livez` not.
 mod common;
+#[path = "common/etcd.rs"]
+mod etcd;
 
 use common::TestServer;
+use etcd::{free_port, replicas, Etcd};
 use http::StatusCode;
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
-
-/// One etcd member on free loopback ports, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl Etcd {
-    fn start(test: &str) -> Option<Etcd> {
-        let Some(assets) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty()) else {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: KUBEBUILDER_ASSETS is not set, so there is no etcd to test against. Run with KUBEBUILDER_ASSETS=$(../shared/envtest/assets.sh) (as .ci/run does)."
-            );
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(Path::new(&assets).join("etcd"))
-            .args(["--data-dir", &dir.path().join("etcd").display().to_string()])
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Until it answers: a replica started before that fails at start, by design.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Etcd {
-            child,
-            url,
-            _dir: dir,
-        })
-    }
-}
-
-/// `n` replicas on `etcd`, each in its own data directory holding a copy of the first one's
-/// PKI (so one admin certificate works on all; each writes its own kubeconfig).
-fn replicas(etcd: &Etcd, n: usize, scratch: &Path) -> Vec<TestServer> {
-    let args = ["--etcd-servers", etcd.url.as_str()];
-    let first = scratch.join("r0");
-    let mut servers = vec![TestServer::start_in_with(&first, &args)];
-    for i in 1..n {
-        let dir = scratch.join(format!("r{i}"));
-        std::fs::create_dir_all(dir.join("pki")).unwrap();
-        for f in std::fs::read_dir(first.join("pki")).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), dir.join("pki").join(f.file_name())).unwrap();
-        }
-        servers.push(TestServer::start_in_with(&dir, &args));
-    }
-    servers
-}
 
 async fn call(
     s: &TestServer,
@@ -124,7 +45,7 @@ async fn a_claim_created_on_one_replica_is_read_at_once_on_the_others() {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
-    let servers = replicas(&etcd, 2, scratch.path());
+    let servers = replicas(&etcd, 2, scratch.path(), &[]);
     let (a, b) = (&servers[0], &servers[1]);
     let (status, _) = call(
         a,
@@ -212,7 +133,7 @@ async fn without_etcd_writes_are_a_fast_503_naming_etcd_and_only_readiness_fails
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
-    let servers = replicas(&etcd, 1, scratch.path());
+    let servers = replicas(&etcd, 1, scratch.path(), &[]);
     let a = &servers[0];
     assert_eq!(
         call(
@@ -225,8 +146,7 @@ async fn without_etcd_writes_are_a_fast_503_naming_etcd_and_only_readiness_fails
         .0,
         StatusCode::CREATED
     );
-    etcd.child.kill().unwrap();
-    etcd.child.wait().unwrap();
+    etcd.stop();
     // Once, as a client that does not retry 503 (kube-rs does, with backoff, by default).
     let mut config = a.kube_config().await;
     config.default_retry = false;

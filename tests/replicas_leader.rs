@@ -3,101 +3,19 @@
 //! one real etcd (from `$KUBEBUILDER_ASSETS/etcd`; skipped, saying so, without it): exactly one
 //! leads, a follower does none of it, and a leader killed with SIGKILL is replaced.
 mod common;
+#[path = "common/etcd.rs"]
+mod etcd;
 
 use common::TestServer;
+use etcd::{replicas, Etcd};
 use http::StatusCode;
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
 /// The leader's lease in these tests: a killed leader is replaced within it.
 const LEASE: &str = "6s";
-
-/// One etcd member on free loopback ports, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl Etcd {
-    fn start(test: &str) -> Option<Etcd> {
-        let Some(assets) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty()) else {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: KUBEBUILDER_ASSETS is not set, so there is no etcd to test against. Run with KUBEBUILDER_ASSETS=$(../shared/envtest/assets.sh) (as .ci/run does)."
-            );
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(Path::new(&assets).join("etcd"))
-            .args(["--data-dir", &dir.path().join("etcd").display().to_string()])
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Etcd {
-            child,
-            url,
-            _dir: dir,
-        })
-    }
-}
-
-/// `n` replicas on `etcd`, each in its own data directory holding a copy of the first one's
-/// PKI (so one admin certificate works on all).
-fn replicas(etcd: &Etcd, n: usize, scratch: &Path) -> Vec<TestServer> {
-    let args = [
-        "--etcd-servers",
-        etcd.url.as_str(),
-        "--leader-elect-lease-duration",
-        LEASE,
-    ];
-    let first = scratch.join("r0");
-    let mut servers = vec![TestServer::start_in_with(&first, &args)];
-    for i in 1..n {
-        let dir = scratch.join(format!("r{i}"));
-        std::fs::create_dir_all(dir.join("pki")).unwrap();
-        for f in std::fs::read_dir(first.join("pki")).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), dir.join("pki").join(f.file_name())).unwrap();
-        }
-        servers.push(TestServer::start_in_with(&dir, &args));
-    }
-    servers
-}
 
 async fn call(
     s: &TestServer,
@@ -209,7 +127,12 @@ async fn one_replica_leads_and_a_killed_leader_is_replaced() {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
-    let mut servers = replicas(&etcd, 2, scratch.path());
+    let mut servers = replicas(
+        &etcd,
+        2,
+        scratch.path(),
+        &["--leader-elect-lease-duration", LEASE],
+    );
     let first = the_leader(&[&servers[0], &servers[1]]).await;
     let (l, f) = (first, 1 - first);
 
@@ -312,7 +235,12 @@ async fn parent_status_counts_children_created_through_every_replica() {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
-    let servers = replicas(&etcd, 3, scratch.path());
+    let servers = replicas(
+        &etcd,
+        3,
+        scratch.path(),
+        &["--leader-elect-lease-duration", LEASE],
+    );
     the_leader(&[&servers[0], &servers[1], &servers[2]]).await;
     create(&servers[0], "ipprefixes", root("pool", "10.0.0.0/24")).await;
     for round in 0..4 {
@@ -347,7 +275,12 @@ async fn a_leader_paused_past_its_lease_steps_down_when_it_wakes() {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
-    let servers = replicas(&etcd, 2, scratch.path());
+    let servers = replicas(
+        &etcd,
+        2,
+        scratch.path(),
+        &["--leader-elect-lease-duration", LEASE],
+    );
     let l = the_leader(&[&servers[0], &servers[1]]).await;
     let f = 1 - l;
     create(&servers[l], "ipprefixes", root("pool", "10.0.0.0/24")).await;

@@ -1,5 +1,6 @@
 //! One real etcd member (from `$KUBEBUILDER_ASSETS/etcd`) on free loopback ports, for tests of
 //! the server on etcd; `None`, saying so, without the assets.
+use super::common::TestServer;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,13 +19,14 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     l.local_addr().unwrap().port()
 }
 
 impl Etcd {
     /// Kill it (a lost quorum, for the server).
+    #[allow(dead_code)] // not every test file stops it
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -70,4 +72,25 @@ impl Etcd {
             _dir: dir,
         })
     }
+}
+
+/// `n` replicas on `etcd` with `args` besides `--etcd-servers`, each in its own data directory
+/// holding a copy of the first one's PKI (so one admin certificate works on all; each writes
+/// its own kubeconfig).
+#[allow(dead_code)] // not every test file starts replicas
+pub fn replicas(etcd: &Etcd, n: usize, scratch: &Path, args: &[&str]) -> Vec<TestServer> {
+    let mut all = vec!["--etcd-servers", etcd.url.as_str()];
+    all.extend_from_slice(args);
+    let first = scratch.join("r0");
+    let mut servers = vec![TestServer::start_in_with(&first, &all)];
+    for i in 1..n {
+        let dir = scratch.join(format!("r{i}"));
+        std::fs::create_dir_all(dir.join("pki")).unwrap();
+        for f in std::fs::read_dir(first.join("pki")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join("pki").join(f.file_name())).unwrap();
+        }
+        servers.push(TestServer::start_in_with(&dir, &all));
+    }
+    servers
 }
