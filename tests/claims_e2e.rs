@@ -646,7 +646,15 @@ async fn metrics_count_the_requests_allocations_and_commits_a_user_made() {
         .expect("a dry run has room again");
     api.settled("metered").await;
 
-    let m = metrics(&server).await;
+    // The status write is visible before its fsync, which its durable wait counts after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut m = metrics(&server).await;
+    while sample(&m, "ipam_store_durable_wait_seconds_count") < 7.0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        m = metrics(&server).await;
+    }
     let requests = |verb: &str, resource: &str, code: u16| {
         let labels =
             format!("{{verb=\"{verb}\",resource=\"{resource}\",subresource=\"\",code=\"{code}\"}}");

@@ -218,8 +218,6 @@ async fn running_out_of_file_descriptors_fails_writes_but_does_not_fence_the_sto
     let pid = server.pid().unwrap();
     let (code, body) = request(&server, "POST", PREFIXES, prefix("before", "10.1.0.0/16")).await;
     assert_eq!(code, 201, "{body}");
-    // Opened before the descriptors run out.
-    let mut starved = Tls::new(&server).connect(true).await.unwrap();
 
     // No descriptor left: the fsync cannot open what it syncs.
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
@@ -233,16 +231,32 @@ async fn running_out_of_file_descriptors_fails_writes_but_does_not_fence_the_sto
                 .ok()
         })
         .unwrap();
-    // The kernel hands out the lowest free number, and refuses one at or above the limit.
-    let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    let lowest_free = (0..).find(|fd| !used.contains(fd)).unwrap();
-    set_soft_fd_limit(pid, lowest_free);
-    let (code, response) =
-        post_once(&mut starved, PREFIXES, &prefix("starved", "10.2.0.0/16")).await;
-    set_soft_fd_limit(pid, soft);
+    // The kernel hands out the lowest free number, and refuses one at or above the limit. A
+    // descriptor the server closes meanwhile (an earlier connection's) makes room again, so
+    // the write may get through: then try again with the new lowest free number.
+    let mut attempt = 0;
+    let (code, response) = loop {
+        // Opened before the descriptors run out.
+        let mut starved = Tls::new(&server).connect(true).await.unwrap();
+        let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let lowest_free = (0..).find(|fd| !used.contains(fd)).unwrap();
+        set_soft_fd_limit(pid, lowest_free);
+        let name = format!("starved-{attempt}");
+        let (code, response) = post_once(
+            &mut starved,
+            PREFIXES,
+            &prefix(&name, &format!("10.{}.0.0/16", 2 + attempt)),
+        )
+        .await;
+        set_soft_fd_limit(pid, soft);
+        attempt += 1;
+        if code != 201 || attempt == 5 {
+            break (code, response);
+        }
+    };
     assert_eq!(code, 503, "{response}");
     assert!(response.contains("Too many open files"), "{response}");
 
