@@ -12,27 +12,12 @@ use serde_json::{json, Value};
 
 const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
 
-async fn call(
-    s: &TestServer,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    let ct = (!body.is_empty()).then_some("application/json");
-    let (status, _, bytes) = s.raw(method, path, ct, body).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 async fn create_claim(s: &TestServer, name: &str) {
     let claim = json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefixClaim",
         "metadata": {"name": name},
         "spec": {"parentRef": {"name": "pool"}, "prefixLength": 32}});
     let path = format!("{GV}/namespaces/ns/ipprefixclaims");
-    let (status, body) = call(s, "POST", &path, Some(claim)).await;
+    let (status, body) = s.json("POST", &path, Some(claim)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
@@ -41,7 +26,9 @@ async fn server_with_claims(etcd: &Etcd, names: &[&str]) -> TestServer {
     let server = TestServer::start_with(&[], &["--etcd-servers", etcd.url.as_str()]);
     let root = json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
         "metadata": {"name": "pool"}, "spec": {"prefix": "10.0.0.0/24"}});
-    let (status, body) = call(&server, "POST", &format!("{GV}/ipprefixes"), Some(root)).await;
+    let (status, body) = server
+        .json("POST", &format!("{GV}/ipprefixes"), Some(root))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     for name in names {
         create_claim(&server, name).await;
@@ -68,7 +55,7 @@ async fn pages_are_one_snapshot_at_the_first_pages_revision() {
     ];
     let server = server_with_claims(&etcd, &claims).await;
     let page = |token: &str| format!("{GV}/namespaces/ns/ipprefixclaims?limit=3&continue={token}");
-    let (status, first) = call(&server, "GET", &page(""), None).await;
+    let (status, first) = server.json("GET", &page(""), None).await;
     assert_eq!(status, StatusCode::OK, "{first}");
     assert_eq!(names(&first), ["c-0", "c-1", "c-2"]);
     assert_eq!(first["metadata"]["remainingItemCount"], 6, "{first}");
@@ -77,17 +64,17 @@ async fn pages_are_one_snapshot_at_the_first_pages_revision() {
     // Written after the first page, inside the later pages' range.
     create_claim(&server, "c-3a").await;
     create_claim(&server, "c-6a").await;
-    let (status, _) = call(
-        &server,
-        "DELETE",
-        &format!("{GV}/namespaces/ns/ipprefixclaims/c-5"),
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .json(
+            "DELETE",
+            &format!("{GV}/namespaces/ns/ipprefixclaims/c-5"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
 
     let token = first["metadata"]["continue"].as_str().unwrap();
-    let (status, second) = call(&server, "GET", &page(token), None).await;
+    let (status, second) = server.json("GET", &page(token), None).await;
     assert_eq!(status, StatusCode::OK, "{second}");
     assert_eq!(
         names(&second),
@@ -97,7 +84,7 @@ async fn pages_are_one_snapshot_at_the_first_pages_revision() {
     assert_eq!(second["metadata"]["resourceVersion"], rv);
     assert_eq!(second["metadata"]["remainingItemCount"], 3, "{second}");
     let token = second["metadata"]["continue"].as_str().unwrap();
-    let (status, third) = call(&server, "GET", &page(token), None).await;
+    let (status, third) = server.json("GET", &page(token), None).await;
     assert_eq!(status, StatusCode::OK, "{third}");
     assert_eq!(names(&third), ["c-6", "c-7", "c-8"]);
     assert_eq!(third["metadata"]["resourceVersion"], rv);
@@ -108,26 +95,22 @@ async fn pages_are_one_snapshot_at_the_first_pages_revision() {
     );
 
     // A new list sees the writes.
-    let (_, latest) = call(
-        &server,
-        "GET",
-        &format!("{GV}/namespaces/ns/ipprefixclaims"),
-        None,
-    )
-    .await;
+    let (_, latest) = server
+        .json("GET", &format!("{GV}/namespaces/ns/ipprefixclaims"), None)
+        .await;
     let expected = [
         "c-0", "c-1", "c-2", "c-3", "c-3a", "c-4", "c-6", "c-6a", "c-7", "c-8",
     ];
     assert_eq!(names(&latest), expected);
 
     // A selector filters: how many of the rest match is unknown, so no count (as kube-apiserver).
-    let (_, filtered) = call(
-        &server,
-        "GET",
-        &format!("{GV}/namespaces/ns/ipprefixclaims?limit=3&labelSelector=app!=x"),
-        None,
-    )
-    .await;
+    let (_, filtered) = server
+        .json(
+            "GET",
+            &format!("{GV}/namespaces/ns/ipprefixclaims?limit=3&labelSelector=app!=x"),
+            None,
+        )
+        .await;
     assert_eq!(names(&filtered), ["c-0", "c-1", "c-2"]);
     assert!(filtered["metadata"]["continue"].is_string(), "{filtered}");
     assert!(
@@ -176,7 +159,7 @@ async fn a_page_whose_revision_etcd_compacted_is_410_expired() {
     };
     let server = server_with_claims(&etcd, &["a", "b", "c"]).await;
     let path = format!("{GV}/namespaces/ns/ipprefixclaims?limit=1");
-    let (_, first) = call(&server, "GET", &path, None).await;
+    let (_, first) = server.json("GET", &path, None).await;
     let token = first["metadata"]["continue"].as_str().unwrap().to_string();
     create_claim(&server, "d").await;
     // Compact etcd up to now, as the compactor (or an operator) does.
@@ -191,7 +174,9 @@ async fn a_page_whose_revision_etcd_compacted_is_410_expired() {
         .unwrap()
         .revision();
     client.compact(now, None).await.unwrap();
-    let (status, body) = call(&server, "GET", &format!("{path}&continue={token}"), None).await;
+    let (status, body) = server
+        .json("GET", &format!("{path}&continue={token}"), None)
+        .await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert_eq!(body["reason"], "Expired");
     assert_eq!(
@@ -199,7 +184,7 @@ async fn a_page_whose_revision_etcd_compacted_is_410_expired() {
         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."
     );
     // A new list works.
-    let (status, fresh) = call(&server, "GET", &path, None).await;
+    let (status, fresh) = server.json("GET", &path, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(names(&fresh), ["a"]);
 }
@@ -212,7 +197,7 @@ async fn resource_version_0_reads_are_answered_from_the_cache_even_without_etcd(
     let server = server_with_claims(&etcd, &["a", "b"]).await;
     let claims = format!("{GV}/namespaces/ns/ipprefixclaims");
     // A consistent read first: the cache has every write acknowledged before it.
-    let (_, list) = call(&server, "GET", &claims, None).await;
+    let (_, list) = server.json("GET", &claims, None).await;
     assert_eq!(names(&list), ["a", "b"]);
     etcd.stop();
     // The latest state needs etcd's word: 503 naming etcd.
@@ -225,24 +210,18 @@ async fn resource_version_0_reads_are_answered_from_the_cache_even_without_etcd(
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["message"].as_str().unwrap().contains("etcd"), "{body}");
     // Any state will do: this replica's cache answers, as kube-apiserver's watch cache does.
-    let (status, body) = call(
-        &server,
-        "GET",
-        &format!("{claims}/a?resourceVersion=0"),
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .json("GET", &format!("{claims}/a?resourceVersion=0"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["metadata"]["name"], "a");
-    let (status, list) = call(&server, "GET", &format!("{claims}?resourceVersion=0"), None).await;
+    let (status, list) = server
+        .json("GET", &format!("{claims}?resourceVersion=0"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(names(&list), ["a", "b"]);
-    let (status, _) = call(
-        &server,
-        "GET",
-        &format!("{claims}?resourceVersion=0&limit=1"),
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .json("GET", &format!("{claims}?resourceVersion=0&limit=1"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "a first page from the cache");
 }

@@ -5,28 +5,12 @@ mod common;
 #[path = "common/etcd.rs"]
 mod etcd;
 
-use common::TestServer;
 use etcd::{free_port, replicas, Etcd};
 use http::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
-
-async fn call(
-    s: &TestServer,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    let ct = (!body.is_empty()).then_some("application/json");
-    let (status, _, bytes) = s.raw(method, path, ct, body).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 fn root(name: &str, prefix: &str) -> Value {
     json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
@@ -47,22 +31,18 @@ async fn a_claim_created_on_one_replica_is_read_at_once_on_the_others() {
     let scratch = tempfile::tempdir().unwrap();
     let servers = replicas(&etcd, 2, scratch.path(), &[]);
     let (a, b) = (&servers[0], &servers[1]);
-    let (status, _) = call(
-        a,
-        "POST",
-        &format!("{GV}/ipprefixes"),
-        Some(root("pool", "10.0.0.0/24")),
-    )
-    .await;
+    let (status, _) = a
+        .json(
+            "POST",
+            &format!("{GV}/ipprefixes"),
+            Some(root("pool", "10.0.0.0/24")),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     // A watch on B from now on: it must see A's writes.
-    let (status, list) = call(
-        b,
-        "GET",
-        &format!("{GV}/namespaces/ns/ipprefixclaims"),
-        None,
-    )
-    .await;
+    let (status, list) = b
+        .json("GET", &format!("{GV}/namespaces/ns/ipprefixclaims"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let rv = list["metadata"]["resourceVersion"]
         .as_str()
@@ -70,22 +50,22 @@ async fn a_claim_created_on_one_replica_is_read_at_once_on_the_others() {
         .to_string();
     for i in 0..20 {
         let name = format!("nic-{i}");
-        let (status, created) = call(
-            a,
-            "POST",
-            &format!("{GV}/namespaces/ns/ipprefixclaims"),
-            Some(claim(&name, "pool", 32)),
-        )
-        .await;
+        let (status, created) = a
+            .json(
+                "POST",
+                &format!("{GV}/namespaces/ns/ipprefixclaims"),
+                Some(claim(&name, "pool", 32)),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         // Every time, not eventually.
-        let (status, read) = call(
-            b,
-            "GET",
-            &format!("{GV}/namespaces/ns/ipprefixclaims/{name}"),
-            None,
-        )
-        .await;
+        let (status, read) = b
+            .json(
+                "GET",
+                &format!("{GV}/namespaces/ns/ipprefixclaims/{name}"),
+                None,
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{read}");
         assert_eq!(read["status"]["prefix"], created["status"]["prefix"]);
         assert_eq!(
@@ -93,13 +73,9 @@ async fn a_claim_created_on_one_replica_is_read_at_once_on_the_others() {
             created["metadata"]["resourceVersion"]
         );
     }
-    let (_, list) = call(
-        b,
-        "GET",
-        &format!("{GV}/namespaces/ns/ipprefixclaims"),
-        None,
-    )
-    .await;
+    let (_, list) = b
+        .json("GET", &format!("{GV}/namespaces/ns/ipprefixclaims"), None)
+        .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 20);
     // B's watch delivers A's creates, in order.
     let (status, _, body) = b
@@ -136,8 +112,7 @@ async fn without_etcd_writes_are_a_fast_503_naming_etcd_and_only_readiness_fails
     let servers = replicas(&etcd, 1, scratch.path(), &[]);
     let a = &servers[0];
     assert_eq!(
-        call(
-            a,
+        a.json(
             "POST",
             &format!("{GV}/ipprefixes"),
             Some(root("r", "10.1.0.0/16"))

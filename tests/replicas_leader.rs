@@ -17,23 +17,8 @@ const GV: &str = "/apis/ipam.miloapis.com/v1alpha1";
 /// The leader's lease in these tests: a killed leader is replaced within it.
 const LEASE: &str = "6s";
 
-async fn call(
-    s: &TestServer,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    let ct = (!body.is_empty()).then_some("application/json");
-    let (status, _, bytes) = s.raw(method, path, ct, body).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 async fn create(s: &TestServer, path: &str, body: Value) -> Value {
-    let (status, made) = call(s, "POST", &format!("{GV}/{path}"), Some(body)).await;
+    let (status, made) = s.json("POST", &format!("{GV}/{path}"), Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{made}\n{}", s.stderr());
     made
 }
@@ -99,7 +84,9 @@ fn freed(s: &TestServer) -> usize {
 }
 
 async fn children(s: &TestServer, name: &str) -> Value {
-    let (status, got) = call(s, "GET", &format!("{GV}/ipprefixes/{name}"), None).await;
+    let (status, got) = s
+        .json("GET", &format!("{GV}/ipprefixes/{name}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{got}");
     got["status"]["children"].clone()
 }
@@ -149,15 +136,17 @@ async fn one_replica_leads_and_a_killed_leader_is_replaced() {
         ),
     )
     .await;
-    let (status, gone) = call(
-        &servers[f],
-        "DELETE",
-        &format!("{GV}/namespaces/ns/ipprefixclaims/c"),
-        None,
-    )
-    .await;
+    let (status, gone) = servers[f]
+        .json(
+            "DELETE",
+            &format!("{GV}/namespaces/ns/ipprefixclaims/c"),
+            None,
+        )
+        .await;
     assert!(status.is_success(), "{gone}");
-    let (_, released) = call(&servers[f], "GET", &format!("{GV}/ipprefixes/ns.c"), None).await;
+    let (_, released) = servers[f]
+        .json("GET", &format!("{GV}/ipprefixes/ns.c"), None)
+        .await;
     assert_eq!(released["status"]["phase"], "Released", "{released}");
     let until: jiff::Timestamp = released["status"]["retainedUntil"]
         .as_str()
@@ -184,7 +173,9 @@ async fn one_replica_leads_and_a_killed_leader_is_replaced() {
     // The block is freed once, by whichever replica led when it was due.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, _) = call(&servers[f], "GET", &format!("{GV}/ipprefixes/ns.c"), None).await;
+        let (status, _) = servers[f]
+            .json("GET", &format!("{GV}/ipprefixes/ns.c"), None)
+            .await;
         if status == StatusCode::NOT_FOUND {
             break;
         }

@@ -14,9 +14,9 @@
 //! member deciding from a guard another replica bumped): their index changes are undone and
 //! they answer or retry on their own; the rest go again in the next transaction.
 use super::state::State;
-use super::txn::{store_error, Taken, Undo};
-use crate::error::{ApiError, ApiResult};
-use crate::store::{ObjectKey, Op, Revision, Store, StoreError, GUARDS};
+use super::txn::{commit_error, Taken, Undo};
+use crate::error::ApiResult;
+use crate::store::{ObjectKey, Op, Revision, Store, StoreError};
 use std::collections::{BTreeMap, HashSet};
 use tokio::sync::oneshot;
 
@@ -149,29 +149,10 @@ pub(super) async fn commit(state: &mut State, store: &dyn Store) {
                     for undo in undo.into_iter().rev() {
                         undo(state);
                     }
-                    let _ = reply.send(Err(member_error(&e, &mut if_taken)));
+                    let _ = reply.send(Err(commit_error(&e, &mut if_taken)));
                 }
                 members = rest;
             }
         }
-    }
-}
-
-/// What a member that failed with `e` answers.
-fn member_error(e: &StoreError, if_taken: &mut Vec<(ObjectKey, Taken)>) -> ApiError {
-    match e {
-        StoreError::PreconditionFailed { key, actual, .. } if key.resource == GUARDS => {
-            ApiError::IndexBehind {
-                guard: format!("{}/{}", key.namespace, key.name),
-                revision: actual.unwrap_or_default(),
-            }
-        }
-        StoreError::PreconditionFailed { key, .. } => {
-            match if_taken.iter().position(|(k, _)| k == key) {
-                Some(i) => (if_taken.swap_remove(i).1)(),
-                None => store_error(e.clone()),
-            }
-        }
-        e => store_error(e.clone()),
     }
 }

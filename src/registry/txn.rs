@@ -62,23 +62,11 @@ pub struct TxnCommit {
 }
 
 impl TxnCommit {
-    /// Whether this is a create in a group nobody has committed yet.
-    pub fn awaits_group(&mut self) -> bool {
-        use tokio::sync::oneshot::error::TryRecvError;
-        let Some((keys, answer)) = self.grouped.as_mut() else {
-            return false;
-        };
-        match answer.try_recv() {
-            Err(TryRecvError::Empty) => true,
-            Err(TryRecvError::Closed) => false,
-            Ok(done) => {
-                let keys = std::mem::take(keys);
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let _ = tx.send(done);
-                self.grouped = Some((keys, rx));
-                false
-            }
-        }
+    /// Whether this is a create in a group that has no answer yet.
+    pub fn awaits_group(&self) -> bool {
+        self.grouped
+            .as_ref()
+            .is_some_and(|(_, answer)| answer.is_empty())
     }
 
     /// Wait until the commit is on disk (a dry run has nothing to wait for), recording how
@@ -357,21 +345,11 @@ impl<'a> Txn<'a> {
                 at_most: self.state.guards.at_most(guard),
             });
         }
-        let committed = self.store.commit(ops).await.map_err(|e| match e {
-            StoreError::PreconditionFailed {
-                ref key, actual, ..
-            } if key.resource == GUARDS => ApiError::IndexBehind {
-                guard: format!("{}/{}", key.namespace, key.name),
-                revision: actual.unwrap_or_default(),
-            },
-            StoreError::PreconditionFailed { ref key, .. } => {
-                match self.if_taken.iter().position(|(k, _)| k == key) {
-                    Some(i) => (self.if_taken.swap_remove(i).1)(),
-                    None => store_error(e),
-                }
-            }
-            e => store_error(e),
-        })?;
+        let committed = self
+            .store
+            .commit(ops)
+            .await
+            .map_err(|e| commit_error(&e, &mut self.if_taken))?;
         self.applied = true;
         if self.store.shared() {
             let revision = committed.revisions.first().copied().unwrap_or_default();
@@ -437,6 +415,27 @@ impl Drop for Txn<'_> {
         if !self.applied {
             self.rollback();
         }
+    }
+}
+
+/// Why a commit failed, as its writer answers: another replica changed an index it decided
+/// from (a guard), a name it creates is taken (`if_taken`, see [`Txn::put_new`]), or the
+/// store's own word.
+pub(super) fn commit_error(e: &StoreError, if_taken: &mut Vec<(ObjectKey, Taken)>) -> ApiError {
+    match e {
+        StoreError::PreconditionFailed { key, actual, .. } if key.resource == GUARDS => {
+            ApiError::IndexBehind {
+                guard: format!("{}/{}", key.namespace, key.name),
+                revision: actual.unwrap_or_default(),
+            }
+        }
+        StoreError::PreconditionFailed { key, .. } => {
+            match if_taken.iter().position(|(k, _)| k == key) {
+                Some(i) => (if_taken.swap_remove(i).1)(),
+                None => store_error(e.clone()),
+            }
+        }
+        e => store_error(e.clone()),
     }
 }
 

@@ -308,6 +308,21 @@ impl TestServer {
         self.send(request(method, path, content_type, body)).await
     }
 
+    /// [`Self::raw`] with a JSON body (if any), the answer parsed (`Null` when it is not JSON).
+    #[allow(dead_code)] // not every test file sends JSON this way
+    pub async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let content_type = (!body.is_empty()).then_some("application/json");
+        let (status, _, bytes) = self.raw(method, path, content_type, body).await;
+        let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, value)
+    }
+
     /// [`Self::raw`] without a client certificate.
     pub async fn raw_unauthenticated(
         &self,
