@@ -37,6 +37,20 @@ async fn reopen_keeps_objects_and_revision_counter() {
     );
 }
 
+/// Why opening `dir` is refused, once sled has let go of the file lock it holds a moment after
+/// the handle that made the directory is dropped.
+fn refusal(dir: &std::path::Path) -> StoreError {
+    let mut err = SledStore::open(dir, 10).err().expect("must refuse");
+    for _ in 0..100 {
+        if !err.to_string().contains("in use by another") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        err = SledStore::open(dir, 10).err().expect("must refuse");
+    }
+    err
+}
+
 #[tokio::test]
 async fn foreign_data_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,15 +59,7 @@ async fn foreign_data_is_refused_with_a_clear_message() {
         db.insert("something", "else").unwrap();
         db.flush().unwrap();
     }
-    // sled lets go of its file lock a moment after the handle is dropped.
-    let mut err = SledStore::open(dir.path(), 10).err().expect("must refuse");
-    for _ in 0..100 {
-        if !err.to_string().contains("in use by another") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        err = SledStore::open(dir.path(), 10).err().expect("must refuse");
-    }
+    let err = refusal(dir.path());
     assert!(
         err.to_string()
             .contains("not an ipam-apiserver data directory"),
@@ -67,15 +73,7 @@ async fn foreign_files_are_refused_and_left_untouched() {
     let db = dir.path().join("db");
     std::fs::create_dir_all(&db).unwrap();
     std::fs::write(db.join("db"), b"someone else's file").unwrap();
-    // sled lets go of its file lock a moment after the handle is dropped.
-    let mut err = SledStore::open(dir.path(), 10).err().expect("must refuse");
-    for _ in 0..100 {
-        if !err.to_string().contains("in use by another") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        err = SledStore::open(dir.path(), 10).err().expect("must refuse");
-    }
+    let err = refusal(dir.path());
     assert!(
         err.to_string()
             .contains("not an ipam-apiserver data directory"),
