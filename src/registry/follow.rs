@@ -40,7 +40,7 @@ pub(super) async fn load_indexes(store: &dyn Store) -> Result<(State, Revision),
         .map_err(|e| StoreError::Unavailable(format!("cannot start index decoder: {e}")))?;
     let mut batch = Vec::with_capacity(BATCH);
     let scanned = store
-        .list(&range, None, ReadAt::LatestFromStore, None, &mut |v| {
+        .list(&range, None, ReadAt::Latest, None, &mut |v| {
             batch.push(v.value.clone());
             if batch.len() == BATCH {
                 // A send fails only when the decoder stopped at a damaged value; its error

@@ -217,10 +217,6 @@ pub enum ReadAt {
     /// Any state at or after this revision (`resourceVersion` N, or 0: whatever is at hand):
     /// a store with a cache answers from it without asking for the latest.
     NotOlderThan(Revision),
-    /// The latest, read from the store itself and never from a cache: what the allocation
-    /// index is built from, whose guards then trust that nothing before the page's revision is
-    /// missing from it.
-    LatestFromStore,
 }
 
 /// Which listed values count (see [`Store::list`]).

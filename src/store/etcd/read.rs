@@ -83,7 +83,7 @@ impl Inner {
             ReadAt::NotOlderThan(r) => {
                 Ok(self.cache.live() && self.cache.reached(r, CACHE_WAIT).await)
             }
-            ReadAt::Revision(_) | ReadAt::LatestFromStore => Ok(false),
+            ReadAt::Revision(_) => Ok(false),
         }
     }
 
@@ -128,14 +128,18 @@ impl Inner {
         };
         let first = at;
         let mut at = match at {
-            ReadAt::Latest | ReadAt::NotOlderThan(_) | ReadAt::LatestFromStore => None,
+            ReadAt::Latest | ReadAt::NotOlderThan(_) => None,
             ReadAt::Revision(r) => Some(r),
         };
         let mut items = Vec::new();
         loop {
             let batch = match at {
+                // A list with no limit takes the whole range from the cache at once: one
+                // snapshot from memory. (Later batches read in etcd would each walk etcd's
+                // index to the range's end: see `fill_cache`.)
                 None if self.cache_answers(first).await? => {
-                    self.cache.batch(&from, &end, LIST_BATCH as usize)
+                    let batch = limit.map_or(usize::MAX, |_| LIST_BATCH as usize);
+                    self.cache.batch(&from, &end, batch)
                 }
                 _ => None,
             };

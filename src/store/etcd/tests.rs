@@ -361,3 +361,61 @@ async fn reads_come_from_the_cache_and_see_every_acknowledged_write() {
     // Every read above was answered from the cache, none by giving up on it.
     assert_eq!(store.inner.fallbacks.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn a_start_fills_the_cache_with_every_key_at_one_revision() {
+    let Some(etcd) = TestEtcd::start("a_start_fills_the_cache_with_every_key") else {
+        return;
+    };
+    drop(etcd.store("/registry", 100).await);
+    let mut raw = Client::connect([etcd.url.as_str()], None).await.unwrap();
+    // More keys than one keys page and one value range hold (small in tests), with keys
+    // just outside the root on both sides.
+    raw.put("/registry/ipam.miloapis.co", "outside", None)
+        .await
+        .unwrap();
+    raw.put("/registry/ipam.miloapis.com0", "outside", None)
+        .await
+        .unwrap();
+    let mut written = Vec::new();
+    for i in 0..37 {
+        let put = raw
+            .put(
+                format!("/registry/ipam.miloapis.com/ipprefixes/p{i:02}"),
+                format!("v{i}"),
+                None,
+            )
+            .await
+            .unwrap();
+        written.push((
+            format!("p{i:02}"),
+            put.header().unwrap().revision() as Revision,
+        ));
+    }
+    let store = etcd.store("/registry", 100).await;
+    let all = KeyRange {
+        resource: "ipprefixes",
+        namespace: None,
+    };
+    let page = store
+        .list(&all, None, ReadAt::Latest, None, &mut |_| true)
+        .await
+        .unwrap();
+    let listed: Vec<(String, Revision, String)> = page
+        .items
+        .iter()
+        .map(|v| {
+            let value = String::from_utf8(v.value.to_vec()).unwrap();
+            (v.key.name.clone(), v.revision, value)
+        })
+        .collect();
+    let expected: Vec<(String, Revision, String)> = written
+        .iter()
+        .enumerate()
+        .map(|(i, (name, rev))| (name.clone(), *rev, format!("v{i}")))
+        .collect();
+    assert_eq!(listed, expected);
+    // Answered by the filled cache.
+    assert_eq!(store.inner.fallbacks.load(Ordering::Relaxed), 0);
+    assert!(!page.more);
+}
