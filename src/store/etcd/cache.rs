@@ -156,40 +156,45 @@ impl Inner {
     /// Fill the cache with everything under the root as of `at` (`None`: now), read at one
     /// revision, and say which: the watch follows from there.
     ///
-    /// In two passes, because etcd 3.4 walks its index from a range's start to its end for
-    /// every range, whatever its limit: paged by a limit alone, a fill of 2×10^6 keys walks
-    /// 10^6 keys per page. The first pass reads the keys alone, in a few large pages, and
-    /// keeps every [`FILL_BATCH`]th; the second reads the values between those bounds, each
-    /// range walking only its own keys, [`FILL_PARALLEL`] at a time.
+    /// In two passes at once, because etcd 3.4 walks its index from a range's start to its
+    /// end for every range, whatever its limit: paged by a limit alone, a fill of 2×10^6 keys
+    /// walks 10^6 keys per page. One pass reads the keys alone, in a few large pages, and
+    /// marks every [`FILL_BATCH`]th; the other reads the values between the marks found so
+    /// far, each range walking only its own keys, [`FILL_PARALLEL`] at a time.
     pub(super) async fn fill_cache(&self, at: Option<Revision>) -> Result<Revision, StoreError> {
         let started = std::time::Instant::now();
-        let (bounds, revision) = self.fill_bounds(at).await?;
-        let keys_read = started.elapsed();
-        let end = prefix_end(&self.root);
-        let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(bounds.len());
-        for (i, from) in bounds.iter().enumerate() {
-            let to = bounds.get(i + 1).unwrap_or(&end);
-            ranges.push((from.clone(), to.clone()));
-        }
-        let reads = futures::stream::iter(ranges)
+        let revision = match at {
+            Some(r) => r,
+            None => {
+                // etcd's revision now (one key read: its header says).
+                let mut kv = self.client.kv_client();
+                let got = self.outcome(timeout(kv.get(self.last_write_key(), None)).await)?;
+                header_revision(got.header())
+            }
+        };
+        let (ranges, found) = futures::channel::mpsc::unbounded();
+        let reads = found
             .map(|(from, to)| self.fill_range(from, to, revision))
             .buffer_unordered(FILL_PARALLEL);
-        futures::pin_mut!(reads);
-        let mut objects = BTreeMap::new();
-        while let Some(kvs) = reads.next().await {
-            for kv in kvs? {
-                let revision = kv.mod_revision().max(0) as Revision;
-                let (key, value) = kv.into_key_value();
-                if self.object_key(&key).is_some() {
-                    let value = Bytes::from(value);
-                    objects.insert(key.into_boxed_slice(), Entry { revision, value });
+        let fill = async {
+            futures::pin_mut!(reads);
+            let mut objects = BTreeMap::new();
+            while let Some(kvs) = reads.next().await {
+                for kv in kvs? {
+                    let revision = kv.mod_revision().max(0) as Revision;
+                    let (key, value) = kv.into_key_value();
+                    if self.object_key(&key).is_some() {
+                        let value = Bytes::from(value);
+                        objects.insert(key.into_boxed_slice(), Entry { revision, value });
+                    }
                 }
             }
-        }
+            Ok(objects)
+        };
+        let (_, objects) = futures::try_join!(self.fill_ranges(revision, ranges), fill)?;
         tracing::info!(
             objects = objects.len(),
             revision,
-            ?keys_read,
             elapsed = ?started.elapsed(),
             "etcd cache filled"
         );
@@ -197,36 +202,36 @@ impl Inner {
         Ok(revision)
     }
 
-    /// The first key of every [`FILL_BATCH`] keys under the root at `at` (`None`: now), and
-    /// the revision read.
-    async fn fill_bounds(
+    /// Send ranges of [`FILL_BATCH`] keys that together cover the root at `revision`, as the
+    /// keys are read.
+    async fn fill_ranges(
         &self,
-        at: Option<Revision>,
-    ) -> Result<(Vec<Vec<u8>>, Revision), StoreError> {
+        revision: Revision,
+        ranges: futures::channel::mpsc::UnboundedSender<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
         let end = prefix_end(&self.root);
         let mut from = self.root.clone();
-        let mut at = at.map(|r| r as i64);
-        let mut bounds = vec![self.root.clone()];
+        let mut bound = self.root.clone();
         let mut seen = 0usize;
         let mut kv = self
             .client
             .kv_client()
             .max_decoding_message_size(FILL_MESSAGE);
         loop {
-            let mut opts = GetOptions::new()
+            let opts = GetOptions::new()
                 .with_range(end.clone())
                 .with_keys_only()
-                .with_limit(FILL_KEYS_BATCH);
-            if let Some(rev) = at {
-                opts = opts.with_revision(rev);
-            }
+                .with_limit(FILL_KEYS_BATCH)
+                .with_revision(revision as i64);
             let mut got = self.outcome(timeout(kv.get(from.clone(), Some(opts))).await)?;
-            let revision = *at.get_or_insert(header_revision(got.header()) as i64);
             let more = got.more();
             let kvs = got.take_kvs();
             for kv in &kvs {
                 if seen > 0 && seen % FILL_BATCH == 0 {
-                    bounds.push(kv.key().to_vec());
+                    let next = kv.key().to_vec();
+                    // Unbounded: the keys pass must not wait for the values it is ahead of.
+                    let _ =
+                        ranges.unbounded_send((std::mem::replace(&mut bound, next.clone()), next));
                 }
                 seen += 1;
             }
@@ -235,7 +240,10 @@ impl Inner {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok((bounds, revision as Revision)),
+                _ => {
+                    let _ = ranges.unbounded_send((bound, end));
+                    return Ok(());
+                }
             }
         }
     }
