@@ -1,9 +1,9 @@
-//! One etcd watch over the root feeds the retained history every watcher reads and the cache
-//! that answers reads (as kube-apiserver's watch cache sits on one etcd watch), and a probe
-//! keeps readiness current.
+//! One etcd watch over the objects' keys feeds the retained history every watcher reads and
+//! the cache that answers reads (as kube-apiserver's watch cache sits on one etcd watch), and
+//! a probe keeps readiness current.
 use super::*;
 
-/// Follow etcd's changes under the root from `after` on, into the history and the cache, for
+/// Follow etcd's changes to the objects from `after` on, into the history and the cache, for
 /// as long as the store lives. A broken watch is opened again from the last revision seen; one
 /// that fell behind a compaction leaves the history expired (its watchers list again) and the
 /// cache is filled again.
@@ -26,15 +26,15 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
                 }
             }
         }
+        let (start, end) = inner.objects_range();
         let opts = WatchOptions::new()
-            .with_prefix()
+            .with_range(end)
             .with_prev_key()
             .with_progress_notify()
             .with_start_revision(after as i64 + 1);
         let mut watch_client = inner.client.watch_client();
-        let root = inner.root.clone();
         drop(inner);
-        let mut stream = match watch_client.watch(root, Some(opts)).await {
+        let mut stream = match watch_client.watch(start, Some(opts)).await {
             Ok(stream) => stream,
             Err(e) => {
                 if let Some(inner) = store.upgrade() {
@@ -123,7 +123,7 @@ pub(super) async fn follow(store: std::sync::Weak<Inner>, mut after: Revision) {
                 events.push(event);
             }
             if response.events().is_empty() && !response.created() {
-                // A progress notification: nothing under the root changed up to its revision.
+                // A progress notification: no object changed up to its revision.
                 // (Not the watch's creation, nor a response of keys not ours: a watch catching
                 // up has etcd's revision now in every header, with more events to come.)
                 after = after.max(header_revision(response.header()));

@@ -258,6 +258,22 @@ impl Inner {
         [self.root.as_slice(), b"last-write"].concat()
     }
 
+    /// The keys the watch follows, `[start, end)`: every object's (the resources' keys are
+    /// one range in key order), not the guards and the last-write key beside them. Those
+    /// change only in a transaction that writes an object too, so the objects' events still
+    /// carry every revision a read or a guard waits for, and etcd sends each replica half as
+    /// many events per create.
+    fn objects_range(&self) -> (Vec<u8>, Vec<u8>) {
+        let first = [self.root.as_slice(), RESOURCES[0].as_bytes(), b"/"].concat();
+        let last = [
+            self.root.as_slice(),
+            RESOURCES[RESOURCES.len() - 1].as_bytes(),
+            b"/",
+        ]
+        .concat();
+        (first, prefix_end(&last))
+    }
+
     /// The object key of an etcd key under `root`, for one of `resources`.
     fn object_key(&self, raw: &[u8]) -> Option<ObjectKey> {
         let rest = std::str::from_utf8(raw.strip_prefix(self.root.as_slice())?).ok()?;
@@ -305,10 +321,11 @@ impl Inner {
 }
 
 /// The resources this server stores, as `'static` names (keys outside them are not ours).
+/// The resources stored, in key order.
+const RESOURCES: [&str; 2] = ["ipprefixclaims", "ipprefixes"];
+
 fn resource_name(s: &str) -> Option<&'static str> {
-    ["ipprefixes", "ipprefixclaims"]
-        .into_iter()
-        .find(|r| *r == s)
+    RESOURCES.into_iter().find(|r| *r == s)
 }
 
 /// The smallest key after every key that starts with `prefix`.
