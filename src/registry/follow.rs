@@ -8,9 +8,10 @@ use super::kind::Kind;
 use super::state::{decode_for_index, new_pool, IndexEntry, PoolEntry, Root, State};
 use super::txn::Stored;
 use crate::api::IPPrefix;
+use crate::store::ObjectKey;
 use crate::store::{EventType, KeyRange, ReadAt, Revision, Store, StoreError, StoreEvent};
 use futures::{FutureExt, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -136,10 +137,47 @@ pub(super) async fn catch_up(inner: &Inner, state: &mut State) -> Result<(), ()>
         if batch.is_empty() {
             continue;
         }
-        // Another replica's change may overlap what the open group holds: settle it first.
-        super::group::commit(state, &*inner.store).await;
+        // Another replica's change may overlap what the open group holds: the members that
+        // decided from what it changed go (their commit would fail on its guard), or, where
+        // that is not known, the group is settled first.
+        match touched_guards(state, &batch) {
+            Some((guards, revision)) => super::group::drop_concerned(state, &guards, revision),
+            None => super::group::commit(state, &*inner.store).await,
+        }
         apply(state, &*inner.store, batch).await?;
     }
+}
+
+/// The guards another replica's changes in `batch` bumped, and the newest revision among
+/// them; `None` when that is not known for certain (a change that cannot be decoded).
+fn touched_guards(
+    state: &State,
+    batch: &[Arc<StoreEvent>],
+) -> Option<(HashSet<ObjectKey>, Revision)> {
+    let mut guards = HashSet::new();
+    let mut newest = 0;
+    for event in batch {
+        let revision = event.object.revision;
+        if revision <= state.guards.applied()
+            || state.guards.is_own(revision)
+            || event.object.key.resource != <IPPrefix as Kind>::RESOURCE
+        {
+            continue;
+        }
+        newest = newest.max(revision);
+        let values = [Some(&event.object.value), event.previous.as_ref()];
+        for value in values.into_iter().flatten() {
+            let entry = decode_for_index(value).ok()?;
+            // What a change to this prefix may touch: its parent's children, or the roots of
+            // its address space; and, as a parent itself, its own children's room.
+            guards.insert(match &entry.parent {
+                Some(parent) => super::guards::pool(parent),
+                None => super::guards::roots(entry.address_space.as_deref()),
+            });
+            guards.insert(super::guards::pool(&entry.name));
+        }
+    }
+    Some((guards, newest))
 }
 
 async fn apply(

@@ -78,6 +78,43 @@ impl Group {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
+
+    /// Take out the members that decided from one of `guards`, keeping the rest's bookkeeping.
+    fn take_concerned(&mut self, guards: &HashSet<ObjectKey>) -> Vec<Member> {
+        let (concerned, rest): (Vec<Member>, Vec<Member>) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|m| m.guards.iter().any(|(g, _)| guards.contains(g)));
+        *self = Group::default();
+        for member in rest {
+            self.join(member);
+        }
+        concerned
+    }
+}
+
+/// Fail now, with no transaction, the members that decided from one of `guards`, which
+/// another replica bumped at `revision` (its change is about to enter the indexes): etcd
+/// would refuse their compares anyway. Their index changes are undone before that change is
+/// applied, so it never meets them; they decide again at once. The rest stay in the group.
+pub(super) fn drop_concerned(state: &mut State, guards: &HashSet<ObjectKey>, revision: Revision) {
+    let concerned = state.group.take_concerned(guards);
+    for member in concerned.into_iter().rev() {
+        let Member {
+            undo,
+            guards: decided_from,
+            reply,
+            ..
+        } = member;
+        for undo in undo.into_iter().rev() {
+            undo(state);
+        }
+        let guard = decided_from
+            .iter()
+            .find(|(g, _)| guards.contains(g))
+            .map(|(g, _)| format!("{}/{}", g.namespace, g.name))
+            .unwrap_or_default();
+        let _ = reply.send(Err(crate::error::ApiError::IndexBehind { guard, revision }));
+    }
 }
 
 fn op_bytes(op: &Op) -> usize {
