@@ -80,6 +80,12 @@ impl TestEtcd {
     }
 
     /// A store on this etcd, once etcd answers.
+    /// A plain client for writes behind the store's back, once etcd answers.
+    pub(crate) async fn raw_client(&self) -> Client {
+        drop(self.store("/registry", 100).await);
+        Client::connect([self.url.as_str()], None).await.unwrap()
+    }
+
     pub(crate) async fn store(&self, prefix: &str, history: usize) -> EtcdStore {
         let opts = self.options(prefix, history);
         for _ in 0..100 {
@@ -314,9 +320,7 @@ async fn reads_come_from_the_cache_and_see_every_acknowledged_write() {
     else {
         return;
     };
-    // Once etcd answers.
-    drop(etcd.store("/registry", 100).await);
-    let mut raw = Client::connect([etcd.url.as_str()], None).await.unwrap();
+    let mut raw = etcd.raw_client().await;
     // Written before the store starts: its cache is filled with it.
     raw.put("/registry/ipam.miloapis.com/ipprefixes/before", "0", None)
         .await
@@ -344,15 +348,7 @@ async fn reads_come_from_the_cache_and_see_every_acknowledged_write() {
                 i.to_string().as_bytes()
             )
         );
-        let all = KeyRange {
-            resource: "ipprefixes",
-            namespace: None,
-        };
-        let page = store
-            .list(&all, None, ReadAt::Latest, None, &mut |_| true)
-            .await
-            .unwrap();
-        assert_eq!(page.items.len(), i + 2);
+        assert_eq!(every_ipprefix(&store).await.items.len(), i + 2);
     }
     raw.delete("/registry/ipam.miloapis.com/ipprefixes/k00", None)
         .await
@@ -367,8 +363,7 @@ async fn a_start_fills_the_cache_with_every_key_at_one_revision() {
     let Some(etcd) = TestEtcd::start("a_start_fills_the_cache_with_every_key") else {
         return;
     };
-    drop(etcd.store("/registry", 100).await);
-    let mut raw = Client::connect([etcd.url.as_str()], None).await.unwrap();
+    let mut raw = etcd.raw_client().await;
     // More keys than one keys page and one value range hold (small in tests), with keys
     // just outside the root on both sides.
     raw.put("/registry/ipam.miloapis.co", "outside", None)
@@ -393,14 +388,7 @@ async fn a_start_fills_the_cache_with_every_key_at_one_revision() {
         ));
     }
     let store = etcd.store("/registry", 100).await;
-    let all = KeyRange {
-        resource: "ipprefixes",
-        namespace: None,
-    };
-    let page = store
-        .list(&all, None, ReadAt::Latest, None, &mut |_| true)
-        .await
-        .unwrap();
+    let page = every_ipprefix(&store).await;
     let listed: Vec<(String, Revision, String)> = page
         .items
         .iter()
@@ -418,4 +406,16 @@ async fn a_start_fills_the_cache_with_every_key_at_one_revision() {
     // Answered by the filled cache.
     assert_eq!(store.inner.fallbacks.load(Ordering::Relaxed), 0);
     assert!(!page.more);
+}
+
+/// A consistent list of every IPPrefix key.
+async fn every_ipprefix(store: &EtcdStore) -> ListPage {
+    let all = KeyRange {
+        resource: "ipprefixes",
+        namespace: None,
+    };
+    store
+        .list(&all, None, ReadAt::Latest, None, &mut |_| true)
+        .await
+        .unwrap()
 }
