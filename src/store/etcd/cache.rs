@@ -149,8 +149,9 @@ const FILL_BATCH: usize = if cfg!(test) { 4 } else { 10_000 };
 const FILL_KEYS_BATCH: i64 = if cfg!(test) { 10 } else { 250_000 };
 /// Value ranges read at once while filling: etcd reads the next while this replica stores one.
 const FILL_PARALLEL: usize = 3;
-/// Room for a fill batch of large objects (tonic's default is 4 MiB).
-const FILL_MESSAGE: usize = 256 << 20;
+/// Room for a fill batch of large objects (tonic's default is 4 MiB): whatever etcd sends
+/// (its own limit is 2 GiB), since the values are kept in memory anyway.
+const FILL_MESSAGE: usize = i32::MAX as usize;
 
 impl Inner {
     /// Fill the cache with everything under the root as of `at` (`None`: now), read at one
