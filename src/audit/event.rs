@@ -6,6 +6,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::Value;
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The allocated (or freed) block, e.g. `fd20::5/128`.
@@ -66,6 +67,30 @@ pub struct Event {
     pub stage_timestamp: MicroTime,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+impl Level {
+    /// The name the event writes (as serde writes the variant).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "None",
+            Level::Metadata => "Metadata",
+            Level::Request => "Request",
+            Level::RequestResponse => "RequestResponse",
+        }
+    }
+}
+
+impl Stage {
+    /// The name the event writes (as serde writes the variant).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::RequestReceived => "RequestReceived",
+            Stage::ResponseStarted => "ResponseStarted",
+            Stage::ResponseComplete => "ResponseComplete",
+            Stage::Panic => "Panic",
+        }
+    }
 }
 
 impl Event {
@@ -196,46 +221,78 @@ pub struct Described {
 /// listed comma-separated, in the order of the removed items, so a search for an address still
 /// finds the line.
 pub fn describe(written: &Written) -> Described {
+    if let Some(block) = Block::of(written) {
+        return Described {
+            name: block.name.to_string(),
+            namespace: block.namespace.to_string(),
+            uid: block.uid.to_string(),
+            resource_version: block.resource_version.to_string(),
+            annotations: block
+                .annotations()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+    }
     let any = written.0.as_ref();
-    if let Some(claim) = any.downcast_ref::<IPPrefixClaim>() {
-        return one(claim, claim_annotations(claim));
-    }
-    if let Some(prefix) = any.downcast_ref::<IPPrefix>() {
-        return one(prefix, prefix_annotations(prefix));
-    }
     if let Some(claims) = any.downcast_ref::<Vec<IPPrefixClaim>>() {
-        return many(claims.iter().map(claim_annotations));
+        return many(claims.iter().map(claim_block));
     }
     if let Some(prefixes) = any.downcast_ref::<Vec<IPPrefix>>() {
-        return many(prefixes.iter().map(prefix_annotations));
+        return many(prefixes.iter().map(prefix_block));
     }
     Described::default()
 }
 
-type Annotations = Vec<(&'static str, String)>;
+/// One written claim or IPPrefix, borrowed: what its event names, without a `String` made.
+pub struct Block<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    pub resource_version: &'a str,
+    /// In key order, as the event's map writes them; an empty value is no annotation.
+    annotations: [(&'static str, Cow<'a, str>); 4],
+}
 
-fn one<K: Resource>(obj: &K, annotations: Annotations) -> Described {
-    let meta = obj.meta();
-    Described {
-        name: meta.name.clone().unwrap_or_default(),
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        uid: meta.uid.clone().unwrap_or_default(),
-        resource_version: meta.resource_version.clone().unwrap_or_default(),
-        annotations: annotations
-            .into_iter()
+impl<'a> Block<'a> {
+    /// The one object `written` holds; `None` for a collection or anything else.
+    pub fn of(written: &'a Written) -> Option<Block<'a>> {
+        let any = written.0.as_ref();
+        if let Some(claim) = any.downcast_ref::<IPPrefixClaim>() {
+            return Some(claim_block(claim));
+        }
+        any.downcast_ref::<IPPrefix>().map(prefix_block)
+    }
+
+    /// The annotations with a value, in key order.
+    pub fn annotations(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.annotations
+            .iter()
             .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+            .map(|(k, v)| (*k, v.as_ref()))
     }
 }
 
-fn many(items: impl Iterator<Item = Annotations>) -> Described {
-    let mut joined: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for annotations in items {
-        for (k, v) in annotations {
-            if !v.is_empty() {
-                joined.entry(k.to_string()).or_default().push(v);
-            }
+fn identity<'a, K: Resource>(
+    obj: &'a K,
+    annotations: [(&'static str, Cow<'a, str>); 4],
+) -> Block<'a> {
+    let meta = obj.meta();
+    let text = |v: &'a Option<String>| -> &'a str { v.as_deref().unwrap_or_default() };
+    Block {
+        name: text(&meta.name),
+        namespace: text(&meta.namespace),
+        uid: text(&meta.uid),
+        resource_version: text(&meta.resource_version),
+        annotations,
+    }
+}
+
+fn many<'a>(items: impl Iterator<Item = Block<'a>>) -> Described {
+    let mut joined: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let blocks: Vec<Block<'a>> = items.collect();
+    for block in &blocks {
+        for (k, v) in block.annotations() {
+            joined.entry(k.to_string()).or_default().push(v);
         }
     }
     Described {
@@ -244,56 +301,64 @@ fn many(items: impl Iterator<Item = Annotations>) -> Described {
     }
 }
 
-fn claim_annotations(claim: &IPPrefixClaim) -> Annotations {
+fn claim_block(claim: &IPPrefixClaim) -> Block<'_> {
     let status = claim.status.as_ref();
-    vec![
-        (
-            PREFIX_ANNOTATION,
-            status.and_then(|s| s.prefix.clone()).unwrap_or_default(),
-        ),
-        (
-            PARENT_ANNOTATION,
-            status
-                .and_then(|s| s.parent_ref.as_ref())
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-        ),
-        (
-            IPPREFIX_ANNOTATION,
-            status
-                .and_then(|s| s.prefix_ref.as_ref())
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-        ),
-    ]
+    identity(
+        claim,
+        [
+            (CLAIM_ANNOTATION, Cow::Borrowed("")),
+            (
+                IPPREFIX_ANNOTATION,
+                Cow::Borrowed(ref_name(status.and_then(|s| s.prefix_ref.as_ref()))),
+            ),
+            (
+                PARENT_ANNOTATION,
+                Cow::Borrowed(ref_name(status.and_then(|s| s.parent_ref.as_ref()))),
+            ),
+            (
+                PREFIX_ANNOTATION,
+                Cow::Borrowed(status.and_then(|s| s.prefix.as_deref()).unwrap_or_default()),
+            ),
+        ],
+    )
 }
 
-fn prefix_annotations(prefix: &IPPrefix) -> Annotations {
-    vec![
-        (PREFIX_ANNOTATION, prefix.spec.prefix.clone()),
-        (
-            PARENT_ANNOTATION,
-            prefix
-                .spec
-                .parent_ref
-                .as_ref()
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-        ),
-        (
-            IPPREFIX_ANNOTATION,
-            prefix.metadata.name.clone().unwrap_or_default(),
-        ),
-        (
-            CLAIM_ANNOTATION,
-            prefix
-                .spec
-                .claim_ref
-                .as_ref()
-                .map(|c| format!("{}/{}", c.namespace, c.name))
-                .unwrap_or_default(),
-        ),
-    ]
+fn ref_name(r: Option<&crate::api::PrefixReference>) -> &str {
+    r.map(|p| p.name.as_str()).unwrap_or_default()
+}
+
+fn prefix_block(prefix: &IPPrefix) -> Block<'_> {
+    let claim = prefix
+        .spec
+        .claim_ref
+        .as_ref()
+        .map(|c| Cow::Owned(format!("{}/{}", c.namespace, c.name)))
+        .unwrap_or_default();
+    identity(
+        prefix,
+        [
+            (CLAIM_ANNOTATION, claim),
+            (
+                IPPREFIX_ANNOTATION,
+                Cow::Borrowed(prefix.metadata.name.as_deref().unwrap_or_default()),
+            ),
+            (
+                PARENT_ANNOTATION,
+                Cow::Borrowed(
+                    prefix
+                        .spec
+                        .parent_ref
+                        .as_ref()
+                        .map(|p| p.name.as_str())
+                        .unwrap_or_default(),
+                ),
+            ),
+            (
+                PREFIX_ANNOTATION,
+                Cow::Borrowed(prefix.spec.prefix.as_str()),
+            ),
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ impl Auditor {
             };
             for change in changes {
                 if let Some(event) = internal_event(&log.policy, change) {
-                    log.sender.send(event.into());
+                    log.sender.send_event(&event);
                 }
             }
         })

@@ -29,8 +29,7 @@ pub async fn audit(State(auditor): State<Auditor>, req: Request, next: Next) -> 
     if decision.level == Level::None {
         return with_audit_id(next.run(req).await, audit_id);
     }
-    let mut record = capture(Head::of(&req), attrs, &decision, audit_id, received);
-    record.user = user.cloned();
+    let mut record = capture(Head::of(&req), user, attrs, &decision, audit_id, received);
 
     // A create names its object only in the body: kept (not parsed) to name a refused one.
     let create = matches!(&record.attrs, Attributes::Resource { verb, .. } if verb == "create");
@@ -99,7 +98,7 @@ async fn finish(
     }
     if decision.records(Stage::ResponseComplete) {
         record.stage_at = jiff::Timestamp::now();
-        auditor.0.sender.send(record.into());
+        auditor.0.sender.send(|out| record.write_line(out));
     }
     resp
 }
@@ -115,7 +114,7 @@ fn complete_when_streamed(
         let mut started = record.clone();
         started.stage = Stage::ResponseStarted;
         started.stage_at = jiff::Timestamp::now();
-        auditor.0.sender.send(started.into());
+        auditor.0.sender.send(|out| started.write_line(out));
     }
     if !decision.records(Stage::ResponseComplete) {
         return resp;
@@ -142,35 +141,29 @@ impl Drop for CompleteOnDrop {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
             record.stage_at = jiff::Timestamp::now();
-            self.auditor.0.sender.send(record.into());
+            self.auditor.0.sender.send(|out| record.write_line(out));
         }
     }
 }
 
 /// What the request itself tells, before it is served.
 pub(super) fn capture(
-    head: Head,
+    head: Head<'_>,
+    user: Option<&UserInfo>,
     attrs: Attributes,
     decision: &Decision,
     audit_id: HeaderValue,
     received: jiff::Timestamp,
 ) -> Record {
-    Record {
-        level: decision.level,
-        stage: Stage::ResponseComplete,
+    Record::capture(
+        head,
+        user,
+        attrs,
+        decision.level,
+        decision.omit_managed_fields,
         audit_id,
         received,
-        stage_at: received,
-        head,
-        attrs,
-        user: None,
-        code: 0,
-        message: None,
-        written: None,
-        request_body: None,
-        response_body: None,
-        omit_managed_fields: decision.omit_managed_fields,
-    }
+    )
 }
 
 pub(super) fn with_audit_id(mut resp: Response, audit_id: HeaderValue) -> Response {

@@ -7,11 +7,12 @@
 //! objects they wrote with [`written`]; the event then carries the block in annotations
 //! ([`PREFIX_ANNOTATION`], [`PARENT_ANNOTATION`], [`IPPREFIX_ANNOTATION`]), so the log answers
 //! "who held fd20::5, and when" after the objects are gone; what the server does by itself (a
-//! retention that ends) the registry reports to [`Auditor::server_changes`]. A request only
-//! captures what it must ([`record`]); one thread behind a bounded queue ([`sink`]) makes and
-//! writes the events: auditing never blocks a request.
+//! retention that ends) the registry reports to [`Auditor::server_changes`]. A request writes
+//! its event's line, borrowing what it can ([`record`]), into a bounded queue of bytes; one
+//! thread writes the queue out in batches ([`sink`]): auditing never blocks a request.
 mod event;
 mod internal;
+mod json;
 mod middleware;
 pub mod policy;
 mod record;

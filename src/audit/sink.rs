@@ -1,13 +1,15 @@
-//! Off the request path: requests hand events to a bounded queue and one thread writes them,
-//! as kube-apiserver's batch backend does. A full queue drops the event and counts it; a write
-//! that fails (a full disk) is logged and counted; neither ever holds up a request.
+//! Off the request path: a request appends its event's line to a bounded queue of bytes and
+//! one thread writes what gathered, as kube-apiserver's batch backend does. A full queue drops
+//! the event and counts it; a write that fails (a full disk) is logged and counted; neither
+//! ever holds up a request.
 use super::event::Event;
-use super::record::Record;
 use super::rotate::{Limits, RotatingFile};
 use crate::metrics::global;
+use std::cell::RefCell;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,8 +17,10 @@ use std::time::Duration;
 pub const QUEUE_CAPACITY: usize = 10_000;
 /// How long the writer lets events gather after the first of a batch. Waking it and writing
 /// once per event cost a quarter of the server's CPU per create at ~8k creates/s; once per
-/// window, a request only queues (the sender wakes nobody while the writer sleeps).
+/// window, a request only appends (only the first of a batch wakes the writer).
 pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// A thread's line buffer is given back past this (one line with a large request object).
+const SCRATCH_KEPT: usize = 64 * 1024;
 
 /// Where lines go.
 pub enum Output {
@@ -48,56 +52,91 @@ impl Output {
     }
 }
 
-/// What is queued: a request as captured (made an [`Event`] by the writer), or an event the
-/// server made by itself.
-/// Boxed: the queue's slots are allocated up front, and a captured request is ~650 bytes.
-pub enum Entry {
-    Request(Box<Record>),
-    Event(Box<Event>),
+/// The lines waiting for the writer, one after another; `ends` marks where each ends.
+#[derive(Default)]
+struct Lines {
+    text: Vec<u8>,
+    ends: Vec<usize>,
+    /// Every [`Sender`] is gone: write what is left and stop.
+    closed: bool,
 }
 
-impl From<Record> for Entry {
-    fn from(r: Record) -> Entry {
-        Entry::Request(Box::new(r))
+struct Queue {
+    lines: Mutex<Lines>,
+    /// Signalled when the first line of a batch arrives, and when the senders are gone.
+    ready: Condvar,
+    capacity: usize,
+}
+
+impl Queue {
+    /// The lock only guards appends and swaps, which cannot leave `Lines` half done.
+    fn lock(&self) -> MutexGuard<'_, Lines> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl From<Event> for Entry {
-    fn from(e: Event) -> Entry {
-        Entry::Event(Box::new(e))
-    }
-}
-
-impl Entry {
-    fn into_event(self) -> Event {
-        match self {
-            Entry::Request(r) => r.into_event(),
-            Entry::Event(e) => *e,
-        }
-    }
+thread_local! {
+    /// Where a line is made before it is queued, so the queue's lock is held for a copy only.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The sending side, held by every request; cheap to clone.
 #[derive(Clone)]
-pub struct Sender(SyncSender<Entry>);
+pub struct Sender(Arc<Closer>);
+
+/// Closes the queue when the last [`Sender`] goes.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_one();
+    }
+}
 
 impl Sender {
-    /// Queue `entry` without waiting; when the queue is full it is dropped and counted.
-    pub fn send(&self, entry: Entry) {
-        match self.0.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let m = &global().audit_events_dropped;
-                // Once, then every 10,000th: a sustained overload should not also flood the log.
-                if m.inc() % 10_000 == 0 {
-                    tracing::warn!(
-                        "audit events dropped: the writer is behind (queue of {QUEUE_CAPACITY} full); see ipam_audit_events_dropped_total"
-                    );
-                }
+    /// Queue the line `write` makes (one JSON value, no newline) without waiting; when the
+    /// queue is full it is dropped and counted.
+    pub fn send(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        SCRATCH.with(|scratch| {
+            let mut line = scratch.borrow_mut();
+            line.clear();
+            write(&mut line);
+            line.push(b'\n');
+            self.push(&line);
+            if line.capacity() > SCRATCH_KEPT {
+                *line = Vec::new();
             }
-            Err(TrySendError::Disconnected(_)) => {
-                global().audit_events_dropped.inc();
+        });
+    }
+
+    /// Queue an event the server made by itself.
+    pub fn send_event(&self, event: &Event) {
+        self.send(|out| super::json::value(out, event));
+    }
+
+    fn push(&self, line: &[u8]) {
+        let queue = &self.0 .0;
+        let mut lines = queue.lock();
+        if lines.ends.len() >= queue.capacity {
+            drop(lines);
+            let m = &global().audit_events_dropped;
+            // Once, then every 10,000th: a sustained overload should not also flood the log.
+            if m.inc() % 10_000 == 0 {
+                tracing::warn!(
+                    "audit events dropped: the writer is behind (queue of {} full); see ipam_audit_events_dropped_total",
+                    queue.capacity
+                );
             }
+            return;
+        }
+        let first = lines.ends.is_empty();
+        lines.text.extend_from_slice(line);
+        let end = lines.text.len();
+        lines.ends.push(end);
+        drop(lines);
+        if first {
+            queue.ready.notify_one();
         }
     }
 }
@@ -108,17 +147,22 @@ pub struct Writer {
     done: Receiver<()>,
 }
 
-/// Start the writer thread on `output`.
+/// Start the writer thread on `output`, with room for `capacity` events.
 pub fn start(output: Output, capacity: usize) -> io::Result<(Sender, Writer)> {
-    let (tx, rx) = mpsc::sync_channel(capacity);
+    let queue = Arc::new(Queue {
+        lines: Mutex::new(Lines::default()),
+        ready: Condvar::new(),
+        capacity,
+    });
     let (done_tx, done) = mpsc::channel();
+    let writer_queue = queue.clone();
     let thread = std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || {
-            write_until_closed(rx, output);
+            write_until_closed(&writer_queue, output);
             let _ = done_tx.send(());
         })?;
-    Ok((Sender(tx), Writer { thread, done }))
+    Ok((Sender(Arc::new(Closer(queue))), Writer { thread, done }))
 }
 
 impl Writer {
@@ -135,28 +179,43 @@ impl Writer {
     }
 }
 
-fn write_until_closed(rx: Receiver<Entry>, mut output: Output) {
+fn write_until_closed(queue: &Queue, mut output: Output) {
     let mut failing = false;
-    let mut line = Vec::with_capacity(4096);
-    // Write what gathered in one window, then flush once: one write(2) per batch.
-    while let Ok(first) = rx.recv() {
-        std::thread::sleep(BATCH_WINDOW);
-        let mut next = Some(first);
-        while let Some(entry) = next {
-            line.clear();
-            let written = serde_json::to_writer(&mut line, &entry.into_event())
-                .map_err(io::Error::from)
-                .and_then(|()| {
-                    line.push(b'\n');
-                    output.write_line(&line)
-                });
-            report(written, &mut failing);
-            next = rx.try_recv().ok();
+    let mut batch = Lines::default();
+    loop {
+        let mut lines = queue.lock();
+        while lines.ends.is_empty() && !lines.closed {
+            lines = queue
+                .ready
+                .wait(lines)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if lines.ends.is_empty() {
+            break;
+        }
+        if !lines.closed {
+            // Let the batch gather: the requests meanwhile only append.
+            drop(lines);
+            std::thread::sleep(BATCH_WINDOW);
+            lines = queue.lock();
+        }
+        std::mem::swap(&mut lines.text, &mut batch.text);
+        std::mem::swap(&mut lines.ends, &mut batch.ends);
+        drop(lines);
+
+        // Line by line (a line is never split across files), then one flush: the file's
+        // buffer makes that a write(2) per 64 KiB.
+        let mut start = 0;
+        for &end in &batch.ends {
+            report(output.write_line(&batch.text[start..end]), &mut failing);
+            start = end;
         }
         if let Err(e) = output.flush() {
             // The lines are still buffered; counted once for the flush that lost them.
             report(Err(e), &mut failing);
         }
+        batch.text.clear();
+        batch.ends.clear();
     }
     let _ = output.flush();
 }

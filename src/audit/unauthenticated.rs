@@ -41,11 +41,11 @@ fn record(auditor: &Auditor, req: &Parts, resp: &mut Response) {
             certificate: req.extensions.get::<PeerCertificates>().is_some(),
         };
         let now = jiff::Timestamp::now();
-        let mut record = capture(Head::of_parts(req), attrs, &decision, id.clone(), now);
+        let mut record = capture(Head::of_parts(req), None, attrs, &decision, id.clone(), now);
         record.stage = Stage::ResponseStarted;
         record.code = resp.status().as_u16();
         record.message = Some(tried.message(query));
-        auditor.0.sender.send(record.into());
+        auditor.0.sender.send(|out| record.write_line(out));
     }
     resp.headers_mut().insert(AUDIT_ID_HEADER, id);
 }
