@@ -57,18 +57,39 @@ impl RotatingFile {
     /// Appends one line (which ends with `\n`), rotating first if it would not fit. A file that
     /// could not be opened or renamed earlier is tried again here.
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.file.is_none() {
-            self.open_existing()?;
+        self.write_lines(line, &[line.len()]).map_err(|(_, e)| e)
+    }
+
+    /// Appends whole lines, the `i`th ending at `ends[i]` in `text`, in as few writes as the
+    /// rotations between them allow; as [`write_line`](Self::write_line) would one by one. On an
+    /// error, also how many lines were written before it.
+    pub fn write_lines(&mut self, text: &[u8], ends: &[usize]) -> Result<(), (usize, io::Error)> {
+        let (mut done, mut start) = (0, 0);
+        while done < ends.len() {
+            if self.file.is_none() {
+                self.open_existing().map_err(|e| (done, e))?;
+            }
+            let len = |last: usize| (ends[last] - start) as u64;
+            if self.size > 0 && self.size + len(done) > self.limits.max_size {
+                self.rotate().map_err(|e| (done, e))?;
+            }
+            // The first line goes in whatever its size (a file is never left empty for it);
+            // the next ones while they fit.
+            let room = self.limits.max_size.saturating_sub(self.size);
+            let mut last = done;
+            while last + 1 < ends.len() && len(last + 1) <= room {
+                last += 1;
+            }
+            let file = match &mut self.file {
+                Some(f) => f,
+                None => return Err((done, io::Error::other("audit log file is not open"))),
+            };
+            file.write_all(&text[start..ends[last]])
+                .map_err(|e| (done, e))?;
+            self.size += len(last);
+            done = last + 1;
+            start = ends[last];
         }
-        if self.size > 0 && self.size + line.len() as u64 > self.limits.max_size {
-            self.rotate()?;
-        }
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => return Err(io::Error::other("audit log file is not open")),
-        };
-        file.write_all(line)?;
-        self.size += line.len() as u64;
         Ok(())
     }
 
@@ -227,6 +248,20 @@ mod tests {
             name.starts_with("audit-") && name.ends_with(".log") && name.len() == 33,
             "{name}"
         );
+    }
+
+    #[test]
+    fn a_batch_of_lines_is_split_only_where_a_file_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut f = RotatingFile::open(&path, limits(10, 0)).unwrap();
+        let text = b"aaaa\nbbbb\ncccccccccccc\ndd\n";
+        f.write_lines(text, &[5, 10, 23, 26]).unwrap();
+        f.flush().unwrap();
+        let mut backups: Vec<String> = f.backups().unwrap().iter().map(|b| read(&b.1)).collect();
+        backups.reverse();
+        assert_eq!(backups, ["aaaa\nbbbb\n", "cccccccccccc\n"]);
+        assert_eq!(read(&path), "dd\n");
     }
 
     #[test]

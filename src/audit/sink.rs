@@ -37,10 +37,11 @@ impl Output {
         RotatingFile::open(path, limits).map(Output::File)
     }
 
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+    /// Whole lines (see [`RotatingFile::write_lines`]); on an error, how many were written.
+    fn write_lines(&mut self, text: &[u8], ends: &[usize]) -> Result<(), (usize, io::Error)> {
         match self {
-            Output::Stdout => io::stdout().lock().write_all(line),
-            Output::File(f) => f.write_line(line),
+            Output::Stdout => io::stdout().lock().write_all(text).map_err(|e| (0, e)),
+            Output::File(f) => f.write_lines(text, ends),
         }
     }
 
@@ -203,16 +204,13 @@ fn write_until_closed(queue: &Queue, mut output: Output) {
         std::mem::swap(&mut lines.ends, &mut batch.ends);
         drop(lines);
 
-        // Line by line (a line is never split across files), then one flush: the file's
-        // buffer makes that a write(2) per 64 KiB.
-        let mut start = 0;
-        for &end in &batch.ends {
-            report(output.write_line(&batch.text[start..end]), &mut failing);
-            start = end;
-        }
+        // In as few writes as rotation allows (a line is never split across files), then one
+        // flush.
+        let written = output.write_lines(&batch.text, &batch.ends);
+        report(written, batch.ends.len(), &mut failing);
         if let Err(e) = output.flush() {
             // The lines are still buffered; counted once for the flush that lost them.
-            report(Err(e), &mut failing);
+            report(Err((0, e)), 1, &mut failing);
         }
         batch.text.clear();
         batch.ends.clear();
@@ -220,19 +218,21 @@ fn write_until_closed(queue: &Queue, mut output: Output) {
     let _ = output.flush();
 }
 
-/// Count the outcome; log when writes start failing and when they work again.
-fn report(result: io::Result<()>, failing: &mut bool) {
+/// Count the outcome of writing `lines` lines; log when writes start failing and when they
+/// work again.
+fn report(result: Result<(), (usize, io::Error)>, lines: usize, failing: &mut bool) {
     let m = global();
     match result {
         Ok(()) => {
-            m.audit_events.inc();
+            m.audit_events.inc_by(lines as u64);
             if *failing {
                 *failing = false;
                 tracing::info!("audit log: writing again");
             }
         }
-        Err(e) => {
-            m.audit_write_failures.inc();
+        Err((written, e)) => {
+            m.audit_events.inc_by(written as u64);
+            m.audit_write_failures.inc_by((lines - written) as u64);
             if !*failing {
                 *failing = true;
                 tracing::error!(error = %e, "audit log: write failed; events are lost until it works again (see ipam_audit_write_failures_total)");
