@@ -11,10 +11,11 @@ use axum::extract::{FromRequest, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Sent by kube-apiserver's aggregator with a proxied request, so both logs share the ID.
-pub(super) const AUDIT_ID_HEADER: &str = "audit-id";
+/// A `HeaderName` constant: a name given as `&str` is parsed at every use.
+pub(super) const AUDIT_ID_HEADER: HeaderName = HeaderName::from_static("audit-id");
 
 pub async fn audit(State(auditor): State<Auditor>, req: Request, next: Next) -> Response {
     let received = jiff::Timestamp::now();
@@ -51,7 +52,7 @@ pub async fn audit(State(auditor): State<Auditor>, req: Request, next: Next) -> 
 
 /// The `Audit-ID` the request brings (from kube-apiserver's aggregator), or a new one.
 fn audit_id(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(AUDIT_ID_HEADER).filter(|v| !v.is_empty()) {
+    match headers.get(&AUDIT_ID_HEADER).filter(|v| !v.is_empty()) {
         Some(id) => id.clone(),
         None => new_audit_id(),
     }
@@ -92,15 +93,17 @@ async fn finish(
     } else {
         body
     };
-    let resp = with_audit_id(Response::from_parts(parts, body), record.audit_id.clone());
+    let resp = Response::from_parts(parts, body);
     if matches!(&record.attrs, Attributes::Resource { verb, .. } if verb == "watch") {
-        return complete_when_streamed(auditor, record, decision, resp);
+        let id = record.audit_id.clone();
+        return with_audit_id(complete_when_streamed(auditor, record, decision, resp), id);
     }
     if decision.records(Stage::ResponseComplete) {
         record.stage_at = jiff::Timestamp::now();
         auditor.0.sender.send(|out| record.write_line(out));
     }
-    resp
+    // Moved, not cloned: a clone of a header value made from a `&str` allocates.
+    with_audit_id(resp, record.audit_id)
 }
 
 /// A watch: `ResponseStarted` now, `ResponseComplete` when its stream is dropped.

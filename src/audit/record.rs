@@ -9,11 +9,15 @@ use super::json::{self, Object};
 use crate::auth::authz::Attributes;
 use crate::auth::UserInfo;
 use axum::body::Bytes;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
+
+// `HeaderName` constants: a name given as `&str` is parsed at every lookup.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// One audited request (or one stage of it), as captured.
 #[derive(Clone)]
@@ -79,8 +83,8 @@ impl<'a> Head<'a> {
         write_user(&mut out, user);
         out.extend_from_slice(b",\"sourceIPs\":[");
         let ips = source_ips(
-            self.headers.get("x-forwarded-for"),
-            self.headers.get("x-real-ip"),
+            self.headers.get(&X_FORWARDED_FOR),
+            self.headers.get(&X_REAL_IP),
             self.peer,
         );
         for (i, ip) in ips.iter().enumerate() {

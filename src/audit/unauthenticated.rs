@@ -28,7 +28,7 @@ impl Auditor {
 fn record(auditor: &Auditor, req: &Parts, resp: &mut Response) {
     let id = req
         .headers
-        .get(AUDIT_ID_HEADER)
+        .get(&AUDIT_ID_HEADER)
         .filter(|v| !v.is_empty())
         .cloned()
         .unwrap_or_else(new_audit_id);
