@@ -240,3 +240,48 @@ fn report(result: Result<(), (usize, io::Error)>, lines: usize, failing: &mut bo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue with no writer running yet, as a burst finds it when the writer is behind.
+    fn queue(capacity: usize) -> (Sender, Arc<Queue>) {
+        let queue = Arc::new(Queue {
+            lines: Mutex::new(Lines::default()),
+            ready: Condvar::new(),
+            capacity,
+        });
+        (Sender(Arc::new(Closer(queue.clone()))), queue)
+    }
+
+    #[test]
+    fn past_its_bound_the_queue_drops_and_counts_and_the_rest_is_written_whole() {
+        let (sender, queue) = queue(2);
+        let dropped = global().audit_events_dropped.get();
+        for line in ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"] {
+            sender.send(|out| out.extend_from_slice(line.as_bytes()));
+        }
+        assert!(global().audit_events_dropped.get() > dropped);
+        drop(sender);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let limits = Limits {
+            max_size: 10,
+            max_backups: 0,
+            max_age: None,
+        };
+        let output = Output::open(&path, limits).unwrap();
+        // The senders are gone: the writer writes what is queued and returns.
+        write_until_closed(&queue, output);
+        let file = RotatingFile::open(&path, limits).unwrap();
+        let backups = file.backups().unwrap();
+        assert_eq!(backups.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&backups[0].1).unwrap(),
+            "{\"n\":1}\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":2}\n");
+    }
+}
