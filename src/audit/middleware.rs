@@ -1,53 +1,96 @@
-//! The middleware that captures a request and its response as a [`Record`] for the writer.
+//! The layer that captures a request and its response as a [`Record`] for the writer. A tower
+//! `Service` rather than `axum::middleware::from_fn`: it hands the request to the route at once
+//! (no clone of the route and no boxed `Next` per request), and the body is recorded as the
+//! handler reads it ([`Seen`]), not read ahead of it.
 use super::event::{Level, Stage, Written};
 use super::policy::Decision;
 use super::record::{Head, Record};
+use super::recorded_body::Seen;
 use super::Auditor;
 use crate::auth::authz::{request_attributes, Attributes};
 use crate::auth::UserInfo;
-use crate::http::negotiate::Body as RequestBody;
 use axum::body::{Body, HttpBody};
-use axum::extract::{FromRequest, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
+use axum::response::Response;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 
-/// Sent by kube-apiserver's aggregator with a proxied request, so both logs share the ID.
-/// A `HeaderName` constant: a name given as `&str` is parsed at every use.
+/// Sent by kube-apiserver's aggregator with a proxied request, so both logs share the ID. A
+/// `HeaderName` constant: a name given as `&str` is parsed at every use.
 pub(super) const AUDIT_ID_HEADER: HeaderName = HeaderName::from_static("audit-id");
 
-pub async fn audit(State(auditor): State<Auditor>, req: Request, next: Next) -> Response {
-    let received = jiff::Timestamp::now();
-    let audit_id = audit_id(req.headers());
-    let attrs = request_attributes(
-        req.method(),
-        req.uri().path(),
-        req.uri().query().unwrap_or_default(),
-    );
-    let user = req.extensions().get::<UserInfo>();
-    let decision = auditor.0.policy.evaluate(user, &attrs);
-    if decision.level == Level::None {
-        return with_audit_id(next.run(req).await, audit_id);
-    }
-    let mut record = capture(Head::of(&req), user, attrs, &decision, audit_id, received);
+/// Wraps each route in [`Audit`].
+#[derive(Clone)]
+pub struct AuditLayer(pub(super) Auditor);
 
-    // A create names its object only in the body: kept (not parsed) to name a refused one.
-    let create = matches!(&record.attrs, Attributes::Resource { verb, .. } if verb == "create");
-    let req = if create || (decision.level >= Level::Request && has_body(&req)) {
-        let (parts, body) = req.into_parts();
-        // Read as the handlers read it: the same limit, and the same answer past it.
-        let bytes = match RequestBody::from_request(Request::new(body), &()).await {
-            Ok(RequestBody(bytes)) => bytes,
-            Err(e) => return finish(&auditor, record, &decision, e.into_response()).await,
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            auditor: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A route whose requests are audited.
+#[derive(Clone)]
+pub struct Audit<S> {
+    auditor: Auditor,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Audit<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let received = jiff::Timestamp::now();
+        let audit_id = audit_id(req.headers());
+        let attrs = request_attributes(
+            req.method(),
+            req.uri().path(),
+            req.uri().query().unwrap_or_default(),
+        );
+        let user = req.extensions().get::<UserInfo>();
+        let decision = self.auditor.0.policy.evaluate(user, &attrs);
+        if decision.level == Level::None {
+            let served = self.inner.call(req);
+            return Box::pin(async move { Ok(with_audit_id(served.await?, audit_id)) });
+        }
+        let record = capture(Head::of(&req), user, attrs, &decision, audit_id, received);
+
+        // A create names its object only in the body: kept (not parsed) to name a refused one.
+        let create = matches!(&record.attrs, Attributes::Resource { verb, .. } if verb == "create");
+        let (req, seen) = if create || (decision.level >= Level::Request && has_body(&req)) {
+            let seen = Seen::default();
+            let (parts, body) = req.into_parts();
+            (Request::from_parts(parts, seen.wrap(body)), Some(seen))
+        } else {
+            (req, None)
         };
-        record.request_body = Some(bytes.clone());
-        Request::from_parts(parts, Body::from(bytes))
-    } else {
-        req
-    };
-    let resp = next.run(req).await;
-    finish(&auditor, record, &decision, resp).await
+        let served = self.inner.call(req);
+        let auditor = self.auditor.clone();
+        Box::pin(async move {
+            let resp = served.await?;
+            let mut record = record;
+            record.request_body = seen.and_then(|s| s.take());
+            Ok(finish(&auditor, record, &decision, resp).await)
+        })
+    }
 }
 
 /// The `Audit-ID` the request brings (from kube-apiserver's aggregator), or a new one.

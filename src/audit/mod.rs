@@ -16,6 +16,7 @@ mod json;
 mod middleware;
 pub mod policy;
 mod record;
+mod recorded_body;
 pub mod rotate;
 pub mod sink;
 mod unauthenticated;
@@ -66,10 +67,7 @@ pub fn start(config: &AuditConfig) -> Result<(Auditor, sink::Writer), String> {
 /// and outside authorization.
 pub fn layer(app: axum::Router, auditor: Option<&Auditor>) -> axum::Router {
     match auditor {
-        Some(a) => app.layer(axum::middleware::from_fn_with_state(
-            a.clone(),
-            middleware::audit,
-        )),
+        Some(a) => app.layer(middleware::AuditLayer(a.clone())),
         None => app,
     }
 }
