@@ -35,8 +35,8 @@ pub struct Record {
     /// The response's message where no `Status` body tells it (a failed authentication).
     pub message: Option<String>,
     pub written: Option<Written>,
-    /// The request body: recorded at `Request` and above; for a create that wrote nothing,
-    /// read for the name it asked for.
+    /// The request body as the handler read it: recorded at `Request` and above; for a create
+    /// that wrote nothing, read for the name it asked for.
     pub request_body: Option<Bytes>,
     /// A whole JSON response body: an error's `Status`, or the object at `RequestResponse`.
     pub response_body: Option<Bytes>,
