@@ -115,14 +115,15 @@ impl RotatingFile {
         if let Some(mut f) = self.file.take() {
             f.flush()?;
         }
+        // Room is made before the new backup appears: never more backups than kept, even
+        // for a moment.
+        if let Err(e) = self.remove_old_backups(jiff::Timestamp::now(), 1) {
+            tracing::warn!(error = %e, "audit log: old backups not removed");
+        }
         let (at, backup) = self.free_backup_name(jiff::Timestamp::now());
         std::fs::rename(&self.path, &backup)?;
         self.last_backup = Some(at);
-        self.open_existing()?;
-        if let Err(e) = self.remove_old_backups(jiff::Timestamp::now()) {
-            tracing::warn!(error = %e, "audit log: old backups not removed");
-        }
-        Ok(())
+        self.open_existing()
     }
 
     /// `<stem>-<timestamp><.ext>` beside the log, named after the last backup and after any
@@ -190,7 +191,9 @@ impl RotatingFile {
         Ok(found)
     }
 
-    fn remove_old_backups(&self, now: jiff::Timestamp) -> io::Result<()> {
+    /// Remove the backups past `max_backups` (keeping `room` for backups about to be made)
+    /// or older than `max_age`.
+    fn remove_old_backups(&self, now: jiff::Timestamp, room: usize) -> io::Result<()> {
         let backups = self.backups()?;
         let cutoff = self
             .limits
@@ -198,7 +201,7 @@ impl RotatingFile {
             .and_then(|age| jiff::SignedDuration::try_from(age).ok())
             .and_then(|age| now.checked_sub(age).ok());
         for (i, (at, path)) in backups.iter().enumerate() {
-            let too_many = self.limits.max_backups > 0 && i >= self.limits.max_backups;
+            let too_many = self.limits.max_backups > 0 && i + room >= self.limits.max_backups;
             let too_old = cutoff.is_some_and(|c| *at < c);
             if too_many || too_old {
                 std::fs::remove_file(path)?;
