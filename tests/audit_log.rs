@@ -88,13 +88,27 @@ fn claim_events<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_claims_create_release_rebind_and_delete_stay_in_the_log_across_rotations() {
+/// A server logging to `audit.log` in a fresh directory (there while the `TempDir` lives) under
+/// the audit `policy` (YAML), with `more` flags.
+fn audited_with_policy(policy: &str, more: &[&str]) -> (tempfile::TempDir, PathBuf, TestServer) {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("audit.log");
-    let policy = logs.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    let policy_file = logs.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let mut args = vec![
+        "--audit-log-path",
+        log.to_str().unwrap(),
+        "--audit-policy-file",
+        policy_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    let server = TestServer::start_with(&[], &args);
+    (logs, log, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claims_create_release_rebind_and_delete_stay_in_the_log_across_rotations() {
+    let (logs, log, mut server) = audited_with_policy(
         r#"
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -104,20 +118,7 @@ rules:
 - level: Metadata
   verbs: [create, update, patch, delete, deletecollection]
 "#,
-    )
-    .unwrap();
-    let mut server = TestServer::start_with(
-        &[],
-        &[
-            "--audit-log-path",
-            log.to_str().unwrap(),
-            "--audit-policy-file",
-            policy.to_str().unwrap(),
-            "--audit-log-maxsize",
-            "1",
-            "--audit-log-maxbackup",
-            "3",
-        ],
+        &["--audit-log-maxsize", "1", "--audit-log-maxbackup", "3"],
     );
     let scratch = logs.path();
     kubectl_create(&server, scratch, ROOT);
@@ -371,11 +372,7 @@ async fn a_full_disk_loses_audit_events_but_never_an_allocation() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_policy_records_request_bodies_and_a_watch_from_start_to_end() {
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("audit.log");
-    let policy = logs.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    let (_logs, log, mut server) = audited_with_policy(
         r#"
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -386,16 +383,7 @@ rules:
 - level: Metadata
   verbs: [watch]
 "#,
-    )
-    .unwrap();
-    let mut server = TestServer::start_with(
         &[],
-        &[
-            "--audit-log-path",
-            log.to_str().unwrap(),
-            "--audit-policy-file",
-            policy.to_str().unwrap(),
-        ],
     );
     let root = r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefix","metadata":{"name":"w","managedFields":[{"manager":"x","operation":"Update"}]},"spec":{"prefix":"10.9.0.0/16"}}"#;
     let (status, _, _) = server
@@ -471,8 +459,9 @@ async fn post(server: &TestServer, path: &str, body: Value) -> Value {
     serde_json::from_slice(&body).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_retention_that_ends_is_recorded_as_the_servers_delete_naming_the_block() {
+/// A server logging to `audit.log` in a fresh directory (there while the `TempDir` lives), with
+/// the root IPPrefix `root` on fd20::/48.
+async fn audited_with_root() -> (tempfile::TempDir, PathBuf, TestServer) {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("audit.log");
     let server = TestServer::start_with(&[], &["--audit-log-path", log.to_str().unwrap()]);
@@ -483,6 +472,17 @@ async fn a_retention_that_ends_is_recorded_as_the_servers_delete_naming_the_bloc
             "metadata": {"name": "root"}, "spec": {"prefix": "fd20::/48"}}),
     )
     .await;
+    (logs, log, server)
+}
+
+/// The status of a bodiless `method` on `path`.
+async fn status_of(server: &TestServer, method: &str, path: &str) -> u16 {
+    server.raw(method, path, None, Vec::new()).await.0.as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retention_that_ends_is_recorded_as_the_servers_delete_naming_the_block() {
+    let (_logs, log, server) = audited_with_root().await;
     let claims = format!("{GV}/namespaces/p/ipprefixclaims");
     let made = post(
         &server,
@@ -494,10 +494,10 @@ async fn a_retention_that_ends_is_recorded_as_the_servers_delete_naming_the_bloc
     )
     .await;
     let prefix = made["status"]["prefix"].as_str().unwrap().to_string();
-    let (status, _, _) = server
-        .raw("DELETE", &format!("{claims}/web"), None, Vec::new())
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        status_of(&server, "DELETE", &format!("{claims}/web")).await,
+        200
+    );
 
     let expiry = event_eventually(&log, by_the_server).await;
     assert_eq!(expiry["verb"], "delete", "{expiry}");
@@ -525,10 +525,10 @@ async fn a_retention_that_ends_is_recorded_as_the_servers_delete_naming_the_bloc
         })
     );
     // The block is free: the IPPrefix is gone.
-    let (status, _, _) = server
-        .raw("GET", &format!("{GV}/ipprefixes/p.web"), None, Vec::new())
-        .await;
-    assert_eq!(status, 404);
+    assert_eq!(
+        status_of(&server, "GET", &format!("{GV}/ipprefixes/p.web")).await,
+        404
+    );
     // The user's delete came before, by the user.
     let all = events(&log);
     let expiry_at = all.iter().position(by_the_server).unwrap();
@@ -541,16 +541,7 @@ async fn a_retention_that_ends_is_recorded_as_the_servers_delete_naming_the_bloc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn released_children_freed_with_their_parent_are_recorded_as_the_servers_deletes() {
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("audit.log");
-    let server = TestServer::start_with(&[], &["--audit-log-path", log.to_str().unwrap()]);
-    post(
-        &server,
-        &format!("{GV}/ipprefixes"),
-        serde_json::json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
-            "metadata": {"name": "root"}, "spec": {"prefix": "fd20::/48"}}),
-    )
-    .await;
+    let (_logs, log, server) = audited_with_root().await;
     let claims = format!("{GV}/namespaces/p/ipprefixclaims");
     let claim = |name: &str, parent: &str, length: u8, policy: &str| {
         serde_json::json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefixClaim",
@@ -562,10 +553,10 @@ async fn released_children_freed_with_their_parent_are_recorded_as_the_servers_d
     let host = post(&server, &claims, claim("host", "p.pool", 64, "Retain")).await;
     let block = host["status"]["prefix"].as_str().unwrap().to_string();
     for name in ["host", "pool"] {
-        let (status, _, _) = server
-            .raw("DELETE", &format!("{claims}/{name}"), None, Vec::new())
-            .await;
-        assert_eq!(status, 200);
+        assert_eq!(
+            status_of(&server, "DELETE", &format!("{claims}/{name}")).await,
+            200
+        );
     }
     let freed = event_eventually(&log, by_the_server).await;
     assert_eq!(freed["verb"], "delete", "{freed}");
@@ -580,20 +571,16 @@ async fn released_children_freed_with_their_parent_are_recorded_as_the_servers_d
             "ipam.miloapis.com/reason": "ParentFreed",
         })
     );
-    let (status, _, _) = server
-        .raw("GET", &format!("{GV}/ipprefixes/p.host"), None, Vec::new())
-        .await;
-    assert_eq!(status, 404);
+    assert_eq!(
+        status_of(&server, "GET", &format!("{GV}/ipprefixes/p.host")).await,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_valid_credentials_are_recorded_with_their_401() {
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("audit.log");
-    let policy = logs.path().join("policy.yaml");
     // The policy is asked with no user: a rule naming groups never matches a 401.
-    std::fs::write(
-        &policy,
+    let (_logs, log, mut server) = audited_with_policy(
         r#"
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -602,16 +589,7 @@ rules:
   userGroups: ["system:masters"]
 - level: Metadata
 "#,
-    )
-    .unwrap();
-    let mut server = TestServer::start_with(
         &[],
-        &[
-            "--audit-log-path",
-            log.to_str().unwrap(),
-            "--audit-policy-file",
-            policy.to_str().unwrap(),
-        ],
     );
     let claims = format!("{GV}/namespaces/q/ipprefixclaims");
     let body = r#"{"apiVersion":"ipam.miloapis.com/v1alpha1","kind":"IPPrefixClaim","metadata":{"name":"x"},"spec":{"parentRef":{"name":"r"},"prefixLength":32}}"#;

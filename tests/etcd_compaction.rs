@@ -85,14 +85,7 @@ async fn a_watch_from_a_compacted_revision_is_410_and_a_kube_rs_watcher_lists_ag
     ];
     let mut replicas = Replicas::start(&etcd, 1, &compacting[2..]);
     let a = replicas.client(0).await;
-    let (status, body) = must(
-        &a,
-        "POST",
-        &prefixes_path(),
-        Some(&root("cpool", "10.55.0.0/16")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    create_root(&a, "cpool", "10.55.0.0/16").await;
     let (status, c1) = must(
         &a,
         "POST",

@@ -253,14 +253,7 @@ async fn kill_rounds_under_load_lose_no_acknowledged_write_and_overlap_nothing()
     let mut replicas = Replicas::start(&etcd, 3, &["--etcd-compaction-interval", "0"]);
     let clients = replicas.clients().await;
     for (name, prefix, _) in &PARENTS {
-        let (status, body) = must(
-            &clients[0],
-            "POST",
-            &prefixes_path(),
-            Some(&root(name, prefix)),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        create_root(&clients[0], name, prefix).await;
     }
 
     // Replica 0 is never killed: its watch, opened before the chaos, must see all of it.
@@ -575,14 +568,7 @@ async fn etcd_without_quorum_is_a_prompt_503_and_service_resumes_by_itself() {
     };
     let replicas = Replicas::start(&etcd, 2, &[]);
     let clients = replicas.clients().await;
-    let (status, body) = must(
-        &clients[0],
-        "POST",
-        &prefixes_path(),
-        Some(&root("quorum", "10.77.0.0/16")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    create_root(&clients[0], "quorum", "10.77.0.0/16").await;
     let mut acknowledged = BTreeMap::new();
     for i in 0..10 {
         let name = format!("before-{i}");
@@ -744,14 +730,7 @@ async fn with_one_etcd_member_down_replicas_start_and_every_write_succeeds() {
     etcd.wait_healthy(2);
     let mut replicas = tokio::task::block_in_place(|| Replicas::start(&etcd, 1, &[]));
     let client = replicas.client(0).await;
-    let (status, body) = must(
-        &client,
-        "POST",
-        &prefixes_path(),
-        Some(&root("degraded", "10.66.0.0/16")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    create_root(&client, "degraded", "10.66.0.0/16").await;
     // Several starts, many writes: none may depend on which endpoint a call goes to.
     for round in 0..3 {
         if round > 0 {

@@ -275,32 +275,20 @@ async fn a_leader_paused_past_its_lease_steps_down_when_it_wakes() {
     let l = the_leader(&[&servers[0], &servers[1]]).await;
     let f = 1 - l;
     create(&servers[l], "ipprefixes", root("pool", "10.0.0.0/24")).await;
-    let claim_in_pool = |i: usize| {
-        claim(
-            &format!("c{i}"),
-            json!({"parentRef": {"name": "pool"}, "prefixLength": 30}),
-        )
+    // Claims c<i>, each a /30 of the pool, through `server`.
+    let claims_in_pool = async |server: &TestServer, claims: std::ops::Range<usize>| {
+        for i in claims {
+            let spec = json!({"parentRef": {"name": "pool"}, "prefixLength": 30});
+            let claim = claim(&format!("c{i}"), spec);
+            create(server, "namespaces/ns/ipprefixclaims", claim).await;
+        }
     };
-    for i in 0..2 {
-        create(
-            &servers[l],
-            "namespaces/ns/ipprefixclaims",
-            claim_in_pool(i),
-        )
-        .await;
-    }
+    claims_in_pool(&servers[l], 0..2).await;
     until_children(&servers[l], "pool", 2).await;
 
     signal(&servers[l], "-STOP");
     assert_eq!(the_leader(&[&servers[f]]).await, 0);
-    for i in 2..5 {
-        create(
-            &servers[f],
-            "namespaces/ns/ipprefixclaims",
-            claim_in_pool(i),
-        )
-        .await;
-    }
+    claims_in_pool(&servers[f], 2..5).await;
     until_children(&servers[f], "pool", 5).await;
 
     signal(&servers[l], "-CONT");

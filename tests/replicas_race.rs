@@ -23,14 +23,7 @@ async fn creates_racing_through_three_replicas_fill_one_parent_exactly_once() {
     };
     let replicas = Replicas::start(&etcd, 3, &[]);
     let clients = replicas.clients().await;
-    let (status, body) = must(
-        &clients[0],
-        "POST",
-        &prefixes_path(),
-        Some(&root("race", "fd00:21::/120")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    create_root(&clients[0], "race", "fd00:21::/120").await;
 
     // All at once (up to 256 in flight), claim i through replica i % 3.
     let outcomes: Vec<(String, StatusCode, Value)> = futures::stream::iter((0..CREATES).map(|i| {
@@ -150,14 +143,7 @@ async fn what_one_replica_acknowledged_the_others_read_at_once_every_time() {
     };
     let replicas = Replicas::start(&etcd, 3, &[]);
     let clients = replicas.clients().await;
-    let (status, body) = must(
-        &clients[2],
-        "POST",
-        &prefixes_path(),
-        Some(&root("ryw", "10.21.0.0/16")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    create_root(&clients[2], "ryw", "10.21.0.0/16").await;
     for i in 0..200 {
         let name = format!("nic-{i}");
         let (writer, others) = (i % 3, [(i + 1) % 3, (i + 2) % 3]);

@@ -364,24 +364,8 @@ fn prefix_block(prefix: &IPPrefix) -> Block<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{IPPrefixClaimSpec, IPPrefixClaimStatus, IPPrefixSpec, PrefixReference};
-
-    fn claim(name: &str, prefix: &str) -> IPPrefixClaim {
-        let mut c = IPPrefixClaim::new(name, IPPrefixClaimSpec::default());
-        c.metadata.namespace = Some("p".into());
-        c.metadata.uid = Some(format!("uid-{name}"));
-        c.status = Some(IPPrefixClaimStatus {
-            prefix: Some(prefix.into()),
-            parent_ref: Some(PrefixReference {
-                name: "subnet".into(),
-            }),
-            prefix_ref: Some(PrefixReference {
-                name: format!("p.{name}"),
-            }),
-            ..Default::default()
-        });
-        c
-    }
+    use crate::api::IPPrefixSpec;
+    use crate::audit::fixtures::claim;
 
     #[test]
     fn a_claim_is_described_by_its_block_parent_and_ipprefix() {

@@ -102,30 +102,12 @@ pub(super) fn internal_event(policy: &Policy, change: ServerChange) -> Option<Ev
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ClaimReference, IPPrefix, IPPrefixSpec, PrefixReference};
-
-    fn released() -> IPPrefix {
-        IPPrefix::new(
-            "p.web",
-            IPPrefixSpec {
-                prefix: "fd20::5/128".into(),
-                parent_ref: Some(PrefixReference {
-                    name: "subnet".into(),
-                }),
-                claim_ref: Some(ClaimReference {
-                    namespace: "p".into(),
-                    name: "web".into(),
-                    uid: None,
-                }),
-                ..Default::default()
-            },
-        )
-    }
+    use crate::audit::fixtures::web_prefix;
 
     fn expired() -> ServerChange {
         ServerChange {
             verb: "delete",
-            object: Changed::Prefix(released()),
+            object: Changed::Prefix(web_prefix()),
             reason: crate::registry::changes::reason::RETENTION_EXPIRED,
         }
     }

@@ -11,6 +11,8 @@
 //! its event's line, borrowing what it can ([`record`]), into a bounded queue of bytes; one
 //! thread writes the queue out in batches ([`sink`]): auditing never blocks a request.
 mod event;
+#[cfg(test)]
+mod fixtures;
 mod internal;
 mod json;
 mod middleware;

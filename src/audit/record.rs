@@ -409,11 +409,8 @@ fn strip_managed_fields(value: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
-        ClaimReference, IPPrefix, IPPrefixClaim, IPPrefixClaimSpec, IPPrefixClaimStatus,
-        IPPrefixSpec, PrefixReference,
-    };
     use crate::audit::event::{self, Event, MicroTime, ResponseStatus, User};
+    use crate::audit::fixtures::{claim, web_prefix};
     use crate::auth::authz::request_attributes;
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -498,24 +495,6 @@ mod tests {
             String::from_utf8(line).unwrap(),
             serde_json::to_string(e).unwrap()
         );
-    }
-
-    fn claim(name: &str, prefix: &str) -> IPPrefixClaim {
-        let mut c = IPPrefixClaim::new(name, IPPrefixClaimSpec::default());
-        c.metadata.namespace = Some("p".into());
-        c.metadata.uid = Some(format!("uid-{name}"));
-        c.metadata.resource_version = Some("7".into());
-        c.status = Some(IPPrefixClaimStatus {
-            prefix: Some(prefix.into()),
-            parent_ref: Some(PrefixReference {
-                name: "subnet".into(),
-            }),
-            prefix_ref: Some(PrefixReference {
-                name: format!("p.{name}"),
-            }),
-            ..Default::default()
-        });
-        c
     }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -614,21 +593,7 @@ mod tests {
         let uri = "/apis/ipam.miloapis.com/v1alpha1/ipprefixes/p.web";
         let mut r = captured("DELETE", uri, Some(&alice()), Level::Metadata);
         r.code = 200;
-        let mut prefix = IPPrefix::new(
-            "p.web",
-            IPPrefixSpec {
-                prefix: "fd20::5/128".into(),
-                parent_ref: Some(PrefixReference {
-                    name: "subnet".into(),
-                }),
-                claim_ref: Some(ClaimReference {
-                    namespace: "p".into(),
-                    name: "web".into(),
-                    uid: None,
-                }),
-                ..Default::default()
-            },
-        );
+        let mut prefix = web_prefix();
         prefix.metadata.uid = Some("u".into());
         r.written = Some(Written(Arc::new(prefix)));
         let mut e = expected("delete", uri, Some(&alice()), Level::Metadata);

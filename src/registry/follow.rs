@@ -137,10 +137,11 @@ pub(super) async fn catch_up(inner: &Inner, state: &mut State) -> Result<(), ()>
         if batch.is_empty() {
             continue;
         }
+        let batch = decode(state, batch);
         // Another replica's change may overlap what the open group holds: the members that
         // decided from what it changed go (their commit would fail on its guard), or, where
         // that is not known, the group is settled first.
-        match touched_guards(state, &batch) {
+        match touched_guards(&batch) {
             Some((guards, revision)) => super::group::drop_concerned(state, &guards, revision),
             None => super::group::commit(state, &*inner.store).await,
         }
@@ -148,44 +149,25 @@ pub(super) async fn catch_up(inner: &Inner, state: &mut State) -> Result<(), ()>
     }
 }
 
-/// The guards another replica's changes in `batch` bumped, and the newest revision among
-/// them; `None` when that is not known for certain (a change that cannot be decoded).
-fn touched_guards(
-    state: &State,
-    batch: &[Arc<StoreEvent>],
-) -> Option<(HashSet<ObjectKey>, Revision)> {
-    let mut guards = HashSet::new();
-    let mut newest = 0;
-    for event in batch {
-        let revision = event.object.revision;
-        if revision <= state.guards.applied()
-            || state.guards.is_own(revision)
-            || event.object.key.resource != <IPPrefix as Kind>::RESOURCE
-        {
-            continue;
-        }
-        newest = newest.max(revision);
-        let values = [Some(&event.object.value), event.previous.as_ref()];
-        for value in values.into_iter().flatten() {
-            let entry = decode_for_index(value).ok()?;
-            // What a change to this prefix may touch: its parent's children, or the roots of
-            // its address space; and, as a parent itself, its own children's room.
-            guards.insert(match &entry.parent {
-                Some(parent) => super::guards::pool(parent),
-                None => super::guards::roots(entry.address_space.as_deref()),
-            });
-            guards.insert(super::guards::pool(&entry.name));
-        }
-    }
-    Some((guards, newest))
+/// Another process's change to an IPPrefix, decoded once for the indexes (`None`: absent,
+/// or a value that could not be decoded).
+struct Remote {
+    event: Arc<StoreEvent>,
+    old: Option<IndexEntry>,
+    new: Option<IndexEntry>,
 }
 
-async fn apply(
-    state: &mut State,
-    store: &dyn Store,
-    batch: Vec<Arc<StoreEvent>>,
-) -> Result<(), ()> {
-    let mut newest = None;
+/// What of one batch of store events the indexes lack.
+struct Decoded {
+    changes: Vec<Remote>,
+    /// Every change up to here is in the indexes once the batch is applied.
+    newest: Option<Revision>,
+    /// Every value could be decoded.
+    intact: bool,
+}
+
+fn decode(state: &State, batch: Vec<Arc<StoreEvent>>) -> Decoded {
+    let (mut changes, mut newest, mut intact) = (Vec::new(), None, true);
     for event in batch {
         let revision = event.object.revision;
         // Already in the indexes: a rebuild listed past it.
@@ -198,27 +180,62 @@ async fn apply(
         {
             continue;
         }
-        let entry = |bytes: &[u8]| match decode_for_index(bytes) {
+        let mut entry = |bytes: &[u8]| match decode_for_index(bytes) {
             Ok(e) => Some(e),
             Err(e) => {
                 tracing::error!(key = ?event.object.key, error = %e, "cannot index a stored ipprefix");
+                intact = false;
                 None
             }
         };
-        refresh_parent(state, &event);
         let (old, new) = match event.event_type {
             EventType::Added => (None, entry(&event.object.value)),
             EventType::Modified => (
-                event.previous.as_deref().and_then(entry),
+                event.previous.as_deref().and_then(&mut entry),
                 entry(&event.object.value),
             ),
             EventType::Deleted => (entry(&event.object.value), None),
         };
+        changes.push(Remote { event, old, new });
+    }
+    Decoded {
+        changes,
+        newest,
+        intact,
+    }
+}
+
+/// The guards other processes' changes in `batch` bumped, and the newest revision among
+/// them; `None` when that is not known for certain (a value that could not be decoded).
+fn touched_guards(batch: &Decoded) -> Option<(HashSet<ObjectKey>, Revision)> {
+    if !batch.intact {
+        return None;
+    }
+    let mut guards = HashSet::new();
+    let mut newest = 0;
+    for change in &batch.changes {
+        newest = newest.max(change.event.object.revision);
+        for entry in [&change.old, &change.new].into_iter().flatten() {
+            // What a change to this prefix may touch: its parent's children, or the roots of
+            // its address space; and, as a parent itself, its own children's room.
+            guards.insert(match &entry.parent {
+                Some(parent) => super::guards::pool(parent),
+                None => super::guards::roots(entry.address_space.as_deref()),
+            });
+            guards.insert(super::guards::pool(&entry.name));
+        }
+    }
+    Some((guards, newest))
+}
+
+async fn apply(state: &mut State, store: &dyn Store, batch: Decoded) -> Result<(), ()> {
+    for Remote { event, old, new } in batch.changes {
+        refresh_parent(state, &event);
         if observe(state, store, old, new).await.is_err() {
             return Err(());
         }
     }
-    if let Some(revision) = newest {
+    if let Some(revision) = batch.newest {
         state.guards.advance(revision);
     }
     Ok(())

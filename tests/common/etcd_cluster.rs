@@ -286,6 +286,12 @@ pub async fn must(
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
+/// Create the root IPPrefix `name` on `prefix` through `client`; it must be created.
+pub async fn create_root(client: &kube::Client, name: &str, prefix: &str) {
+    let (status, body) = must(client, "POST", &prefixes_path(), Some(&root(name, prefix))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
 pub fn root(name: &str, prefix: &str) -> Value {
     json!({"apiVersion": "ipam.miloapis.com/v1alpha1", "kind": "IPPrefix",
            "metadata": {"name": name}, "spec": {"prefix": prefix}})

@@ -79,13 +79,13 @@ impl TestEtcd {
         }
     }
 
-    /// A store on this etcd, once etcd answers.
     /// A plain client for writes behind the store's back, once etcd answers.
     pub(crate) async fn raw_client(&self) -> Client {
         drop(self.store("/registry", 100).await);
         Client::connect([self.url.as_str()], None).await.unwrap()
     }
 
+    /// A store on this etcd, once etcd answers.
     pub(crate) async fn store(&self, prefix: &str, history: usize) -> EtcdStore {
         let opts = self.options(prefix, history);
         for _ in 0..100 {
