@@ -328,29 +328,32 @@ async fn reads_come_from_the_cache_and_see_every_acknowledged_write() {
     let store = etcd.store("/registry", 100).await;
     let key = |n: &str| ObjectKey::new("ipprefixes", "", n);
     assert_eq!(store.get(&key("before")).await.unwrap().unwrap().value, "0");
+    // Another replica writes: every read here must see what it acknowledged.
+    let other = etcd.store("/registry", 100).await;
     for i in 0..20 {
-        // Another writer, then writes elsewhere in etcd that move its revision with no event
-        // under our root: the cache must learn it is current all the same.
-        let put = raw
-            .put(
-                format!("/registry/ipam.miloapis.com/ipprefixes/k{i:02}"),
-                i.to_string(),
-                None,
-            )
+        let put = other
+            .commit(vec![Op::Put {
+                key: key(&format!("k{i:02}")),
+                value: Bytes::from(i.to_string()),
+                precondition: Precondition::Absent,
+            }])
             .await
             .unwrap();
+        // Writes elsewhere in etcd move its revision with no event under our root: the cache
+        // must learn it is current all the same.
         raw.put(format!("/elsewhere/{i}"), "x", None).await.unwrap();
         let got = store.get(&key(&format!("k{i:02}"))).await.unwrap().unwrap();
         assert_eq!(
             (got.revision, got.value.as_ref()),
-            (
-                put.header().unwrap().revision() as Revision,
-                i.to_string().as_bytes()
-            )
+            (put.revisions[0], i.to_string().as_bytes())
         );
         assert_eq!(every_ipprefix(&store).await.items.len(), i + 2);
     }
-    raw.delete("/registry/ipam.miloapis.com/ipprefixes/k00", None)
+    other
+        .commit(vec![Op::Delete {
+            key: key("k00"),
+            precondition: Precondition::None,
+        }])
         .await
         .unwrap();
     assert_eq!(store.get(&key("k00")).await.unwrap(), None);
