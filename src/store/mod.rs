@@ -317,6 +317,17 @@ pub trait Store: Send + Sync + 'static {
     fn leadership(&self) -> Leadership {
         Leadership::always()
     }
+
+    /// Publish how other processes reach this one (an opaque `contact`, e.g. a URL and a
+    /// credential), for them to read while this process leads ([`Store::leader_contact`]).
+    /// Nothing to publish to on a store no other process shares.
+    fn advertise(&self, _contact: String) {}
+
+    /// What the process leading now published ([`Store::advertise`]), when another process
+    /// leads and it published something; as last seen, so it may lag a change of leader.
+    fn leader_contact(&self) -> Option<Arc<str>> {
+        None
+    }
 }
 
 /// The resource name of guard keys ([`Op::Guard`]): never an API resource, never listed.

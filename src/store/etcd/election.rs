@@ -8,6 +8,10 @@
 //! before etcd expires the lease, so two replicas never both believe they lead while their
 //! clocks run. A process paused past its lease may still act on its belief for a moment when it
 //! wakes: the work it gates keeps compare-and-swap preconditions that make such a write fail.
+//!
+//! The key's value is the holder's identity, a newline, and its contact
+//! ([`Store::advertise`](crate::store::Store::advertise)); the other replicas read it on every
+//! try and keep the contact for [`Store::leader_contact`](crate::store::Store::leader_contact).
 use super::*;
 use etcd_client::PutOptions;
 use std::sync::Weak;
@@ -50,6 +54,10 @@ pub(super) async fn campaign(
             leading: &leading,
         };
         let ended = term.run().await;
+        if let Some(inner) = store.upgrade() {
+            // Whoever leads next is not known yet.
+            *lock(&inner.leader_contact) = None;
+        }
         if let Ok(Ended::Resigned) = ended {
             if leading.send_replace(false) {
                 tracing::info!("no longer leading: resigned (shutting down)");
@@ -115,18 +123,25 @@ impl Term<'_> {
         let mut renew_at = Instant::now() + renew_every;
         let mut kv = self.client.kv_client();
         let mut holder = String::new();
+        let Some(mut contact) = self.store.upgrade().map(|i| i.contact.subscribe()) else {
+            return Ok(Ended::StoreGone);
+        };
         loop {
-            if self.store.strong_count() == 0 {
+            let Some(inner) = self.store.upgrade() else {
                 return Ok(Ended::StoreGone);
-            }
+            };
+            let value = format!("{identity}\n{}", *contact.borrow_and_update());
+            let put = || {
+                TxnOp::put(
+                    key.to_vec(),
+                    value.clone().into_bytes(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            };
             // Take the key if it is free; else read who holds it (this lease, while leading).
             let txn = Txn::new()
                 .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.to_vec(),
-                    identity.as_bytes().to_vec(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )])
+                .and_then([put()])
                 .or_else([TxnOp::get(key.to_vec(), None)]);
             let done = bounded(renew_every, kv.txn(txn)).await?;
             let held_by = |done: &etcd_client::TxnResponse| {
@@ -137,6 +152,31 @@ impl Term<'_> {
             };
             let current = held_by(&done);
             let ours = done.succeeded() || current.as_ref().is_some_and(|kv| kv.lease() == lease);
+            if ours
+                && current
+                    .as_ref()
+                    .is_some_and(|kv| kv.value() != value.as_bytes())
+            {
+                // Held since before this replica's contact changed: publish the new one, only
+                // while the key is still this lease's.
+                let republish = Txn::new()
+                    .when([Compare::lease(key.to_vec(), CompareOp::Equal, lease)])
+                    .and_then([put()]);
+                bounded(renew_every, kv.txn(republish)).await?;
+            }
+            let (held_identity, held_contact) = current
+                .as_ref()
+                .map(|kv| {
+                    let value = String::from_utf8_lossy(kv.value());
+                    match value.split_once('\n') {
+                        Some((who, contact)) => (who.to_string(), contact.to_string()),
+                        None => (value.into_owned(), String::new()),
+                    }
+                })
+                .unwrap_or_default();
+            *lock(&inner.leader_contact) =
+                (!ours && !held_contact.is_empty()).then(|| Arc::from(held_contact));
+            drop(inner);
             if ours && !leading.send_replace(true) {
                 tracing::info!(
                     identity,
@@ -151,12 +191,9 @@ impl Term<'_> {
                     // hand.
                     tracing::warn!("no longer leading: the leader key is held by another replica");
                 }
-                let now_held = current
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-                    .unwrap_or_default();
-                if now_held != holder {
-                    tracing::info!(leader = now_held, "following");
-                    holder = now_held;
+                if held_identity != holder {
+                    tracing::info!(leader = held_identity, "following");
+                    holder = held_identity;
                 }
             }
             let wake = if ours {
@@ -167,6 +204,8 @@ impl Term<'_> {
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = self.resign.notified() => return Ok(Ended::Resigned),
+                // A new contact is published at once while leading.
+                Ok(()) = contact.changed(), if ours => {}
             }
             if Instant::now() >= renew_at {
                 let sent = Instant::now();

@@ -92,6 +92,11 @@ struct Inner {
     leading: tokio::sync::watch::Receiver<bool>,
     /// Tells the election to give the key back and stop campaigning (shutdown).
     resign: Arc<tokio::sync::Notify>,
+    /// This replica's contact ([`Store::advertise`]), published with the leader key while it
+    /// leads.
+    contact: tokio::sync::watch::Sender<String>,
+    /// The leader's contact as the election last read it, when another replica leads.
+    leader_contact: Mutex<Option<Arc<str>>>,
 }
 
 impl EtcdStore {
@@ -150,6 +155,8 @@ impl EtcdStore {
             trouble: Mutex::new(None),
             leading,
             resign: Arc::default(),
+            contact: tokio::sync::watch::Sender::new(String::new()),
+            leader_contact: Mutex::new(None),
         });
         // The cache at the revision the watch follows from.
         inner.fill_cache(Some(start)).await.map_err(|e| {
@@ -510,6 +517,14 @@ impl Store for EtcdStore {
 
     fn leadership(&self) -> Leadership {
         Leadership::new(self.inner.leading.clone())
+    }
+
+    fn advertise(&self, contact: String) {
+        self.inner.contact.send_replace(contact);
+    }
+
+    fn leader_contact(&self) -> Option<Arc<str>> {
+        lock(&self.inner.leader_contact).clone()
     }
 
     async fn resign(&self) {
