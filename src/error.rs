@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, Status
 
 /// Which object an error is about: `details.{group,kind,name}` and the message prefix
 /// (`ipprefixes.ipam.miloapis.com "x"`), as k8s.io/apiserver words it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Subject {
     /// Resource plural (`ipprefixes`) or, for `Invalid`, the kind (`IPPrefix`), as Kubernetes does.
     pub kind: String,
@@ -35,7 +35,7 @@ impl Subject {
 }
 
 /// One invalid field: becomes one entry of `details.causes`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// The field path, e.g. `spec.prefixLength` or `spec.exclude[2]`.
     pub field: String,
@@ -46,7 +46,7 @@ pub struct FieldError {
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FieldErrorKind {
     Required,
     Invalid,
@@ -179,7 +179,7 @@ impl std::fmt::Display for FieldError {
 }
 
 /// Every way a request can fail, with the HTTP code and `Status.reason` it maps to.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 pub enum ApiError {
     /// 404: the object does not exist.
     #[error("{} \"{}\" not found", .0.qualified(), .0.name)]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod options;
+pub mod peer;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -10,7 +10,7 @@ use ipam_apiserver::cluster::tls::ReloadingCert;
 use ipam_apiserver::cluster::Cluster;
 use ipam_apiserver::options::{Cli, ClusterConfig, Command, Config, Mode};
 use ipam_apiserver::store::{EtcdStore, HistoryLimits, Leadership, SledStore, Store};
-use ipam_apiserver::{http, registry::Registry, server};
+use ipam_apiserver::{http, peer, registry::Registry, server};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,11 +93,11 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             tracing::info!(prefixes = updated, "IPPrefix status brought up to date");
         }
     }
-    tokio::spawn(
-        registry
-            .clone()
-            .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
-    );
+    tokio::spawn(registry.clone().run_status_writer(if store.shared() {
+        ipam_apiserver::registry::STATUS_BATCH_PERIOD_SHARED
+    } else {
+        ipam_apiserver::registry::STATUS_BATCH_PERIOD
+    }));
     let (auditor, audit_writer) = match &config.audit {
         Some(c) => audit::start(c).map(|(a, w)| (Some(a), Some(w)))?,
         None => (None, None),
@@ -199,9 +199,16 @@ async fn serve_standalone(
     let kubeconfig = pki.write_kubeconfig(&data_dir, addr)?;
 
     let health = health_routes(config, &registry);
-    let app = audit::layer(http::router(registry).merge(health), auditor.as_ref()).layer(
-        axum::middleware::from_fn_with_state(authn, auth::authenticate),
-    );
+    let app = audit::layer(
+        http::router(registry.clone()).merge(health),
+        auditor.as_ref(),
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        authn,
+        auth::authenticate,
+    ));
+    let serving = pki.serving_cert_der();
+    let app = with_peers(config, &registry, app, addr, move || serving.clone());
 
     eprintln!(
         "Standalone mode: admin kubeconfig written to {kc}\n  export KUBECONFIG={kc}\n  kubectl --kubeconfig {kc} get ipprefixes",
@@ -250,7 +257,7 @@ async fn serve_cluster(
     let addr = listener.local_addr()?;
     // Layers run outside-in: authenticate, audit, authorize, then the API.
     let health = health_routes(config, &registry);
-    let app = http::router_with(registry, Some(hooks))
+    let app = http::router_with(registry.clone(), Some(hooks))
         .merge(health)
         .layer(axum::middleware::from_fn_with_state(
             authorizer,
@@ -260,10 +267,35 @@ async fn serve_cluster(
         authn,
         auth::authenticate,
     ));
+    let app = with_peers(config, &registry, app, addr, move || cert.leaf_der());
     let shutdown = shutdown_signal()?;
     tracing::info!("Serving securely on {addr}");
     server::run(listener, tls, app, limits, shutdown).await?;
     Ok(())
+}
+
+/// On etcd: publish how the other replicas reach this one, take the creates they forward
+/// while it leads (outside authentication and audit: they did those), and forward the creates
+/// arriving here to the leader (see `registry/forward.rs`).
+fn with_peers(
+    config: &Config,
+    registry: &Registry,
+    app: axum::Router,
+    addr: std::net::SocketAddr,
+    serving_cert: impl Fn() -> Option<Vec<u8>> + Send + 'static,
+) -> axum::Router {
+    let Some(etcd) = &config.etcd else {
+        return app;
+    };
+    let peer = peer::Peer::new();
+    let url = peer::url(config.advertise_address, addr, &etcd.servers);
+    tracing::info!(
+        url,
+        "other replicas forward creates to this one at this address while it leads"
+    );
+    peer.advertise(registry.store().clone(), url, serving_cert);
+    registry.forward_creates(Arc::new(peer::client::Forwarder::default()));
+    app.merge(peer.routes(registry.clone()))
 }
 
 /// `--max-connections` and `--idle-connection-timeout`, the former derived from the open-file

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub releases: Counter,
     /// Claims refused because no parent had room (409 Exhausted).
     pub exhaustions: Counter,
+    /// Creates this replica sent to the leader, which answered them (etcd).
+    pub forwarded_creates: Counter,
+    /// Creates this replica decided itself because the leader could not be reached (etcd).
+    pub forwards_not_sent: Counter,
     /// Commits made durable by one fsync (group commit).
     pub commit_batch: Histogram,
     /// Time one group-commit fsync takes.
@@ -126,6 +130,8 @@ impl Metrics {
         let allocations = Counter::default();
         let releases = Counter::default();
         let exhaustions = Counter::default();
+        let forwarded_creates = Counter::default();
+        let forwards_not_sent = Counter::default();
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let fsync_seconds = latency_histogram();
         let fsync_failures = Counter::default();
@@ -171,6 +177,16 @@ impl Metrics {
             "exhaustions",
             "Claims refused because no parent had room",
             exhaustions.clone(),
+        );
+        registry.register(
+            "forwarded_creates",
+            "Creates this replica sent to the leader to be decided and committed there (etcd)",
+            forwarded_creates.clone(),
+        );
+        registry.register(
+            "forwards_not_sent",
+            "Creates this replica decided itself because the leader could not be reached (etcd)",
+            forwards_not_sent.clone(),
         );
         registry.register(
             "store_commit_batch_size",
@@ -284,6 +300,8 @@ impl Metrics {
             allocations,
             releases,
             exhaustions,
+            forwarded_creates,
+            forwards_not_sent,
             commit_batch,
             fsync_seconds,
             fsync_failures,

@@ -49,6 +49,12 @@ pub struct ServeOptions {
     #[arg(long, value_name = "IP")]
     pub bind_address: Option<IpAddr>,
 
+    /// With --etcd-servers: the IP address the other replicas reach this one at, to hand the
+    /// leader the creates they receive [default: --bind-address unless unspecified, else the
+    /// local address toward the first etcd member].
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<IpAddr>,
+
     /// File containing the x509 serving certificate (with any intermediates after it).
     #[arg(long, value_name = "FILE")]
     pub tls_cert_file: Option<PathBuf>,
@@ -218,6 +224,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where to listen; port 0 means an ephemeral port.
     pub bind: SocketAddr,
+    /// `--advertise-address` (see `peer::url` for the default).
+    pub advertise_address: Option<IpAddr>,
     /// Events retained for watch resumption.
     pub watch_history: usize,
     /// Bytes those events may hold.
@@ -430,6 +438,7 @@ impl ServeOptions {
             Some(mode) if errs.is_empty() => Ok(Config {
                 data_dir: self.data_dir,
                 bind,
+                advertise_address: self.advertise_address,
                 watch_history: self.watch_history,
                 max_connections: self.max_connections,
                 idle_connection_timeout: Some(self.idle_connection_timeout)

@@ -308,3 +308,182 @@ async fn a_leader_paused_past_its_lease_steps_down_when_it_wakes() {
         assert_eq!(children(s, "pool").await, json!(5));
     }
 }
+
+/// A counter or gauge on `s`'s `/metrics` (0 when absent).
+async fn metric(s: &TestServer, name: &str) -> u64 {
+    let (status, _, body) = s.raw("GET", "/metrics", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
+/// Creates a /32 claim named `name` from `pool` through `s`; its prefix, or the status of a
+/// create that failed.
+async fn try_claim(s: &TestServer, name: &str) -> Result<String, (StatusCode, Value)> {
+    let body = claim(
+        name,
+        json!({"parentRef": {"name": "pool"}, "prefixLength": 32}),
+    );
+    let (status, made) = s
+        .json(
+            "POST",
+            &format!("{GV}/namespaces/ns/ipprefixclaims"),
+            Some(body),
+        )
+        .await;
+    match status {
+        StatusCode::CREATED => Ok(made["status"]["prefix"].as_str().unwrap().to_string()),
+        _ => Err((status, made)),
+    }
+}
+
+/// Creates claims through follower `f` until it hands one to the leader (it learns the
+/// leader's address from etcd within a second or two of the leader publishing it).
+async fn until_forwarding(f: &TestServer, tag: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut made = Vec::new();
+    for i in 0.. {
+        let before = metric(f, "ipam_forwarded_creates_total").await;
+        made.push(try_claim(f, &format!("warm-{tag}-{i}")).await.unwrap());
+        if metric(f, "ipam_forwarded_creates_total").await > before {
+            return made;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no create forwarded\n{}",
+            f.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn creates_arriving_at_followers_are_decided_by_the_leader() {
+    let Some(etcd) = Etcd::start("creates_arriving_at_followers_are_decided_by_the_leader") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let servers = replicas(&etcd, 3, scratch.path(), &[]);
+    let l = the_leader(&servers.iter().collect::<Vec<_>>()).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    create(&servers[l], "ipprefixes", root("pool", "10.1.0.0/16")).await;
+    let mut prefixes = Vec::new();
+    for &f in &followers {
+        prefixes.extend(until_forwarding(&servers[f], &f.to_string()).await);
+    }
+
+    let allocated = |s| metric(s, "ipam_allocations_total");
+    let forwarded = |s| metric(s, "ipam_forwarded_creates_total");
+    let mut before = Vec::new();
+    for s in &servers {
+        before.push((allocated(s).await, forwarded(s).await));
+    }
+    for i in 0..10 {
+        for &f in &followers {
+            prefixes.push(try_claim(&servers[f], &format!("c-{f}-{i}")).await.unwrap());
+        }
+    }
+    // Each follower handed all ten on; the leader allocated them, the followers none.
+    for &f in &followers {
+        assert_eq!(forwarded(&servers[f]).await, before[f].1 + 10);
+        assert_eq!(allocated(&servers[f]).await, before[f].0);
+    }
+    assert_eq!(allocated(&servers[l]).await, before[l].0 + 20);
+    // As one replica deciding in order would: the lowest blocks, each once.
+    let expected: Vec<String> = (0..prefixes.len())
+        .map(|i| format!("10.1.0.{i}/32"))
+        .collect();
+    assert_eq!(prefixes, expected);
+    // And readable through every replica at once.
+    for s in &servers {
+        let (status, got) = s
+            .json(
+                "GET",
+                &format!("{GV}/namespaces/ns/ipprefixclaims/c-{}-9", followers[1]),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        assert_eq!(got["status"]["prefix"], json!(prefixes.last().unwrap()));
+    }
+
+    // Only a replica that holds the leader's token may hand it a create.
+    let forged = json!({"resource": "ipprefixclaims", "namespace": "ns",
+        "object": claim("forged", json!({"parentRef": {"name": "pool"}, "prefixLength": 32})),
+        "allowedParents": null, "manager": null});
+    let (status, _, _) = servers[l]
+        .raw_unauthenticated(
+            "POST",
+            "/internal/ipam.miloapis.com/creates",
+            Some("application/json"),
+            forged.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = servers[l]
+        .json(
+            "GET",
+            &format!("{GV}/namespaces/ns/ipprefixclaims/forged"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A leader that stops answering (SIGSTOP) does not stop creates: the followers decide them
+/// themselves, safely, since every commit carries its guards.
+#[tokio::test]
+async fn followers_decide_creates_themselves_while_the_leader_is_paused() {
+    let Some(etcd) = Etcd::start("followers_decide_creates_themselves_while_the_leader") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let servers = replicas(
+        &etcd,
+        3,
+        scratch.path(),
+        &["--leader-elect-lease-duration", "60s"],
+    );
+    let l = the_leader(&servers.iter().collect::<Vec<_>>()).await;
+    let f = (l + 1) % 3;
+    create(&servers[l], "ipprefixes", root("pool", "10.2.0.0/16")).await;
+    let mut prefixes = until_forwarding(&servers[f], "f").await;
+    let not_sent = metric(&servers[f], "ipam_forwards_not_sent_total").await;
+
+    // The lease outlives this test's waits: the paused replica stays the leader in etcd.
+    signal(&servers[l], "-STOP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut created = 0;
+    for i in 0.. {
+        match try_claim(&servers[f], &format!("p-{i}")).await {
+            Ok(prefix) => {
+                prefixes.push(prefix);
+                created += 1;
+            }
+            // Sent before the follower found the leader gone: may or may not have happened.
+            Err((StatusCode::SERVICE_UNAVAILABLE, _)) => {}
+            Err((status, body)) => panic!("{status} {body}\n{}", servers[f].stderr()),
+        }
+        if created == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "creates stopped\n{}",
+            servers[f].stderr()
+        );
+    }
+    assert!(metric(&servers[f], "ipam_forwards_not_sent_total").await > not_sent);
+    signal(&servers[l], "-CONT");
+
+    // Nothing handed out twice, whoever decided it.
+    let mut unique = prefixes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), prefixes.len(), "{prefixes:?}");
+}

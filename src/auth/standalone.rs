@@ -151,6 +151,11 @@ impl StandalonePki {
         (&self.admin_cert_pem, &self.admin_key_pem)
     }
 
+    /// The serving certificate (DER), which other replicas pin.
+    pub fn serving_cert_der(&self) -> Option<Vec<u8>> {
+        self.serving_chain.first().map(|c| c.to_vec())
+    }
+
     /// A root store holding just the CA: what a client verifying this server trusts.
     pub fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
         roots_of(&self.ca_der, &self.dir.join("ca.crt"))

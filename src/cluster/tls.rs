@@ -63,6 +63,12 @@ impl ReloadingCert {
         });
     }
 
+    /// The certificate served now (DER of the leaf), which other replicas pin.
+    pub fn leaf_der(&self) -> Option<Vec<u8>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.0.cert.first().map(|c| c.to_vec())
+    }
+
     /// The TLS configuration serving this certificate and requesting (not verifying) client
     /// certificates; see [`RequestClientCert`].
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 /// A cheap-to-clone handle to the API semantics over one store.
 #[derive(Clone)]
 pub struct Registry {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 pub(super) struct Inner {
@@ -39,6 +39,8 @@ pub(super) struct Inner {
         std::sync::Mutex<std::collections::VecDeque<Vec<Arc<crate::store::StoreEvent>>>>,
     /// Where changes the server makes on its own go ([`Registry::report_server_changes`]).
     report: std::sync::OnceLock<ReportChanges>,
+    /// How creates reach the leader (see `forward.rs`).
+    pub(super) forward: std::sync::OnceLock<Arc<dyn super::forward::ForwardCreates>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,7 @@ impl Registry {
                 progress,
                 remote: Default::default(),
                 report: std::sync::OnceLock::new(),
+                forward: std::sync::OnceLock::new(),
             }),
         };
         registry.lock().await.guards.reset(revision);
@@ -421,6 +424,25 @@ impl Registry {
     }
 
     async fn create_inner<K: Kind>(
+        &self,
+        namespace: &str,
+        obj: K,
+        dry_run: bool,
+        allowed_parents: Option<std::collections::HashSet<String>>,
+        manager: Option<&FieldManager>,
+    ) -> ApiResult<K> {
+        if let Some(created) = self
+            .create_at_leader(namespace, &obj, dry_run, &allowed_parents, manager)
+            .await
+        {
+            return created;
+        }
+        self.create_here(namespace, obj, dry_run, allowed_parents, manager)
+            .await
+    }
+
+    /// Decide and commit a create in this replica.
+    pub(super) async fn create_here<K: Kind>(
         &self,
         namespace: &str,
         obj: K,

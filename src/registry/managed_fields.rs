@@ -24,7 +24,7 @@ pub type FieldPath = Vec<String>;
 /// A set of owned fields. A path is a member on its own; its prefixes need not be.
 pub type FieldSet = BTreeSet<FieldPath>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Operation {
     Apply,
     Update,
@@ -40,7 +40,7 @@ impl Operation {
 }
 
 /// Who writes, and how: recorded in `managedFields`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldManager {
     pub manager: String,
     pub operation: Operation,

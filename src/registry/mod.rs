@@ -6,6 +6,7 @@ pub mod changes;
 mod claim;
 pub mod codec;
 mod follow;
+pub mod forward;
 mod generic;
 mod group;
 mod guards;
@@ -30,6 +31,7 @@ mod watch;
 pub use changes::{Changed, ReportChanges, ServerChange};
 pub use claim::child_name_outside_namespace;
 pub use codec::FieldValidation;
+pub use forward::{ForwardCreates, Forwarded, ForwardedCreate};
 pub use generic::{
     DeleteOptions, ListOptions, ObjectList, Preconditions, PropagationPolicy, Registry, Subresource,
 };
@@ -39,7 +41,7 @@ pub use managed_fields::{FieldManager, Operation};
 pub use parents::ParentPlan;
 pub use state::pool_with_children;
 pub use stats::{PrefixUsage, RootUsage};
-pub use status::{ignored_status_writes, STATUS_BATCH_PERIOD};
+pub use status::{ignored_status_writes, STATUS_BATCH_PERIOD, STATUS_BATCH_PERIOD_SHARED};
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]

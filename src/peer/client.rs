@@ -1,0 +1,231 @@
+//! Sends creates to the leader: one HTTP/2 connection, reused by every create until the
+//! leader changes or the connection ends.
+use super::pinned::Pinned;
+use super::{Contact, CREATES_PATH};
+use crate::error::ApiError;
+use crate::registry::{ForwardCreates, Forwarded, ForwardedCreate};
+use axum::body::Body;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// TCP, TLS and HTTP/2 handshakes together: a leader that does not get this far in time is
+/// not waited for (the create is decided here).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a failed connection, creates are decided here this long before the next try: every
+/// create must not wait out [`CONNECT_TIMEOUT`] for a leader that is gone.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// A sent create is answered within this or the client hears 503 (the leader's own etcd
+/// calls are bounded well within it).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings find a leader that stopped answering (paused, cut off) without waiting for
+/// each create to time out.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest answer read (an object, or a Status).
+const MAX_ANSWER: usize = 16 << 20;
+
+#[derive(Default)]
+pub struct Forwarder {
+    conn: tokio::sync::Mutex<Conn>,
+}
+
+#[derive(Default)]
+enum Conn {
+    #[default]
+    None,
+    Open {
+        contact: Arc<str>,
+        uri: http::Uri,
+        bearer: http::HeaderValue,
+        send: SendRequest<Body>,
+    },
+    Failed {
+        contact: Arc<str>,
+        at: Instant,
+    },
+}
+
+impl Forwarder {
+    /// The connection to the leader published as `contact`, opened when there is none; `None`
+    /// when it cannot be opened now.
+    async fn connection(
+        &self,
+        contact: &str,
+    ) -> Option<(SendRequest<Body>, http::Uri, http::HeaderValue)> {
+        let mut conn = self.conn.lock().await;
+        match &*conn {
+            Conn::Open {
+                contact: c,
+                uri,
+                bearer,
+                send,
+            } if &**c == contact && !send.is_closed() => {
+                return Some((send.clone(), uri.clone(), bearer.clone()));
+            }
+            Conn::Failed { contact: c, at } if &**c == contact && at.elapsed() < RETRY_AFTER => {
+                return None;
+            }
+            _ => {}
+        }
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, connect(contact)).await;
+        match opened {
+            Ok(Ok((send, uri, bearer))) => {
+                *conn = Conn::Open {
+                    contact: Arc::from(contact),
+                    uri: uri.clone(),
+                    bearer: bearer.clone(),
+                    send: send.clone(),
+                };
+                Some((send, uri, bearer))
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e,
+                    _ => format!("no connection within {CONNECT_TIMEOUT:?}"),
+                };
+                tracing::debug!(
+                    error = why,
+                    "the leader cannot be reached; creates are decided here meanwhile"
+                );
+                *conn = Conn::Failed {
+                    contact: Arc::from(contact),
+                    at: Instant::now(),
+                };
+                None
+            }
+        }
+    }
+
+    /// Forget the connection to `contact` (it refused a create): the next create reconnects.
+    async fn drop_connection(&self, contact: &str) {
+        let mut conn = self.conn.lock().await;
+        if matches!(&*conn, Conn::Open { contact: c, .. } if &**c == contact) {
+            *conn = Conn::Failed {
+                contact: Arc::from(contact),
+                at: Instant::now(),
+            };
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ForwardCreates for Forwarder {
+    async fn create(&self, leader: &str, create: &ForwardedCreate) -> Forwarded {
+        let Some((mut send, uri, bearer)) = self.connection(leader).await else {
+            return Forwarded::NotSent;
+        };
+        let Ok(body) = serde_json::to_vec(create) else {
+            return Forwarded::NotSent;
+        };
+        let request = http::Request::post(uri)
+            .header(http::header::AUTHORIZATION, bearer)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body));
+        let Ok(request) = request else {
+            return Forwarded::NotSent;
+        };
+        // A connection that ended before this create went out: nothing was sent.
+        if send.ready().await.is_err() {
+            self.drop_connection(leader).await;
+            return Forwarded::NotSent;
+        }
+        let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            let response = send
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = axum::body::to_bytes(Body::new(response.into_body()), MAX_ANSWER)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body))
+        })
+        .await;
+        let unknown = |why: String| {
+            Forwarded::Answered(Err(ApiError::ServiceUnavailable(format!(
+                "the leader replica deciding this create did not answer ({why}); it may or may not have been created"
+            ))))
+        };
+        match answered {
+            Ok(Ok((status, body))) if status == http::StatusCode::OK => {
+                match serde_json::from_slice::<Result<serde_json::Value, ApiError>>(&body) {
+                    Ok(answer) => Forwarded::Answered(answer),
+                    Err(e) => unknown(format!("an answer that does not parse: {e}")),
+                }
+            }
+            Ok(Ok((status, _))) => {
+                // Refused before it was looked at (a token from before the leader restarted,
+                // a replica without the route).
+                tracing::debug!(%status, "the leader refused a forwarded create; deciding it here");
+                self.drop_connection(leader).await;
+                Forwarded::NotSent
+            }
+            Ok(Err(e)) => unknown(e),
+            Err(_) => unknown(format!("nothing within {ANSWER_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// Open an HTTP/2 connection to the replica published as `contact`.
+async fn connect(
+    contact: &str,
+) -> Result<(SendRequest<Body>, http::Uri, http::HeaderValue), String> {
+    let contact: Contact =
+        serde_json::from_str(contact).map_err(|e| format!("the leader's contact: {e}"))?;
+    let base: http::Uri = contact
+        .url
+        .parse()
+        .map_err(|e| format!("{}: {e}", contact.url))?;
+    let authority = base
+        .authority()
+        .ok_or_else(|| format!("{}: no host", contact.url))?
+        .clone();
+    let uri = http::Uri::builder()
+        .scheme("https")
+        .authority(authority.clone())
+        .path_and_query(CREATES_PATH)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let bearer = http::HeaderValue::from_str(&format!("Bearer {}", contact.token))
+        .map_err(|e| e.to_string())?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("{authority}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(crate::auth::x509::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned::new(&contact.cert_sha256)))
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("{authority}: TLS: {e}"))?;
+    let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(PING_EVERY)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("{authority}: HTTP/2: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "the connection to the leader ended");
+        }
+    });
+    Ok((send, uri, bearer))
+}
