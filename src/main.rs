@@ -93,11 +93,11 @@ async fn serve(config: Config) -> Result<(), Fatal> {
             tracing::info!(prefixes = updated, "IPPrefix status brought up to date");
         }
     }
-    tokio::spawn(registry.clone().run_status_writer(if store.shared() {
-        ipam_apiserver::registry::STATUS_BATCH_PERIOD_SHARED
-    } else {
-        ipam_apiserver::registry::STATUS_BATCH_PERIOD
-    }));
+    tokio::spawn(
+        registry
+            .clone()
+            .run_status_writer(ipam_apiserver::registry::STATUS_BATCH_PERIOD),
+    );
     let (auditor, audit_writer) = match &config.audit {
         Some(c) => audit::start(c).map(|(a, w)| (Some(a), Some(w)))?,
         None => (None, None),

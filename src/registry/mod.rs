@@ -41,7 +41,7 @@ pub use managed_fields::{FieldManager, Operation};
 pub use parents::ParentPlan;
 pub use state::pool_with_children;
 pub use stats::{PrefixUsage, RootUsage};
-pub use status::{ignored_status_writes, STATUS_BATCH_PERIOD, STATUS_BATCH_PERIOD_SHARED};
+pub use status::{ignored_status_writes, STATUS_BATCH_PERIOD};
 pub use watch::{Watch, WatchEvent, WatchOptions};
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ pub struct State {
     /// Parents as stored, decoded: every claim create reads its parent under the writer lock,
     /// and decoding it from JSON there cost more than the allocation. Filled by
     /// [`Txn::get_parent`](super::txn::Txn::get_parent); a transaction that writes an IPPrefix
-    /// drops its entry first, so an entry is never older than the stored value.
+    /// drops its entry first, so an entry's spec and metadata are never older than the stored
+    /// ones. Its status and revision may be: the status writer keeps the entry
+    /// ([`Txn::put_status`](super::txn::Txn::put_status)).
     pub(super) parents: HashMap<String, Stored<IPPrefix>>,
     /// Child IPPrefixes not in phase Bound (static carves, Released blocks), so that what holds
     /// a deleting claim (its Bound descendants) is known without reading them; few, unlike

@@ -45,12 +45,6 @@ pub fn fill_prefix_status(prefix: &mut IPPrefix, pool: &Pool) {
 /// more in a cluster, where kube-controller-manager decodes every event.
 pub const STATUS_BATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// [`STATUS_BATCH_PERIOD`] on a store shared by replicas (etcd). Rewriting 64 busy parents'
-/// statuses ten times a second halved the claims a 3-member etcd took (measured with
-/// `benches/ha-etcd.sh`: 1,500 against 3,050 creates/s at once a second), far beyond what the
-/// writes' own count explains; once a second keeps a parent's status a second behind at most.
-pub const STATUS_BATCH_PERIOD_SHARED: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// IPPrefix statuses the status writer puts in one commit: within etcd's default limit of 128
 /// operations per transaction.
 pub const STATUS_WRITES_PER_COMMIT: usize = 100;
@@ -176,7 +170,7 @@ pub fn store_current_status(tx: &mut Txn<'_>, prefix: Stored<IPPrefix>) -> ApiRe
         return Ok(false);
     }
     prefix.metadata.resource_version = None;
-    tx.put(&prefix, Precondition::Revision(revision))?;
+    tx.put_status(&prefix, Precondition::Revision(revision))?;
     Ok(true)
 }
 
