@@ -217,6 +217,13 @@ fn the_ha_overlay_runs_three_replicas_on_etcd() {
     }
     assert_eq!(flag(&a, "--etcd-prefix"), Some("/registry"));
     assert!(flag(&a, "--etcd-compaction-interval").is_some(), "{a:?}");
+    // The other replicas reach each one at its pod IP to hand the leader their creates.
+    assert_eq!(flag(&a, "--advertise-address"), Some("$(POD_IP)"));
+    let pod_ip = seq(&c["env"])
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
     assert_eq!(flag(&a, "--tls-cert-file"), Some("/etc/ipam/tls/tls.crt"));
     volume_for(pod, c, "/etc/ipam/tls/tls.crt");
 
