@@ -413,13 +413,13 @@ async fn creates_arriving_at_followers_are_decided_by_the_leader() {
     }
 
     // Only a replica that holds the leader's token may hand it a create.
-    let forged = json!({"resource": "ipprefixclaims", "namespace": "ns",
+    let forged = json!({"namespace": "ns",
         "object": claim("forged", json!({"parentRef": {"name": "pool"}, "prefixLength": 32})),
         "allowedParents": null, "manager": null});
     let (status, _, _) = servers[l]
         .raw_unauthenticated(
             "POST",
-            "/internal/ipam.miloapis.com/creates",
+            "/internal/ipam.miloapis.com/creates/ipprefixclaims",
             Some("application/json"),
             forged.to_string(),
         )

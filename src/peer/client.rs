@@ -3,7 +3,7 @@
 use super::pinned::Pinned;
 use super::{Contact, CREATES_PATH};
 use crate::error::ApiError;
-use crate::registry::{ForwardCreates, Forwarded, ForwardedCreate};
+use crate::registry::{ForwardCreates, Forwarded};
 use axum::body::Body;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -39,7 +39,8 @@ enum Conn {
     None,
     Open {
         contact: Arc<str>,
-        uri: http::Uri,
+        /// `https://<leader>/internal/ipam.miloapis.com/creates`.
+        base: Arc<str>,
         bearer: http::HeaderValue,
         send: SendRequest<Body>,
     },
@@ -55,16 +56,16 @@ impl Forwarder {
     async fn connection(
         &self,
         contact: &str,
-    ) -> Option<(SendRequest<Body>, http::Uri, http::HeaderValue)> {
+    ) -> Option<(SendRequest<Body>, Arc<str>, http::HeaderValue)> {
         let mut conn = self.conn.lock().await;
         match &*conn {
             Conn::Open {
                 contact: c,
-                uri,
+                base,
                 bearer,
                 send,
             } if &**c == contact && !send.is_closed() => {
-                return Some((send.clone(), uri.clone(), bearer.clone()));
+                return Some((send.clone(), base.clone(), bearer.clone()));
             }
             Conn::Failed { contact: c, at } if &**c == contact && at.elapsed() < RETRY_AFTER => {
                 return None;
@@ -73,14 +74,14 @@ impl Forwarder {
         }
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, connect(contact)).await;
         match opened {
-            Ok(Ok((send, uri, bearer))) => {
+            Ok(Ok((send, base, bearer))) => {
                 *conn = Conn::Open {
                     contact: Arc::from(contact),
-                    uri: uri.clone(),
+                    base: base.clone(),
                     bearer: bearer.clone(),
                     send: send.clone(),
                 };
-                Some((send, uri, bearer))
+                Some((send, base, bearer))
             }
             failed => {
                 let why = match failed {
@@ -114,14 +115,11 @@ impl Forwarder {
 
 #[async_trait::async_trait]
 impl ForwardCreates for Forwarder {
-    async fn create(&self, leader: &str, create: &ForwardedCreate) -> Forwarded {
-        let Some((mut send, uri, bearer)) = self.connection(leader).await else {
+    async fn create(&self, leader: &str, resource: &'static str, body: Vec<u8>) -> Forwarded {
+        let Some((mut send, base, bearer)) = self.connection(leader).await else {
             return Forwarded::NotSent;
         };
-        let Ok(body) = serde_json::to_vec(create) else {
-            return Forwarded::NotSent;
-        };
-        let request = http::Request::post(uri)
+        let request = http::Request::post(format!("{base}/{resource}"))
             .header(http::header::AUTHORIZATION, bearer)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(body));
@@ -152,10 +150,7 @@ impl ForwardCreates for Forwarder {
         };
         match answered {
             Ok(Ok((status, body))) if status == http::StatusCode::OK => {
-                match serde_json::from_slice::<Result<serde_json::Value, ApiError>>(&body) {
-                    Ok(answer) => Forwarded::Answered(answer),
-                    Err(e) => unknown(format!("an answer that does not parse: {e}")),
-                }
+                Forwarded::Answered(Ok(body))
             }
             Ok(Ok((status, _))) => {
                 // Refused before it was looked at (a token from before the leader restarted,
@@ -173,7 +168,7 @@ impl ForwardCreates for Forwarder {
 /// Open an HTTP/2 connection to the replica published as `contact`.
 async fn connect(
     contact: &str,
-) -> Result<(SendRequest<Body>, http::Uri, http::HeaderValue), String> {
+) -> Result<(SendRequest<Body>, Arc<str>, http::HeaderValue), String> {
     let contact: Contact =
         serde_json::from_str(contact).map_err(|e| format!("the leader's contact: {e}"))?;
     let base: http::Uri = contact
@@ -184,12 +179,7 @@ async fn connect(
         .authority()
         .ok_or_else(|| format!("{}: no host", contact.url))?
         .clone();
-    let uri = http::Uri::builder()
-        .scheme("https")
-        .authority(authority.clone())
-        .path_and_query(CREATES_PATH)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let base: Arc<str> = Arc::from(format!("https://{authority}{CREATES_PATH}"));
     let bearer = http::HeaderValue::from_str(&format!("Bearer {}", contact.token))
         .map_err(|e| e.to_string())?;
     let host = authority
@@ -227,5 +217,5 @@ async fn connect(
             tracing::debug!(error = %e, "the connection to the leader ended");
         }
     });
-    Ok((send, uri, bearer))
+    Ok((send, base, bearer))
 }

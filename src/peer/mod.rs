@@ -8,10 +8,9 @@
 //!   certificate and presenting the token ([`client::Forwarder`]).
 //! - The leader serves [`CREATES_PATH`] outside authentication, audit and authorization: the
 //!   forwarding replica did those for the original request; the token is what is checked.
-use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::store::Store;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -26,7 +25,8 @@ use std::time::Duration;
 pub mod client;
 mod pinned;
 
-/// Where forwarded creates go; never an API path (no `/api`, `/apis` prefix).
+/// Where forwarded creates go, followed by `/<resource>`; never an API path (no `/api`,
+/// `/apis` prefix).
 pub const CREATES_PATH: &str = "/internal/ipam.miloapis.com/creates";
 
 /// How a replica is reached by the others; published with its leadership.
@@ -74,7 +74,10 @@ impl Peer {
     /// authentication and audit layers).
     pub fn routes(&self, registry: Registry) -> Router {
         Router::new()
-            .route(CREATES_PATH, post(forwarded_create))
+            .route(
+                &format!("{CREATES_PATH}/{{resource}}"),
+                post(forwarded_create),
+            )
             .with_state((registry, self.token.clone()))
     }
 
@@ -158,17 +161,15 @@ fn presents(headers: &HeaderMap, token: &str) -> bool {
 
 async fn forwarded_create(
     State((registry, token)): State<(Registry, Arc<str>)>,
+    Path(resource): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if !presents(&headers, &token) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let answer: Result<serde_json::Value, ApiError> = match serde_json::from_slice(&body) {
-        Ok(create) => registry.create_forwarded(create).await,
-        Err(e) => Err(ApiError::BadRequest(format!("a forwarded create: {e}"))),
-    };
-    axum::Json(answer).into_response()
+    let answer = registry.create_forwarded(&resource, &body).await;
+    ([(http::header::CONTENT_TYPE, "application/json")], answer).into_response()
 }
 
 #[cfg(test)]

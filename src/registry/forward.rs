@@ -10,25 +10,23 @@
 //! This is only about cost: a create committed by any replica carries its guards, so a create
 //! decided where it arrived (no leader known, or the leader unreachable) is as safe, and the
 //! leader itself needs no lease to decide (see `guards.rs`).
-use super::codec;
 use super::generic::Registry;
 use super::kind::Kind;
 use super::managed_fields::FieldManager;
 use crate::api::{IPPrefix, IPPrefixClaim};
 use crate::error::{ApiError, ApiResult};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::HashSet;
 
 /// A create as the replica it arrived at hands it on: the request's object, after the HTTP
-/// layer authenticated, authorized and admitted it.
+/// layer authenticated, authorized and admitted it. Sent as JSON, the kind named beside it;
+/// answered with a JSON `Result<K, ApiError>`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ForwardedCreate {
-    /// The kind's resource (`ipprefixclaims`, `ipprefixes`).
-    pub resource: String,
+pub struct ForwardedCreate<K> {
     pub namespace: String,
-    pub object: Value,
+    pub object: K,
     /// The IPPrefixes the caller may `use` (cluster mode); `None`: no restriction.
     pub allowed_parents: Option<HashSet<String>>,
     pub manager: Option<FieldManager>,
@@ -36,17 +34,20 @@ pub struct ForwardedCreate {
 
 /// What became of a forwarded create.
 pub enum Forwarded {
-    /// The replica it went to answered: the created object, or why not.
-    Answered(ApiResult<Value>),
+    /// The replica it went to answered (a JSON `Result<K, ApiError>`), or it was sent and no
+    /// answer came (`Err`: it may or may not have been created).
+    Answered(Result<Bytes, ApiError>),
     /// It certainly did not reach a replica that could act on it (none to send to, no
     /// connection, refused): decide it here.
     NotSent,
 }
 
-/// Sends creates to the leader (implemented over HTTPS by `crate::peer`).
+/// Carries creates to the leader (over HTTPS: `crate::peer`); the registry encodes them.
 #[async_trait::async_trait]
 pub trait ForwardCreates: Send + Sync {
-    async fn create(&self, leader: &str, create: &ForwardedCreate) -> Forwarded;
+    /// Send `body`, a JSON [`ForwardedCreate`] of `resource`, to the replica published as
+    /// `leader`.
+    async fn create(&self, leader: &str, resource: &'static str, body: Vec<u8>) -> Forwarded;
 }
 
 impl Registry {
@@ -71,20 +72,22 @@ impl Registry {
             return None;
         }
         let leader = self.inner.store.leader_contact()?;
-        let create = ForwardedCreate {
-            resource: K::RESOURCE.to_string(),
+        let body = serde_json::to_vec(&ForwardedCreate {
             namespace: namespace.to_string(),
-            object: codec::to_value(obj).ok()?,
+            object: obj,
             allowed_parents: allowed_parents.clone(),
             manager: manager.cloned(),
-        };
+        })
+        .ok()?;
         let metrics = crate::metrics::global();
-        match forward.create(&leader, &create).await {
+        match forward.create(&leader, K::RESOURCE, body).await {
             Forwarded::Answered(answer) => {
                 metrics.forwarded_creates.inc();
-                Some(answer.and_then(|v| {
-                    serde_json::from_value(v).map_err(|e| {
-                        ApiError::Internal(format!("the leader's answer to a create: {e}"))
+                Some(answer.and_then(|bytes| {
+                    serde_json::from_slice::<Result<K, ApiError>>(&bytes).unwrap_or_else(|e| {
+                        Err(ApiError::ServiceUnavailable(format!(
+                            "the leader's answer to this create does not parse ({e}); it may or may not have been created"
+                        )))
                     })
                 }))
             }
@@ -95,30 +98,42 @@ impl Registry {
         }
     }
 
-    /// Decide and commit a create another replica forwarded, here.
-    pub async fn create_forwarded(&self, create: ForwardedCreate) -> ApiResult<Value> {
-        match create.resource.as_str() {
-            IPPrefixClaim::RESOURCE => self.create_forwarded_kind::<IPPrefixClaim>(create).await,
-            IPPrefix::RESOURCE => self.create_forwarded_kind::<IPPrefix>(create).await,
-            other => Err(ApiError::BadRequest(format!(
+    /// Decide and commit here a create another replica forwarded (`body`: a JSON
+    /// [`ForwardedCreate`] of `resource`); the answer, a JSON `Result<K, ApiError>`.
+    pub async fn create_forwarded(&self, resource: &str, body: &[u8]) -> Vec<u8> {
+        match resource {
+            IPPrefixClaim::RESOURCE => self.create_forwarded_kind::<IPPrefixClaim>(body).await,
+            IPPrefix::RESOURCE => self.create_forwarded_kind::<IPPrefix>(body).await,
+            other => answer::<IPPrefix>(Err(ApiError::BadRequest(format!(
                 "a forwarded create of an unknown resource {other:?}"
-            ))),
+            )))),
         }
     }
 
-    async fn create_forwarded_kind<K: Kind>(&self, create: ForwardedCreate) -> ApiResult<Value> {
-        let obj: K = serde_json::from_value(create.object).map_err(|e| {
-            ApiError::BadRequest(format!("a forwarded {} create: {e}", K::RESOURCE))
-        })?;
-        let created = self
-            .create_here(
-                &create.namespace,
-                obj,
-                false,
-                create.allowed_parents,
-                create.manager.as_ref(),
-            )
-            .await?;
-        codec::to_value(&created)
+    async fn create_forwarded_kind<K: Kind>(&self, body: &[u8]) -> Vec<u8> {
+        let created = match serde_json::from_slice::<ForwardedCreate<K>>(body) {
+            Ok(c) => {
+                self.create_here(
+                    &c.namespace,
+                    c.object,
+                    false,
+                    c.allowed_parents,
+                    c.manager.as_ref(),
+                )
+                .await
+            }
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "a forwarded {} create: {e}",
+                K::RESOURCE
+            ))),
+        };
+        answer(created)
     }
+}
+
+fn answer<K: Kind>(result: ApiResult<K>) -> Vec<u8> {
+    serde_json::to_vec(&result).unwrap_or_else(|e| {
+        let failed: ApiResult<K> = Err(ApiError::Internal(format!("encode an answer: {e}")));
+        serde_json::to_vec(&failed).unwrap_or_default()
+    })
 }
