@@ -168,19 +168,24 @@ impl Registry {
         name: &str,
         mut commit: super::txn::TxnCommit,
     ) -> ApiResult<K> {
+        self.settle(&mut commit).await?;
+        if let Some(rv) = commit.revisions.get(&Txn::key::<K>(namespace, name)) {
+            obj.meta_mut().resource_version = Some(rv.to_string());
+        }
+        Ok(obj)
+    }
+
+    /// Wait until `commit` is durable; one that joined the open group first queues for the
+    /// writer lock again: whoever queued meanwhile joined the group, and the first member back
+    /// commits it (see `group.rs`). Called without the lock.
+    pub(super) async fn settle(&self, commit: &mut super::txn::TxnCommit) -> ApiResult<()> {
         if commit.awaits_group() {
-            // Back in the queue for the lock: whoever queued meanwhile joined the group, and
-            // the first member back commits it (see `group.rs`).
             let mut state = self.lock().await;
             if commit.awaits_group() {
                 super::group::commit(&mut state, &*self.inner.store).await;
             }
         }
-        commit.wait_durable().await?;
-        if let Some(rv) = commit.revisions.get(&Txn::key::<K>(namespace, name)) {
-            obj.meta_mut().resource_version = Some(rv.to_string());
-        }
-        Ok(obj)
+        commit.wait_durable().await
     }
 
     /// Run a write, and again while it fails because another replica changed an index it

@@ -7,8 +7,9 @@
 //! the whole group as one store transaction, holding the lock for the round trip. The lock
 //! held across it means nobody decides from a member's index changes before the group's fate
 //! is known, and the group only ever holds creates (every op a `Put` of an absent key), whose
-//! decisions read nothing another member writes. Every other commit, and the replay of other
-//! replicas' writes, first commits the open group.
+//! decisions read nothing another member writes, and status refreshes of parents (a `Put`
+//! conditional on the revision read), which no create writes. Every other commit, and the
+//! replay of other replicas' writes, first commits the open group.
 //!
 //! A failed compare fails only the members it concerns (the one whose key was taken; every
 //! member deciding from a guard another replica bumped): their index changes are undone and
@@ -26,9 +27,10 @@ const MAX_OPS: usize = 127;
 /// Under etcd's default 1.5 MiB request limit, with room for the keys and framing.
 const MAX_BYTES: usize = 1024 * 1024;
 
-/// One create waiting in the group.
+/// One create (or status refresh) waiting in the group.
 pub(super) struct Member {
-    /// Its writes, each a `Put` of an absent key.
+    /// Its writes: a create's each a `Put` of an absent key, a status refresh's each
+    /// conditional on the parent's revision.
     pub ops: Vec<Op>,
     /// Its guards, each with the revision its index included (`Guards::at_most`).
     pub guards: Vec<(ObjectKey, Revision)>,

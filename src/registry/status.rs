@@ -107,7 +107,14 @@ impl Registry {
             }
             written?
         };
-        commit.wait_durable().await?;
+        if let Err(e) = self.settle(&mut commit).await {
+            // Failed in the group's transaction (a parent changed since it was read).
+            let mut state = self.lock().await;
+            for name in &names {
+                state.mark_status_stale(name);
+            }
+            return Err(e);
+        }
         Ok((written, more))
     }
 

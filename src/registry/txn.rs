@@ -46,6 +46,9 @@ pub struct Txn<'a> {
     guards: Vec<ObjectKey>,
     /// What the server changed on its own, reported once the commit applies.
     pub server_changes: Vec<ServerChange>,
+    /// Writes made by [`Txn::put_status`]: a transaction of nothing else may join the open
+    /// commit group (see `group.rs`).
+    status_puts: usize,
 }
 
 /// What a successful commit returns: the revision of every written key, and durability.
@@ -107,6 +110,7 @@ impl<'a> Txn<'a> {
             releases: 0,
             guards: Vec::new(),
             server_changes: Vec::new(),
+            status_puts: 0,
         }
     }
 
@@ -217,6 +221,7 @@ impl<'a> Txn<'a> {
     /// read it again under the writer lock, on etcd a quorum read each, which took half the
     /// claims a second with 64 busy parents.
     pub fn put_status(&mut self, prefix: &IPPrefix, precondition: Precondition) -> ApiResult<()> {
+        self.status_puts += 1;
         self.put_at(Self::key_of(prefix), prefix, precondition)
     }
 
@@ -342,7 +347,14 @@ impl<'a> Txn<'a> {
                     }
                 )
             });
-            if creates_only {
+            // A status refresh reads no index change a create makes (it counts them all, as
+            // decided), and no create writes a parent: it may share their transaction
+            // instead of committing the group first and then itself, two round trips with
+            // the writer lock held.
+            let status_only = self.status_puts == self.ops.len()
+                && self.guards.is_empty()
+                && self.undo.is_empty();
+            if creates_only || status_only {
                 return Ok(self.join_group().await);
             }
             // What this commit read must not miss what the group writes.
@@ -409,7 +421,8 @@ impl<'a> Txn<'a> {
             revisions: HashMap::new(),
             committed: None,
             grouped: Some((keys, answer)),
-            // Only creates join a group; the server changes nothing on its own in one.
+            // Only creates and status refreshes join a group; the server changes nothing on
+            // its own in one.
             server_changes: Vec::new(),
         }
     }
