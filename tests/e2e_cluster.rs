@@ -79,7 +79,9 @@ fn cluster_e2e() {
 
 /// The cases that most depend on the store, with our server's data in the etcd that
 /// kube-apiserver itself uses (keys side by side under `/registry`, as an HA deployment may
-/// run it): the aggregation layer, garbage collection and namespace deletion.
+/// run it), on two replicas, kube-apiserver reaching the one that does not lead: the
+/// aggregation layer, garbage collection and namespace deletion, and creates handed to the
+/// leader.
 #[test]
 fn cluster_e2e_on_etcd() {
     let t0 = Instant::now();
@@ -98,6 +100,10 @@ fn cluster_e2e_on_etcd() {
         (
             "deleting_a_namespace_releases_nested_claims",
             deleting_a_namespace_releases_nested_claims,
+        ),
+        (
+            "creates_through_a_follower_are_decided_by_the_leader_with_the_callers_rights",
+            creates_through_a_follower_are_decided_by_the_leader_with_the_callers_rights,
         ),
     ];
     run(&env, cases);
@@ -751,4 +757,94 @@ fn the_audit_log_names_the_end_user_and_every_block_a_namespace_deletion_freed(e
     ] {
         assert!(freed.iter().any(|f| f == block), "{block} not in {freed:?}");
     }
+}
+
+/// A counter on the replica the APIService reaches (the follower, on etcd), read directly.
+fn follower_metric(env: &Envtest, name: &str) -> f64 {
+    let direct = env.direct_kubeconfig(Some("admin"));
+    let out = env.kubectl_as(&direct, &["get", "--raw", "/metrics"]);
+    env.assert_ok(&["get --raw /metrics"], &out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// On etcd the replica kube-apiserver reaches does not lead: it authorizes each create itself
+/// (`use` on the parents, through SubjectAccessReviews) and hands it to the leader, which
+/// allocates only from the parents the caller may use.
+fn creates_through_a_follower_are_decided_by_the_leader_with_the_callers_rights(env: &Envtest) {
+    for (name, prefix) in [("fwd-a", "fd60:a::/64"), ("fwd-b", "fd60:b::/64")] {
+        env.apply(&format!(
+            "apiVersion: ipam.miloapis.com/v1alpha1\nkind: IPPrefix\nmetadata: {{name: {name}, labels: {{pool: fwd}}}}\nspec: {{prefix: \"{prefix}\"}}\n"
+        ));
+    }
+    env.apply(&namespace("fwd"));
+    env.apply(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: claimer, namespace: fwd}
+rules:
+- {apiGroups: [ipam.miloapis.com], resources: [ipprefixclaims], verbs: [create, get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: claimer, namespace: fwd}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: claimer}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: use-fwd-b}
+rules:
+- {apiGroups: [ipam.miloapis.com], resources: [ipprefixes], resourceNames: [fwd-b], verbs: [use]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: mallory-uses-fwd-b}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: use-fwd-b}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]
+"#,
+    );
+    let path = env.dir.path().join("fwd-claim.yaml");
+    // The follower learns where the leader is from etcd within a second or two of its start.
+    let mut warm = 0;
+    env.wait_for("the follower to hand a create to the leader", || {
+        warm += 1;
+        std::fs::write(&path, claim("fwd", &format!("warm-{warm}"), "fwd-a", 128)).expect("write");
+        env.kubectl_ok(&["create", "-f", &path.display().to_string()]);
+        follower_metric(env, "ipam_forwarded_creates_total") > 0.0
+    });
+    let allocated_here = follower_metric(env, "ipam_allocations_total");
+    let forwarded = follower_metric(env, "ipam_forwarded_creates_total");
+
+    // mallory may use fwd-b only: a selector matching both allocates from fwd-b, though fwd-a
+    // comes first by name and has room.
+    let mallory = env.user_kubeconfig("mallory");
+    std::fs::write(
+        &path,
+        "apiVersion: ipam.miloapis.com/v1alpha1\nkind: IPPrefixClaim\nmetadata: {name: by-selector, namespace: fwd}\nspec: {prefixLength: 128, parentSelector: {matchLabels: {pool: fwd}}}\n",
+    )
+    .expect("write");
+    let out = env.kubectl_as(&mallory, &["create", "-f", &path.display().to_string()]);
+    env.assert_ok(&["create (as mallory)"], &out);
+    let c = json(env, &["get", "ippc", "by-selector", "-n", "fwd"]);
+    assert_eq!(c["status"]["parentRef"]["name"], "fwd-b", "{c}");
+    assert_eq!(c["status"]["prefix"], "fd60:b::/128", "{c}");
+    // ... and naming fwd-a is refused.
+    std::fs::write(&path, claim("fwd", "by-name", "fwd-a", 128)).expect("write");
+    let out = env.kubectl_as(&mallory, &["create", "-f", &path.display().to_string()]);
+    assert!(
+        !out.status.success(),
+        "mallory's claim on fwd-a was created"
+    );
+    let err = stderr_of(&out);
+    assert!(err.contains("Forbidden") && err.contains("fwd-a"), "{err}");
+
+    // The follower allocated none of it: the leader did.
+    assert!(follower_metric(env, "ipam_forwarded_creates_total") > forwarded);
+    assert_eq!(
+        follower_metric(env, "ipam_allocations_total"),
+        allocated_here
+    );
 }

@@ -111,7 +111,9 @@ pub fn free_port() -> u16 {
 pub enum Storage {
     /// sled in its data directory (the embedded default).
     Sled,
-    /// The etcd kube-apiserver uses (`--etcd-servers`), as an HA deployment may.
+    /// The etcd kube-apiserver uses (`--etcd-servers`), as an HA deployment may: two
+    /// replicas, the APIService reaching the one that does not lead, so every create through
+    /// kube-apiserver is handed to the other.
     SharedEtcd,
 }
 
@@ -340,19 +342,43 @@ impl Envtest {
         self.dir.path().join("logs/ipam-audit.log")
     }
 
-    /// Start ipam-apiserver in cluster mode; learn its port from its log.
+    /// Start ipam-apiserver in cluster mode (two replicas on etcd, see [`Storage`]).
     fn start_ipam(&mut self, storage: Storage) {
+        match storage {
+            Storage::Sled => {
+                self.ipam_addr = self.spawn_ipam("ipam-apiserver", "ipam-data", &[]);
+            }
+            Storage::SharedEtcd => {
+                let etcd = ["--etcd-servers".to_string(), self.etcd_url.clone()];
+                self.ipam_addr =
+                    self.spawn_ipam("ipam-apiserver-leader", "ipam-data-leader", &etcd);
+                let direct = self.direct_kubeconfig(Some("admin"));
+                self.wait_for("the first replica to lead", || {
+                    let out = self.kubectl_as(&direct, &["get", "--raw", "/metrics"]);
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .any(|l| l == "ipam_leader 1")
+                });
+                self.ipam_addr = self.spawn_ipam("ipam-apiserver", "ipam-data", &etcd);
+            }
+        }
+    }
+
+    /// Start one replica named `name` (its log: `logs/<name>.log`; its audit log
+    /// `logs/ipam-audit.log` for the one the APIService reaches); learn its address from its
+    /// log.
+    fn spawn_ipam(&mut self, name: &'static str, data: &str, more: &[String]) -> SocketAddr {
         let p = |f: &str| self.pki.join(f).display().to_string();
-        let log_path = self.dir.path().join("logs/ipam-apiserver.log");
-        let etcd: &[&str] = match storage {
-            Storage::Sled => &[],
-            Storage::SharedEtcd => &["--etcd-servers", &self.etcd_url],
+        let log_path = self.dir.path().join(format!("logs/{name}.log"));
+        let audit = match name {
+            "ipam-apiserver" => self.audit_log(),
+            _ => self.dir.path().join(format!("logs/{name}-audit.log")),
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ipam-apiserver"))
             .args([
                 "serve",
                 "--data-dir",
-                &self.dir.path().join("ipam-data").display().to_string(),
+                &self.dir.path().join(data).display().to_string(),
                 "--bind-address",
                 "127.0.0.1",
                 "--secure-port",
@@ -364,9 +390,9 @@ impl Envtest {
                 "--kubeconfig",
                 &self.kubeconfig.display().to_string(),
                 "--audit-log-path",
-                &self.audit_log().display().to_string(),
+                &audit.display().to_string(),
             ])
-            .args(etcd)
+            .args(more)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -395,13 +421,10 @@ impl Envtest {
                 }
             }
         });
-        self.procs.get_mut().push(("ipam-apiserver", child));
+        self.procs.get_mut().push((name, child));
         match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(addr) => self.ipam_addr = addr,
-            Err(_) => panic!(
-                "ipam-apiserver did not start serving:\n{}",
-                self.log_tail("ipam-apiserver", 40)
-            ),
+            Ok(addr) => addr,
+            Err(_) => panic!("{name} did not start serving:\n{}", self.log_tail(name, 40)),
         }
     }
 
