@@ -274,9 +274,9 @@ async fn serve_cluster(
     Ok(())
 }
 
-/// On etcd: publish how the other replicas reach this one, take the creates they forward
-/// while it leads (outside authentication and audit: they did those), and forward the creates
-/// arriving here to the leader (see `registry/forward.rs`).
+/// On etcd: publish how the other replicas reach this one, take the creates and deletes they
+/// forward while it leads (outside authentication and audit: they did those), and forward
+/// those arriving here to the leader (see `registry/forward.rs`).
 fn with_peers(
     config: &Config,
     registry: &Registry,
@@ -291,10 +291,10 @@ fn with_peers(
     let url = peer::url(config.advertise_address, addr, &etcd.servers);
     tracing::info!(
         url,
-        "other replicas forward creates to this one at this address while it leads"
+        "other replicas forward creates and deletes to this one at this address while it leads"
     );
     peer.advertise(registry.store().clone(), url, serving_cert);
-    registry.forward_creates(Arc::new(peer::client::Forwarder::default()));
+    registry.forward_writes(Arc::new(peer::client::Forwarder::default()));
     app.merge(peer.routes(registry.clone()))
 }
 

@@ -57,9 +57,10 @@ pub struct Metrics {
     pub releases: Counter,
     /// Claims refused because no parent had room (409 Exhausted).
     pub exhaustions: Counter,
-    /// Creates this replica sent to the leader, which answered them (etcd).
-    pub forwarded_creates: Counter,
-    /// Creates this replica decided itself because the leader could not be reached (etcd).
+    /// Creates and deletes this replica sent to the leader, which answered them (etcd).
+    pub forwarded_writes: Counter,
+    /// Creates and deletes this replica decided itself because the leader could not be
+    /// reached (etcd).
     pub forwards_not_sent: Counter,
     /// Commits made durable by one fsync (group commit).
     pub commit_batch: Histogram,
@@ -130,7 +131,7 @@ impl Metrics {
         let allocations = Counter::default();
         let releases = Counter::default();
         let exhaustions = Counter::default();
-        let forwarded_creates = Counter::default();
+        let forwarded_writes = Counter::default();
         let forwards_not_sent = Counter::default();
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let fsync_seconds = latency_histogram();
@@ -179,13 +180,13 @@ impl Metrics {
             exhaustions.clone(),
         );
         registry.register(
-            "forwarded_creates",
-            "Creates this replica sent to the leader to be decided and committed there (etcd)",
-            forwarded_creates.clone(),
+            "forwarded_writes",
+            "Creates and deletes this replica sent to the leader to be decided and committed there (etcd)",
+            forwarded_writes.clone(),
         );
         registry.register(
             "forwards_not_sent",
-            "Creates this replica decided itself because the leader could not be reached (etcd)",
+            "Creates and deletes this replica decided itself because the leader could not be reached (etcd)",
             forwards_not_sent.clone(),
         );
         registry.register(
@@ -300,7 +301,7 @@ impl Metrics {
             allocations,
             releases,
             exhaustions,
-            forwarded_creates,
+            forwarded_writes,
             forwards_not_sent,
             commit_batch,
             fsync_seconds,

@@ -813,10 +813,10 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]
         warm += 1;
         std::fs::write(&path, claim("fwd", &format!("warm-{warm}"), "fwd-a", 128)).expect("write");
         env.kubectl_ok(&["create", "-f", &path.display().to_string()]);
-        follower_metric(env, "ipam_forwarded_creates_total") > 0.0
+        follower_metric(env, "ipam_forwarded_writes_total") > 0.0
     });
     let allocated_here = follower_metric(env, "ipam_allocations_total");
-    let forwarded = follower_metric(env, "ipam_forwarded_creates_total");
+    let forwarded = follower_metric(env, "ipam_forwarded_writes_total");
 
     // mallory may use fwd-b only: a selector matching both allocates from fwd-b, though fwd-a
     // comes first by name and has room.
@@ -842,7 +842,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: mallory}]
     assert!(err.contains("Forbidden") && err.contains("fwd-a"), "{err}");
 
     // The follower allocated none of it: the leader did.
-    assert!(follower_metric(env, "ipam_forwarded_creates_total") > forwarded);
+    assert!(follower_metric(env, "ipam_forwarded_writes_total") > forwarded);
     assert_eq!(
         follower_metric(env, "ipam_allocations_total"),
         allocated_here

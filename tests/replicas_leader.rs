@@ -347,9 +347,9 @@ async fn until_forwarding(f: &TestServer, tag: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut made = Vec::new();
     for i in 0.. {
-        let before = metric(f, "ipam_forwarded_creates_total").await;
+        let before = metric(f, "ipam_forwarded_writes_total").await;
         made.push(try_claim(f, &format!("warm-{tag}-{i}")).await.unwrap());
-        if metric(f, "ipam_forwarded_creates_total").await > before {
+        if metric(f, "ipam_forwarded_writes_total").await > before {
             return made;
         }
         assert!(
@@ -363,8 +363,8 @@ async fn until_forwarding(f: &TestServer, tag: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn creates_arriving_at_followers_are_decided_by_the_leader() {
-    let Some(etcd) = Etcd::start("creates_arriving_at_followers_are_decided_by_the_leader") else {
+async fn writes_arriving_at_followers_are_decided_by_the_leader() {
+    let Some(etcd) = Etcd::start("writes_arriving_at_followers_are_decided_by_the_leader") else {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
@@ -378,7 +378,7 @@ async fn creates_arriving_at_followers_are_decided_by_the_leader() {
     }
 
     let allocated = |s| metric(s, "ipam_allocations_total");
-    let forwarded = |s| metric(s, "ipam_forwarded_creates_total");
+    let forwarded = |s| metric(s, "ipam_forwarded_writes_total");
     let mut before = Vec::new();
     for s in &servers {
         before.push((allocated(s).await, forwarded(s).await));
@@ -410,6 +410,38 @@ async fn creates_arriving_at_followers_are_decided_by_the_leader() {
             .await;
         assert_eq!(status, StatusCode::OK, "{got}");
         assert_eq!(got["status"]["prefix"], json!(prefixes.last().unwrap()));
+    }
+
+    // Deletes too: the leader frees the blocks, the followers none.
+    let released = |s| metric(s, "ipam_releases_total");
+    let mut before = Vec::new();
+    for s in &servers {
+        before.push((released(s).await, forwarded(s).await));
+    }
+    for &f in &followers {
+        let (status, gone) = servers[f]
+            .json(
+                "DELETE",
+                &format!("{GV}/namespaces/ns/ipprefixclaims/c-{f}-0"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{gone}");
+    }
+    for &f in &followers {
+        assert_eq!(forwarded(&servers[f]).await, before[f].1 + 1);
+        assert_eq!(released(&servers[f]).await, before[f].0);
+    }
+    assert_eq!(released(&servers[l]).await, before[l].0 + 2);
+    for s in &servers {
+        let (status, _) = s
+            .json(
+                "GET",
+                &format!("{GV}/namespaces/ns/ipprefixclaims/c-{}-0", followers[0]),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     // Only a replica that holds the leader's token may hand it a create.

@@ -1,9 +1,9 @@
-//! Sends creates to the leader: one HTTP/2 connection, reused by every create until the
-//! leader changes or the connection ends.
+//! Sends creates and deletes to the leader: one HTTP/2 connection, reused by every write
+//! until the leader changes or the connection ends.
 use super::pinned::Pinned;
-use super::{Contact, CREATES_PATH};
+use super::{Contact, WRITES_PATH};
 use crate::error::ApiError;
-use crate::registry::{ForwardCreates, Forwarded};
+use crate::registry::{ForwardWrites, Forwarded, Write};
 use axum::body::Body;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -39,7 +39,7 @@ enum Conn {
     None,
     Open {
         contact: Arc<str>,
-        /// `https://<leader>/internal/ipam.miloapis.com/creates`.
+        /// `https://<leader>/internal/ipam.miloapis.com`.
         base: Arc<str>,
         bearer: http::HeaderValue,
         send: SendRequest<Body>,
@@ -114,12 +114,18 @@ impl Forwarder {
 }
 
 #[async_trait::async_trait]
-impl ForwardCreates for Forwarder {
-    async fn create(&self, leader: &str, resource: &'static str, body: Vec<u8>) -> Forwarded {
+impl ForwardWrites for Forwarder {
+    async fn send(
+        &self,
+        leader: &str,
+        write: Write,
+        resource: &'static str,
+        body: Vec<u8>,
+    ) -> Forwarded {
         let Some((mut send, base, bearer)) = self.connection(leader).await else {
             return Forwarded::NotSent;
         };
-        let request = http::Request::post(format!("{base}/{resource}"))
+        let request = http::Request::post(format!("{base}/{}/{resource}", write.as_str()))
             .header(http::header::AUTHORIZATION, bearer)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(body));
@@ -179,7 +185,7 @@ async fn connect(
         .authority()
         .ok_or_else(|| format!("{}: no host", contact.url))?
         .clone();
-    let base: Arc<str> = Arc::from(format!("https://{authority}{CREATES_PATH}"));
+    let base: Arc<str> = Arc::from(format!("https://{authority}{WRITES_PATH}"));
     let bearer = http::HeaderValue::from_str(&format!("Bearer {}", contact.token))
         .map_err(|e| e.to_string())?;
     let host = authority

@@ -1,14 +1,14 @@
-//! Replica to replica, on etcd: the leader decides and commits the creates the other replicas
-//! receive (see `registry/forward.rs` for why).
+//! Replica to replica, on etcd: the leader decides and commits the creates and deletes the
+//! other replicas receive (see `registry/forward.rs` for why).
 //!
 //! - Each replica publishes a [`Contact`] with its leadership (`Store::advertise`): its URL, a
 //!   random token and the SHA-256 of its serving certificate. It lives in etcd, readable only by
 //!   whoever may read the API's data anyway.
-//! - A replica forwards a create to the leader's URL over HTTP/2, trusting exactly the pinned
-//!   certificate and presenting the token ([`client::Forwarder`]).
-//! - The leader serves [`CREATES_PATH`] outside authentication, audit and authorization: the
+//! - A replica forwards a create or delete to the leader's URL over HTTP/2, trusting exactly
+//!   the pinned certificate and presenting the token ([`client::Forwarder`]).
+//! - The leader serves [`WRITES_PATH`] outside authentication, audit and authorization: the
 //!   forwarding replica did those for the original request; the token is what is checked.
-use crate::registry::Registry;
+use crate::registry::{Registry, Write};
 use crate::store::Store;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -25,9 +25,9 @@ use std::time::Duration;
 pub mod client;
 mod pinned;
 
-/// Where forwarded creates go, followed by `/<resource>`; never an API path (no `/api`,
-/// `/apis` prefix).
-pub const CREATES_PATH: &str = "/internal/ipam.miloapis.com/creates";
+/// Where forwarded writes go, followed by `/creates/<resource>` or `/deletes/<resource>`;
+/// never an API path (no `/api`, `/apis` prefix).
+pub const WRITES_PATH: &str = "/internal/ipam.miloapis.com";
 
 /// How a replica is reached by the others; published with its leadership.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,13 +70,13 @@ impl Peer {
         }
     }
 
-    /// The route answering creates forwarded by other replicas (merged outside the API's
+    /// The route answering writes forwarded by other replicas (merged outside the API's
     /// authentication and audit layers).
     pub fn routes(&self, registry: Registry) -> Router {
         Router::new()
             .route(
-                &format!("{CREATES_PATH}/{{resource}}"),
-                post(forwarded_create),
+                &format!("{WRITES_PATH}/{{write}}/{{resource}}"),
+                post(forwarded_write),
             )
             .with_state((registry, self.token.clone()))
     }
@@ -159,16 +159,21 @@ fn presents(headers: &HeaderMap, token: &str) -> bool {
     !token.is_empty() && Sha256::digest(given) == Sha256::digest(token)
 }
 
-async fn forwarded_create(
+async fn forwarded_write(
     State((registry, token)): State<(Registry, Arc<str>)>,
-    Path(resource): Path<String>,
+    Path((write, resource)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if !presents(&headers, &token) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let answer = registry.create_forwarded(&resource, &body).await;
+    let write = match write.as_str() {
+        "creates" => Write::Create,
+        "deletes" => Write::Delete,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let answer = registry.write_forwarded(write, &resource, &body).await;
     ([(http::header::CONTENT_TYPE, "application/json")], answer).into_response()
 }
 

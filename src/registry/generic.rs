@@ -39,8 +39,8 @@ pub(super) struct Inner {
         std::sync::Mutex<std::collections::VecDeque<Vec<Arc<crate::store::StoreEvent>>>>,
     /// Where changes the server makes on its own go ([`Registry::report_server_changes`]).
     report: std::sync::OnceLock<ReportChanges>,
-    /// How creates reach the leader (see `forward.rs`).
-    pub(super) forward: std::sync::OnceLock<Arc<dyn super::forward::ForwardCreates>>,
+    /// How creates and deletes reach the leader (see `forward.rs`).
+    pub(super) forward: std::sync::OnceLock<Arc<dyn super::forward::ForwardWrites>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,20 +67,20 @@ pub struct ObjectList<K> {
     pub continue_token: Option<String>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Preconditions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PropagationPolicy {
     Orphan,
     Background,
     Foreground,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeleteOptions {
     pub preconditions: Preconditions,
     pub propagation_policy: Option<PropagationPolicy>,
@@ -699,6 +699,19 @@ impl Registry {
 
     /// Delete: honours preconditions and finalizers; returns the object and whether it is gone.
     pub async fn delete<K: Kind>(
+        &self,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<(K, bool)> {
+        if let Some(deleted) = self.delete_at_leader(namespace, name, opts).await {
+            return deleted;
+        }
+        self.delete_here(namespace, name, opts).await
+    }
+
+    /// Decide and commit a delete in this replica.
+    pub(super) async fn delete_here<K: Kind>(
         &self,
         namespace: &str,
         name: &str,

@@ -31,7 +31,7 @@ mod watch;
 pub use changes::{Changed, ReportChanges, ServerChange};
 pub use claim::child_name_outside_namespace;
 pub use codec::FieldValidation;
-pub use forward::{ForwardCreates, Forwarded, ForwardedCreate};
+pub use forward::{ForwardWrites, Forwarded, ForwardedCreate, ForwardedDelete, Write};
 pub use generic::{
     DeleteOptions, ListOptions, ObjectList, Preconditions, PropagationPolicy, Registry, Subresource,
 };
