@@ -173,7 +173,12 @@ async fn forwarded_write(
         "deletes" => Write::Delete,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    let answer = registry.write_forwarded(write, &resource, &body).await;
+    // To its end even if the forwarding replica goes away meanwhile (see
+    // `Registry::uncancelled`).
+    let answer =
+        tokio::spawn(async move { registry.write_forwarded(write, &resource, &body).await })
+            .await
+            .unwrap_or_default();
     ([(http::header::CONTENT_TYPE, "application/json")], answer).into_response()
 }
 

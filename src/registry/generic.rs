@@ -436,14 +436,37 @@ impl Registry {
         allowed_parents: Option<std::collections::HashSet<String>>,
         manager: Option<&FieldManager>,
     ) -> ApiResult<K> {
-        if let Some(created) = self
-            .create_at_leader(namespace, &obj, dry_run, &allowed_parents, manager)
-            .await
-        {
-            return created;
+        let (this, namespace, manager) = (self.clone(), namespace.to_string(), manager.cloned());
+        self.uncancelled(async move {
+            let manager = manager.as_ref();
+            if let Some(created) = this
+                .create_at_leader(&namespace, &obj, dry_run, &allowed_parents, manager)
+                .await
+            {
+                return created;
+            }
+            this.create_here(&namespace, obj, dry_run, allowed_parents, manager)
+                .await
+        })
+        .await
+    }
+
+    /// Run `write` to its end even when the request that started it is dropped (its client
+    /// went away), on a shared store: a write holding the writer lock may be committing the
+    /// open group (`group.rs`), whose other members wait for their answers and whose index
+    /// changes only that commit undoes. Dropped halfway, it left them unanswered (500) and
+    /// their blocks allocated in the index only. (sled commits each write alone, and a
+    /// transaction dropped before it applies undoes itself.)
+    async fn uncancelled<T: Send + 'static>(
+        &self,
+        write: impl std::future::Future<Output = ApiResult<T>> + Send + 'static,
+    ) -> ApiResult<T> {
+        if !self.inner.store.shared() {
+            return write.await;
         }
-        self.create_here(namespace, obj, dry_run, allowed_parents, manager)
+        tokio::spawn(write)
             .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(format!("a write ended early: {e}"))))
     }
 
     /// Decide and commit a create in this replica.
@@ -594,8 +617,17 @@ impl Registry {
         if !self.inner.store.shared() {
             return (self.update_once(namespace, name, new, sub, dry_run, manager)).await;
         }
-        self.retry_behind(|| self.update_once(namespace, name, new.clone(), sub, dry_run, manager))
+        let this = self.clone();
+        let (namespace, name, manager) =
+            (namespace.to_string(), name.to_string(), manager.cloned());
+        self.uncancelled(async move {
+            let manager = manager.as_ref();
+            this.retry_behind(|| {
+                this.update_once(&namespace, &name, new.clone(), sub, dry_run, manager)
+            })
             .await
+        })
+        .await
     }
 
     async fn update_once<K: Kind>(
@@ -704,10 +736,15 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<(K, bool)> {
-        if let Some(deleted) = self.delete_at_leader(namespace, name, opts).await {
-            return deleted;
-        }
-        self.delete_here(namespace, name, opts).await
+        let this = self.clone();
+        let (namespace, name, opts) = (namespace.to_string(), name.to_string(), opts.clone());
+        self.uncancelled(async move {
+            if let Some(deleted) = this.delete_at_leader(&namespace, &name, &opts).await {
+                return deleted;
+            }
+            this.delete_here(&namespace, &name, &opts).await
+        })
+        .await
     }
 
     /// Decide and commit a delete in this replica.
