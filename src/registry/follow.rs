@@ -216,9 +216,13 @@ fn touched_guards(batch: &Decoded) -> Option<(HashSet<ObjectKey>, Revision)> {
     for change in &batch.changes {
         newest = newest.max(change.event.object.revision);
         for entry in [&change.old, &change.new].into_iter().flatten() {
-            // A change to a prefix touches its parent's children or the roots of its address
-            // space, and its own children's room: all under its space's guard.
-            guards.insert(super::guards::space(entry.address_space.as_deref()));
+            // What a change to this prefix may touch: its parent's children, or the roots of
+            // its address space; and, as a parent itself, its own children's room.
+            guards.insert(match &entry.parent {
+                Some(parent) => super::guards::pool(parent),
+                None => super::guards::roots(entry.address_space.as_deref()),
+            });
+            guards.insert(super::guards::pool(&entry.name));
         }
     }
     Some((guards, newest))

@@ -4,19 +4,16 @@
 use crate::store::{ObjectKey, Revision, GUARDS};
 use std::collections::{BTreeSet, HashMap};
 
-/// The guard of one address space (`None`: the shared one): every commit that takes or frees
-/// a block of a parent in it, changes or deletes such a parent, or creates or deletes a root
-/// in it (roots of one space may not overlap) bumps it. A tree of prefixes lies in one space
-/// (a child has its parent's, and it never changes).
-///
-/// One guard for a whole space rather than one per parent: with creates and deletes decided
-/// by the leader (`forward.rs`), nearly every commit that bumps it is the leader's own, and
-/// each parent a group touched cost its transaction a put (64 busy parents: ~20 puts a
-/// transaction, 5-8 % of the creates/s). Writes decided elsewhere (an `exclude` or `reserve`
-/// changed, a write while the leader is out of reach) fail more often for it, and decide
-/// again.
-pub fn space(space: Option<&str>) -> ObjectKey {
-    ObjectKey::new(GUARDS, "spaces", space.unwrap_or_default())
+/// The guard of one parent's children (and of its exclusions and reserve, which allocation
+/// reads too): every commit that takes or frees a block of `parent`, or changes or deletes
+/// `parent` itself, bumps it.
+pub fn pool(parent: &str) -> ObjectKey {
+    ObjectKey::new(GUARDS, "pool", parent)
+}
+
+/// The guard of the roots of one address space (`None`: the shared one), which may not overlap.
+pub fn roots(space: Option<&str>) -> ObjectKey {
+    ObjectKey::new(GUARDS, "roots", space.unwrap_or_default())
 }
 
 pub struct Guards {

@@ -169,7 +169,7 @@ impl Kind for IPPrefix {
                         ),
                     ));
                 }
-                tx.guard(guards::space(space.as_deref()));
+                tx.guard(guards::roots(space.as_deref()));
                 tx.state.roots.insert(name.clone(), Root { net, space });
                 tx.on_undo(move |s| {
                     s.roots.remove(&name);
@@ -184,7 +184,7 @@ impl Kind for IPPrefix {
         let name = name_of(self);
         if self.spec.exclude != old.spec.exclude || self.spec.reserve != old.spec.reserve {
             // Allocation reads them: a replica allocating from the old ones must fail.
-            tx.guard(guards::space(self.spec.address_space.as_deref()));
+            tx.guard(guards::pool(&name));
             if let Some(entry) = tx.state.pool_entry_mut(&name) {
                 let (old_ex, old_res) = (entry.pool.exclusions().to_vec(), entry.pool.reserve());
                 let result = entry
@@ -283,7 +283,7 @@ pub(super) async fn release_prefix(
     let name = name_of(prefix);
     let net = parse_stored(prefix)?;
     // Another replica may be giving it its first child.
-    tx.guard(guards::space(prefix.spec.address_space.as_deref()));
+    tx.guard(guards::pool(&name));
     if let Some(entry) = tx.state.drop_pool(&name) {
         let n = name.clone();
         tx.on_undo(move |s| s.insert_pool(n, entry));
@@ -307,7 +307,7 @@ pub(super) async fn release_prefix(
         });
     }
     let Some(parent_ref) = &prefix.spec.parent_ref else {
-        tx.guard(guards::space(prefix.spec.address_space.as_deref()));
+        tx.guard(guards::roots(prefix.spec.address_space.as_deref()));
         if let Some(root) = tx.state.roots.remove(&name) {
             tx.on_undo(move |s| {
                 s.roots.insert(name, root);
@@ -318,7 +318,7 @@ pub(super) async fn release_prefix(
     let Some(parent) = tx.get::<IPPrefix>("", &parent_ref.name).await? else {
         return Ok(None);
     };
-    tx.guard(guards::space(parent.obj.spec.address_space.as_deref()));
+    tx.guard(guards::pool(&parent_ref.name));
     let entry = tx.state.pool_mut(&parent.obj)?;
     if entry.pool.release(net).is_ok() {
         entry.holders.remove(&net);
@@ -424,7 +424,7 @@ pub(super) fn take_block(
     holder: &str,
 ) -> ApiResult<Result<(), AllocError>> {
     let parent_name = name_of(parent);
-    tx.guard(guards::space(parent.spec.address_space.as_deref()));
+    tx.guard(guards::pool(&parent_name));
     let entry: &mut PoolEntry = tx.state.pool_mut(parent)?;
     if let Err(e) = entry.pool.allocate_exact(net) {
         return Ok(Err(e));
