@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// TCP, TLS and HTTP/2 handshakes together: a leader that does not get this far in time is
-/// not waited for (the create is decided here).
+/// not waited for (the write is decided here).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// After a failed connection, creates are decided here this long before the next try: every
-/// create must not wait out [`CONNECT_TIMEOUT`] for a leader that is gone.
+/// After a failed connection, writes are decided here this long before the next try: every
+/// write must not wait out [`CONNECT_TIMEOUT`] for a leader that is gone.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// A sent create is answered within this or the client hears 503 (the leader's own etcd
+/// A sent write is answered within this or the client hears 503 (the leader's own etcd
 /// calls are bounded well within it).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 pings find a leader that stopped answering (paused, cut off) without waiting for
-/// each create to time out.
+/// each write to time out.
 const PING_EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest answer read (an object, or a Status).
@@ -90,7 +90,7 @@ impl Forwarder {
                 };
                 tracing::debug!(
                     error = why,
-                    "the leader cannot be reached; creates are decided here meanwhile"
+                    "the leader cannot be reached; writes are decided here meanwhile"
                 );
                 *conn = Conn::Failed {
                     contact: Arc::from(contact),
@@ -101,7 +101,7 @@ impl Forwarder {
         }
     }
 
-    /// Forget the connection to `contact` (it refused a create): the next create reconnects.
+    /// Forget the connection to `contact` (it refused a write): the next write reconnects.
     async fn drop_connection(&self, contact: &str) {
         let mut conn = self.conn.lock().await;
         if matches!(&*conn, Conn::Open { contact: c, .. } if &**c == contact) {
@@ -132,7 +132,7 @@ impl ForwardWrites for Forwarder {
         let Ok(request) = request else {
             return Forwarded::NotSent;
         };
-        // A connection that ended before this create went out: nothing was sent.
+        // A connection that ended before this write went out: nothing was sent.
         if send.ready().await.is_err() {
             self.drop_connection(leader).await;
             return Forwarded::NotSent;
@@ -151,7 +151,7 @@ impl ForwardWrites for Forwarder {
         .await;
         let unknown = |why: String| {
             Forwarded::Answered(Err(ApiError::ServiceUnavailable(format!(
-                "the leader replica deciding this create did not answer ({why}); it may or may not have been created"
+                "the leader replica deciding this write did not answer ({why}); it may or may not have happened"
             ))))
         };
         match answered {
@@ -161,7 +161,7 @@ impl ForwardWrites for Forwarder {
             Ok(Ok((status, _))) => {
                 // Refused before it was looked at (a token from before the leader restarted,
                 // a replica without the route).
-                tracing::debug!(%status, "the leader refused a forwarded create; deciding it here");
+                tracing::debug!(%status, "the leader refused a forwarded write; deciding it here");
                 self.drop_connection(leader).await;
                 Forwarded::NotSent
             }

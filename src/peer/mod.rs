@@ -41,7 +41,7 @@ pub struct Contact {
     pub cert_sha256: String,
 }
 
-/// This replica's side: its token, and the route answering forwarded creates.
+/// This replica's side: its token, and the route answering forwarded writes.
 #[derive(Clone)]
 pub struct Peer {
     token: Arc<str>,
@@ -60,7 +60,7 @@ impl Peer {
         let random = crate::auth::x509::crypto_provider().secure_random;
         if random.fill(&mut bytes).is_err() {
             // No randomness: publish nothing anyone could guess.
-            tracing::warn!("no random token for forwarded creates; this replica takes none");
+            tracing::warn!("no random token for forwarded writes; this replica takes none");
             return Peer {
                 token: Arc::from(""),
             };

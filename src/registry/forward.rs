@@ -62,7 +62,7 @@ impl Write {
 /// What became of a forwarded write.
 pub enum Forwarded {
     /// The replica it went to answered (a JSON `Result<K, ApiError>`), or it was sent and no
-    /// answer came (`Err`: it may or may not have been created).
+    /// answer came (`Err`: it may or may not have happened).
     Answered(Result<Bytes, ApiError>),
     /// It certainly did not reach a replica that could act on it (none to send to, no
     /// connection, refused): decide it here.
@@ -180,7 +180,7 @@ impl Registry {
             (Write::Delete, IPPrefix::RESOURCE) => {
                 self.delete_forwarded_kind::<IPPrefix>(body).await
             }
-            (_, other) => answer::<IPPrefix>(Err(ApiError::BadRequest(format!(
+            (_, other) => answer::<()>(Err(ApiError::BadRequest(format!(
                 "a forwarded write of an unknown resource {other:?}"
             )))),
         }

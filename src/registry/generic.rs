@@ -436,6 +436,9 @@ impl Registry {
         allowed_parents: Option<std::collections::HashSet<String>>,
         manager: Option<&FieldManager>,
     ) -> ApiResult<K> {
+        if !self.inner.store.shared() {
+            return (self.create_here(namespace, obj, dry_run, allowed_parents, manager)).await;
+        }
         let (this, namespace, manager) = (self.clone(), namespace.to_string(), manager.cloned());
         self.uncancelled(async move {
             let manager = manager.as_ref();
@@ -452,18 +455,15 @@ impl Registry {
     }
 
     /// Run `write` to its end even when the request that started it is dropped (its client
-    /// went away), on a shared store: a write holding the writer lock may be committing the
-    /// open group (`group.rs`), whose other members wait for their answers and whose index
+    /// went away). For shared stores only: a write holding the writer lock may be committing
+    /// the open group (`group.rs`), whose other members wait for their answers and whose index
     /// changes only that commit undoes. Dropped halfway, it left them unanswered (500) and
     /// their blocks allocated in the index only. (sled commits each write alone, and a
-    /// transaction dropped before it applies undoes itself.)
+    /// transaction dropped before it applies undoes itself: its writes skip the task.)
     async fn uncancelled<T: Send + 'static>(
         &self,
         write: impl std::future::Future<Output = ApiResult<T>> + Send + 'static,
     ) -> ApiResult<T> {
-        if !self.inner.store.shared() {
-            return write.await;
-        }
         tokio::spawn(write)
             .await
             .unwrap_or_else(|e| Err(ApiError::Internal(format!("a write ended early: {e}"))))
@@ -736,6 +736,9 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<(K, bool)> {
+        if !self.inner.store.shared() {
+            return self.delete_here(namespace, name, opts).await;
+        }
         let this = self.clone();
         let (namespace, name, opts) = (namespace.to_string(), name.to_string(), opts.clone());
         self.uncancelled(async move {

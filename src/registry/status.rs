@@ -89,33 +89,31 @@ impl Registry {
         // fails the commit, and stays marked.
         let reads: Vec<_> = names.iter().map(|name| self.read_prefix(name)).collect();
         let read = futures::future::try_join_all(reads).await;
-        let (written, mut commit) = {
-            let mut state = self.lock_to_commit().await;
-            let written = async {
+        let written = async {
+            let (written, mut commit) = {
+                let mut state = self.lock_to_commit().await;
                 let mut tx = Txn::new(&**self.store(), &mut state);
                 let mut written = 0;
                 for prefix in read?.into_iter().flatten() {
                     written += usize::from(store_current_status(&mut tx, prefix)?);
                 }
-                Ok::<_, ApiError>((written, tx.commit(false).await?))
-            }
-            .await;
-            if written.is_err() {
+                (written, tx.commit(false).await?)
+            };
+            // A refresh may join the open group (see `group.rs`): its outcome comes with it.
+            self.settle(&mut commit).await?;
+            Ok::<_, ApiError>(written)
+        }
+        .await;
+        match written {
+            Ok(written) => Ok((written, more)),
+            Err(e) => {
+                let mut state = self.lock().await;
                 for name in &names {
                     state.mark_status_stale(name);
                 }
+                Err(e)
             }
-            written?
-        };
-        if let Err(e) = self.settle(&mut commit).await {
-            // Failed in the group's transaction (a parent changed since it was read).
-            let mut state = self.lock().await;
-            for name in &names {
-                state.mark_status_stale(name);
-            }
-            return Err(e);
         }
-        Ok((written, more))
     }
 
     async fn read_prefix(&self, name: &str) -> ApiResult<Option<Stored<IPPrefix>>> {

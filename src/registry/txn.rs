@@ -211,8 +211,9 @@ impl<'a> Txn<'a> {
 
     /// Write an object. `precondition` applies to the key's state before this transaction.
     pub fn put<K: Kind>(&mut self, obj: &K, precondition: Precondition) -> ApiResult<()> {
-        self.forget_parent::<K>(&Self::key_of(obj));
-        self.put_at(Self::key_of(obj), obj, precondition)
+        let key = Self::key_of(obj);
+        self.forget_parent::<K>(&key);
+        self.put_at(key, obj, precondition)
     }
 
     /// Write an IPPrefix whose only change is its derived status (the status writer), keeping
